@@ -1,0 +1,142 @@
+"""Training checkpoints: the latent LM (Hugging Face folder, safetensors) plus resumable state.
+
+A checkpoint folder ``RUN/checkpoints/NAME`` holds
+- the backbone and tokenizer as ``save_pretrained`` writes them (loadable by transformers alone),
+- ``coconav.json``: special token ids, the resolved run config, stage, step, metrics,
+- ``trainer_state.safetensors`` + ``trainer_state.json``: optimizer tensors and their structure,
+  the torch RNG state, and any extra module (the navigator later) — never a pickle.
+
+Every folder is written under a temporary name and renamed into place when complete, so an
+interrupted run never leaves a half-written checkpoint that could be loaded. Resuming happens
+only when asked (``coconav train --resume RUN``) and continues at the stored stage and step.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from coconav.common import replace_dir_atomic
+from coconav.errors import CheckpointError
+from coconav.model.latent_lm import META_FILE, LatentLM, read_metadata
+
+STATE_TENSORS = "trainer_state.safetensors"
+STATE_JSON = "trainer_state.json"
+
+
+@dataclass
+class TrainState:
+    """Where a run stands: the stage, optimizer steps done in it, and steps done overall."""
+
+    stage: int = 0
+    step: int = 0
+    global_step: int = 0
+    stage_done: bool = False
+
+
+def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split an optimizer state_dict into safetensors-able tensors and JSON structure."""
+    tensors: dict[str, torch.Tensor] = {}
+    structure: dict[str, Any] = {"param_groups": state["param_groups"], "state": {}}
+    for pid, slots in state["state"].items():
+        entry = {}
+        for key, value in slots.items():
+            if isinstance(value, torch.Tensor):
+                name = f"optimizer.{pid}.{key}"
+                tensors[name] = value.detach().contiguous().cpu()
+                entry[key] = {"tensor": name}
+            else:
+                entry[key] = {"value": value}
+        structure["state"][str(pid)] = entry
+    return tensors, structure
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], structure: dict) -> dict:
+    state = {}
+    for pid, entry in structure["state"].items():
+        state[int(pid)] = {k: tensors[v["tensor"]] if "tensor" in v else v["value"] for k, v in entry.items()}
+    return {"state": state, "param_groups": structure["param_groups"]}
+
+
+def save_checkpoint(directory: str | Path, lm: LatentLM, train_state: TrainState, config: dict,
+                    optimizer: torch.optim.Optimizer | None = None, modules: dict[str, torch.nn.Module] | None = None,
+                    metrics: dict | None = None) -> Path:
+    """Write a complete checkpoint atomically (temporary folder, then rename)."""
+    directory = Path(directory)
+    tmp = directory.with_name(f".{directory.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    extra = {"config": config, "train_state": train_state.__dict__, "metrics": metrics or {}}
+    lm.save_pretrained(tmp, extra_metadata=extra)
+    tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
+    structure: dict[str, Any] = {"optimizer": None, "modules": []}
+    if optimizer is not None:
+        opt_tensors, structure["optimizer"] = _flatten_optimizer(optimizer.state_dict())
+        tensors.update(opt_tensors)
+    for name, module in (modules or {}).items():
+        structure["modules"].append(name)
+        tensors.update({f"module.{name}.{k}": v.detach().contiguous().cpu() for k, v in module.state_dict().items()})
+    save_file(tensors, str(tmp / STATE_TENSORS))
+    (tmp / STATE_JSON).write_text(json.dumps(structure), encoding="utf-8")
+    replace_dir_atomic(tmp, directory)
+    return directory
+
+
+def load_trainer_state(directory: str | Path, optimizer: torch.optim.Optimizer | None = None,
+                       modules: dict[str, torch.nn.Module] | None = None, restore_rng: bool = True) -> TrainState:
+    """Restore optimizer, extra modules and RNG from a checkpoint; returns its TrainState."""
+    directory = Path(directory)
+    meta = read_metadata(directory)
+    try:
+        tensors = load_file(str(directory / STATE_TENSORS))
+        structure = json.loads((directory / STATE_JSON).read_text(encoding="utf-8"))
+    except (FileNotFoundError, SafetensorError, json.JSONDecodeError, OSError) as err:
+        raise CheckpointError(f"{directory}: trainer state missing or corrupt ({type(err).__name__})") from None
+    if optimizer is not None and structure.get("optimizer") is not None:
+        optimizer.load_state_dict(_unflatten_optimizer(tensors, structure["optimizer"]))
+    for name, module in (modules or {}).items():
+        prefix = f"module.{name}."
+        module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+    if restore_rng and "rng.torch" in tensors:
+        torch.set_rng_state(tensors["rng.torch"])
+    return TrainState(**meta.get("train_state", {}))
+
+
+def checkpoint_meta(directory: str | Path) -> dict:
+    """The coconav.json metadata of a checkpoint (config, train_state, metrics)."""
+    return read_metadata(Path(directory))
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first by global step (temporary folders ignored)."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        if path.name.startswith(".") or not (path / META_FILE).is_file():
+            continue
+        try:
+            state = read_metadata(path).get("train_state", {})
+        except CheckpointError:
+            continue
+        found.append((state.get("global_step", 0), state.get("stage_done", False), path))
+    return [p for _, _, p in sorted(found, key=lambda x: (x[0], x[1]))]
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path:
+    """The most advanced complete checkpoint of a run folder (or a checkpoint folder itself)."""
+    run_dir = Path(run_dir)
+    if (run_dir / META_FILE).is_file():
+        return run_dir
+    found = list_checkpoints(run_dir)
+    if not found:
+        raise CheckpointError(f"no complete checkpoint under {run_dir}/checkpoints to resume from")
+    return found[-1]

@@ -1,0 +1,123 @@
+"""The `coconav` command line.
+
+    coconav demo --out runs/demo                       # the main job: train and compare on a built-in task
+    coconav train --config configs/demo.yaml [key.sub=value ...] [--resume RUN]
+    coconav eval --checkpoint RUN/checkpoints/stage-7 --data test [--out results.json]
+    coconav generate --checkpoint DIR "3 + 4 * 2 ?" [--show-thoughts]
+
+Bad input (a malformed file, an unknown config key, a missing checkpoint, an empty question)
+ends with one line `coconav: error: ...` and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from coconav.errors import CoconavError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="coconav", description="Continuous-thought reasoning (COCONUT) with a PPO navigator.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a latent LM through the curriculum (or a baseline)")
+    p.add_argument("--config", help="a YAML preset (configs/*.yaml)")
+    p.add_argument("--resume", metavar="RUN", help="continue the run in this folder at its last checkpoint")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint folder (or a run folder: its latest)")
+    p.add_argument("--data", default="test", help="'test' or 'validation' (the checkpoint's task splits), "
+                   "or a data file / hub id (.jsonl GSM8K, .txt GSM8k-Aug, .json COCONUT, openai/gsm8k:test)")
+    p.add_argument("--num-thoughts", type=int, default=None, help="thoughts per question (default: the last stage's)")
+    p.add_argument("--max-questions", type=int, default=None, help="evaluate only the first N questions")
+    p.add_argument("--batch-size", type=int, default=None, help="questions per generation batch")
+    p.add_argument("--out", help="write the JSON report here (default: print the summary)")
+
+    p = sub.add_parser("generate", help="answer one question")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint folder (or a run folder: its latest)")
+    p.add_argument("question", help="the question text")
+    p.add_argument("--num-thoughts", type=int, default=None, help="thoughts (default: the last stage's)")
+    p.add_argument("--show-thoughts", action="store_true", help="print the thought count and each thought's nearest tokens")
+    p.add_argument("--top-k", type=int, default=5, help="nearest tokens shown per thought")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="answer tokens at most")
+
+    p = sub.add_parser("demo", help="train no-CoT, CoT and COCONUT on a built-in task and compare them")
+    p.add_argument("--out", default="runs/demo", help="output folder (results.json, plots)")
+    p.add_argument("--seed", type=int, default=0, help="seed of data, initialisation and sampling")
+    p.add_argument("--config", default=None, help="preset to use instead of the built-in demo (e.g. configs/demo_full.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    return parser
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from coconav.config import load_config
+    from coconav.recipes import train_coconut
+
+    if args.resume and not args.config:
+        config_path = Path(args.resume) / "config.yaml"
+        if not config_path.is_file():
+            raise CoconavError(f"{args.resume} has no config.yaml: is it a coconav run folder?")
+        cfg = load_config(config_path, args.overrides)
+    else:
+        if not args.config:
+            raise CoconavError("train needs --config FILE.yaml (or --resume RUN)")
+        cfg = load_config(args.config, args.overrides)
+    train_coconut.train(cfg, resume=args.resume)
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from coconav.recipes import evaluate_checkpoint
+
+    report = evaluate_checkpoint.run(args.checkpoint, args.data, num_thoughts=args.num_thoughts,
+                                     max_questions=args.max_questions, batch_size=args.batch_size)
+    if args.out:
+        from coconav.common import write_json_atomic
+
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(args.out, report)
+        print(f"wrote {args.out}")
+    summary = {k: v for k, v in report.items() if k != "questions"}
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from coconav.recipes import evaluate_checkpoint
+
+    print(evaluate_checkpoint.generate_text(args.checkpoint, args.question, num_thoughts=args.num_thoughts,
+                                            show_thoughts=args.show_thoughts, top_k=args.top_k,
+                                            max_new_tokens=args.max_new_tokens))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from coconav.recipes import demo
+
+    demo.run(out=args.out, seed=args.seed, config=args.config, overrides=args.overrides)
+    return 0
+
+
+COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "generate": _cmd_generate, "demo": _cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except CoconavError as err:
+        print(f"coconav: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("coconav: interrupted (completed checkpoints are kept; continue with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

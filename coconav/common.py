@@ -1,0 +1,141 @@
+"""Small shared utilities: seeding, ranks, rank-0 printing, a metric logger, atomic file writes.
+
+The logger always writes JSON lines; TensorBoard and Weights & Biases are optional extras used
+only when installed and asked for, so library code never branches on "is wandb on".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from coconav.errors import ConfigError
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rank() -> int:
+    """This process's rank (0 when not distributed)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return int(os.environ.get("RANK", 0))
+
+
+def world_size() -> int:
+    """Number of processes (1 when not distributed)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", 1))
+
+
+def print0(*args: Any, **kwargs: Any) -> None:
+    """print on rank 0 only."""
+    if rank() == 0:
+        print(*args, **kwargs, flush=True)
+
+
+def set_threads(threads: int) -> None:
+    """Set torch's CPU threads when asked (0 keeps torch's default)."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
+def json_default(value: Any) -> Any:
+    """Make tensors and numpy scalars JSON-serialisable."""
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    """Write JSON through a temporary file and a rename, so readers never see half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=json_default) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def replace_dir_atomic(tmp_dir: Path, final_dir: Path) -> None:
+    """Move a fully written folder into place; an existing `final_dir` is swapped out first."""
+    if final_dir.exists():
+        old = final_dir.with_name(f".{final_dir.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(final_dir, old)
+        os.replace(tmp_dir, final_dir)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp_dir, final_dir)
+
+
+class MetricLogger:
+    """Logs dicts of scalars to `metrics.jsonl` (always) and, when asked, TensorBoard / W&B.
+
+    Only rank 0 writes. Keys are namespaced (`train/loss`, `eval/accuracy`).
+    """
+
+    def __init__(self, out_dir: str | Path, tensorboard: bool = False, wandb: bool = False,
+                 wandb_project: str = "coconav", config: dict | None = None) -> None:
+        self.enabled = rank() == 0
+        self.path = Path(out_dir) / "metrics.jsonl"
+        self._tb = None
+        self._wandb = None
+        if not self.enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ConfigError("log.tensorboard=true needs the tensorboard package: pip install tensorboard") from None
+            self._tb = SummaryWriter(str(Path(out_dir) / "tensorboard"))
+        if wandb:
+            try:
+                import wandb as wandb_module
+            except ImportError:
+                raise ConfigError("log.wandb=true needs the wandb package: pip install wandb") from None
+            self._wandb = wandb_module.init(project=wandb_project, config=config, dir=str(out_dir))
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, "time": time.time(), **metrics}
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record, default=json_default) + "\n")
+        numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(float(v))}
+        if self._tb is not None:
+            for key, value in numeric.items():
+                self._tb.add_scalar(key, value, step)
+        if self._wandb is not None:
+            self._wandb.log(numeric, step=step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+def progress(iterable=None, *, total: int | None = None, desc: str = "", enabled: bool = True):
+    """A tqdm progress bar on rank 0 (a plain iterator elsewhere or when disabled)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, disable=not enabled or rank() != 0, dynamic_ncols=True, leave=False)

@@ -1,0 +1,498 @@
+"""Run configuration: documented dataclasses, loaded from YAML presets with ``key.sub=value`` overrides.
+
+A preset in ``configs/`` mirrors ``RunConfig``; every field below has a type, a default and a
+one-line meaning. Unknown keys, wrong types and out-of-range values raise ``ConfigError`` naming
+the key and what is allowed; ``__post_init__`` validates and derives.
+
+    cfg = load_config("configs/demo.yaml", ["train.lr=3e-4", "curriculum.mode=cot"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from coconav.errors import ConfigError
+
+Mode = Literal["cot", "no_cot", "coconut", "pause"]
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters through PEFT (the base model stays frozen)."""
+
+    r: int = 16
+    """Rank of the low-rank update."""
+    alpha: int = 32
+    """LoRA scaling numerator (scale = alpha / r)."""
+    dropout: float = 0.0
+    """Dropout on the LoRA input; 0 saves activation memory."""
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    """Module names that get adapters (Llama names by default; GPT-2 uses c_attn, c_proj, c_fc)."""
+    adapter_dtype: Literal["float32", "bfloat16"] = "float32"
+    """dtype of the adapter weights (bf16 saves memory on large models)."""
+    train_new_embeddings: bool = True
+    """Also train the embedding and head rows of the new latent tokens (<bot>, <eot>, <thought>)."""
+
+    def __post_init__(self) -> None:
+        _check(self.r > 0, f"model.lora.r must be > 0, got {self.r}")
+        _check(0.0 <= self.dropout < 1.0, f"model.lora.dropout must be in [0, 1), got {self.dropout}")
+        _check(len(self.target_modules) > 0, "model.lora.target_modules must name at least one module")
+
+
+@dataclass
+class ModelConfig:
+    """The backbone language model and how thoughts are formed from its hidden states."""
+
+    name_or_path: str = "scratch-llama"
+    """A Hugging Face hub id, a local folder, 'smollm2-135m', or 'scratch-llama'/'scratch-gpt2' for a
+    randomly initialised model of the size below (built-in tasks, tests)."""
+    hidden_size: int = 128
+    """Width of a from-scratch model (ignored for pretrained models)."""
+    num_layers: int = 3
+    """Decoder layers of a from-scratch model."""
+    num_heads: int = 4
+    """Attention heads of a from-scratch model."""
+    intermediate_size: int = 512
+    """MLP width of a from-scratch model."""
+    max_position_embeddings: int = 512
+    """Context length of a from-scratch model."""
+    tie_embeddings: bool = True
+    """Tie input and output embeddings of a from-scratch model."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Weight dtype; 'bfloat16' stores the base model in bf16."""
+    autocast: Literal["none", "bfloat16"] = "none"
+    """Mixed precision for forward passes (weights stay in `dtype`)."""
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    """Attention kernel passed to transformers."""
+    thought_norm: Literal["none", "embedding"] = "none"
+    """How a last hidden state becomes a thought: 'none' feeds it back as is (the paper's rule);
+    'embedding' rescales it to the mean L2 norm of the input-embedding rows (scale detached)."""
+    gradient_checkpointing: bool = False
+    """Recompute decoder-layer activations in backward; the thought loop keeps its KV cache."""
+    lora: LoraConfig | None = None
+    """LoRA settings; None means full fine-tuning."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name_or_path), "model.name_or_path must not be empty")
+        for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_position_embeddings"):
+            _check(getattr(self, name) > 0, f"model.{name} must be > 0, got {getattr(self, name)}")
+        _check(
+            self.hidden_size % self.num_heads == 0,
+            f"model.hidden_size ({self.hidden_size}) must be divisible by model.num_heads ({self.num_heads})",
+        )
+
+
+@dataclass
+class DataConfig:
+    """Where examples come from: a built-in task or data files / hub ids."""
+
+    task: str = "arithmetic"
+    """A built-in task ('arithmetic', 'graph') or 'files' to read train/validation/test below."""
+    train: str | None = None
+    """Training data spec when task='files': a path (.jsonl GSM8K, .txt GSM8k-Aug, .json COCONUT) or hub id."""
+    validation: str | None = None
+    """Validation data spec when task='files' (None: hold out `validation_size` training rows)."""
+    test: str | None = None
+    """Test data spec when task='files'."""
+    gsm8k_steps: Literal["notes", "lines"] = "notes"
+    """How GSM8K rationales become steps: one per calculator note (GSM8k-Aug style) or one per line."""
+    train_size: int = 50000
+    """Built-in tasks: training examples generated; files: at most this many rows (0 = all)."""
+    validation_size: int = 300
+    """Validation examples (generated, or held out / read)."""
+    test_size: int = 500
+    """Test examples (generated, or at most this many rows read; 0 = all)."""
+    min_difficulty: int = 1
+    """Built-in tasks: fewest reasoning steps."""
+    max_difficulty: int = 6
+    """Built-in tasks: most reasoning steps."""
+    max_length: int = 512
+    """Longest tokenized training sequence; longer ones are dropped with a warning."""
+
+    def __post_init__(self) -> None:
+        _check(self.train_size >= 0, f"data.train_size must be >= 0, got {self.train_size}")
+        _check(self.validation_size >= 0, f"data.validation_size must be >= 0, got {self.validation_size}")
+        _check(self.test_size >= 0, f"data.test_size must be >= 0, got {self.test_size}")
+        _check(
+            1 <= self.min_difficulty <= self.max_difficulty,
+            f"need 1 <= data.min_difficulty <= data.max_difficulty, got {self.min_difficulty} and {self.max_difficulty}",
+        )
+        _check(self.max_length > 8, f"data.max_length must be > 8, got {self.max_length}")
+        if self.task == "files":
+            _check(self.train is not None or self.test is not None, "data.task=files needs data.train or data.test")
+
+
+@dataclass
+class CurriculumConfig:
+    """The COCONUT multi-stage curriculum (paper §3) and its baselines."""
+
+    mode: Mode = "coconut"
+    """'coconut' (continuous thoughts), 'cot' (language steps), 'no_cot' (answer only), or 'pause'
+    (the same number of <pause> tokens in place of thoughts: the paper's 'pause as thought')."""
+    thoughts_per_step: int = 1
+    """Thoughts that replace one reasoning step (the paper's c)."""
+    max_stage: int = 6
+    """Last stage that replaces steps one by one (the paper's max_latent_stage); the stage after it
+    drops every remaining language step and keeps max_stage x thoughts_per_step thoughts."""
+    pad_to_max: bool = True
+    """In the final stage every example gets max_stage x c thoughts, even with fewer steps (paper's
+    pad_latent_to_max); False gives min(steps, max_stage) x c (that uses the example's own step count)."""
+    mix_prob: float = 0.0
+    """Probability that a training example is drawn at another stage (paper's uniform_prob)."""
+    mix_from: Literal["any", "lower"] = "any"
+    """'any': a stage uniform in 0..number of steps (the paper); 'lower': a stage uniform in 0..current-1."""
+    no_curriculum: bool = False
+    """Skip to the final stage directly (the paper's 'w/o curriculum' ablation)."""
+    start_stage: int = 0
+    """First stage to train (e.g. 1 when starting from a CoT checkpoint, as the paper does)."""
+    thought_loss_weight: float = 0.0
+    """Auxiliary loss: the state fed back as thought i, read through the LM head, must predict the
+    first token of step i's result (the answer for padding thoughts). 0 = the paper's COCONUT."""
+
+    def __post_init__(self) -> None:
+        _check(self.thoughts_per_step >= 1, f"curriculum.thoughts_per_step must be >= 1, got {self.thoughts_per_step}")
+        _check(self.max_stage >= 1, f"curriculum.max_stage must be >= 1, got {self.max_stage}")
+        _check(0.0 <= self.mix_prob <= 1.0, f"curriculum.mix_prob must be in [0, 1], got {self.mix_prob}")
+        _check(
+            0 <= self.start_stage <= self.max_stage + 1,
+            f"curriculum.start_stage must be in [0, {self.max_stage + 1}], got {self.start_stage}",
+        )
+        _check(self.thought_loss_weight >= 0, f"curriculum.thought_loss_weight must be >= 0, got {self.thought_loss_weight}")
+
+    @property
+    def final_stage(self) -> int:
+        """The all-latent stage: every language step replaced (paper: scheduled_stage > max_latent_stage)."""
+        return self.max_stage + 1
+
+    def stages(self) -> list[int]:
+        """Stages trained, in order, for this mode."""
+        if self.mode in ("cot", "no_cot"):
+            return [0]
+        if self.no_curriculum:
+            return [self.final_stage]
+        return list(range(self.start_stage, self.final_stage + 1))
+
+    def thoughts_at(self, stage: int) -> int:
+        """Thoughts every example gets at `stage` when padded to the stage (evaluation count)."""
+        if self.mode not in ("coconut", "pause"):
+            return 0
+        return min(stage, self.max_stage) * self.thoughts_per_step
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and schedule."""
+
+    batch_size: int = 128
+    """Examples per optimizer step (per process), before gradient accumulation splits it."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step; micro-batch = batch_size / grad_accum."""
+    group_by_length: bool = True
+    """Sort each batch by length before splitting it into micro-batches (less padding)."""
+    lr: float = 1e-3
+    """Peak learning rate (AdamW)."""
+    min_lr: float = 1e-4
+    """Learning rate at the end of each stage's cosine decay."""
+    warmup_steps: int = 100
+    """Linear warmup steps, at the start of the run and after every optimizer reset."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    """AdamW betas."""
+    grad_clip: float = 1.0
+    """Gradient-norm clip (0 disables)."""
+    steps_per_stage: int = 200
+    """Optimizer steps in each curriculum stage (ignored when epochs_per_stage is set)."""
+    first_stage_steps: int | None = None
+    """Steps of stage 0 (CoT) or of the only stage of cot/no_cot runs; None = steps_per_stage."""
+    final_stage_steps: int | None = None
+    """Steps of the final all-latent stage; None = steps_per_stage; 0 skips it."""
+    epochs_per_stage: float | None = None
+    """If set, stage length in passes over the training set (the paper's epochs_per_stage)."""
+    reset_optimizer: bool = False
+    """Fresh AdamW state at every stage (the paper resets it for GSM8K)."""
+    restart_schedule: bool = True
+    """Restart warmup + cosine at every stage (False: one schedule over the whole run)."""
+    log_every: int = 25
+    """Steps between log lines."""
+    save_every: int = 0
+    """Steps between mid-stage checkpoints for resuming (0: only at stage ends)."""
+    eval_each_stage: bool = True
+    """Evaluate on the validation split at the end of each stage."""
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
+        _check(self.grad_accum >= 1, f"train.grad_accum must be >= 1, got {self.grad_accum}")
+        _check(
+            self.batch_size % self.grad_accum == 0,
+            f"train.batch_size ({self.batch_size}) must be a multiple of train.grad_accum ({self.grad_accum})",
+        )
+        _check(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
+        _check(0 <= self.min_lr <= self.lr, f"train.min_lr must be in [0, train.lr], got {self.min_lr}")
+        _check(self.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
+        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"train.betas must be two numbers in [0, 1), got {self.betas}")
+        _check(self.steps_per_stage >= 1, f"train.steps_per_stage must be >= 1, got {self.steps_per_stage}")
+        _check(self.first_stage_steps is None or self.first_stage_steps >= 0, "train.first_stage_steps must be >= 0")
+        _check(self.final_stage_steps is None or self.final_stage_steps >= 0, "train.final_stage_steps must be >= 0")
+        _check(self.epochs_per_stage is None or self.epochs_per_stage > 0, "train.epochs_per_stage must be > 0")
+        _check(self.log_every >= 1, f"train.log_every must be >= 1, got {self.log_every}")
+        _check(self.save_every >= 0, f"train.save_every must be >= 0, got {self.save_every}")
+
+    @property
+    def micro_batch_size(self) -> int:
+        return self.batch_size // self.grad_accum
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation and generation."""
+
+    num_thoughts: int | None = None
+    """Thoughts per question at evaluation; None = the last trained stage's count. Never the test
+    example's own number of steps."""
+    max_new_tokens: int = 64
+    """Answer tokens generated at most (including remaining language steps)."""
+    batch_size: int = 64
+    """Questions per generation batch."""
+    do_sample: bool = False
+    """Sample instead of greedy decoding."""
+    temperature: float = 1.0
+    """Sampling temperature."""
+    top_p: float = 1.0
+    """Nucleus sampling mass."""
+    max_questions: int = 0
+    """Evaluate at most this many questions (0 = all)."""
+
+    def __post_init__(self) -> None:
+        _check(self.num_thoughts is None or self.num_thoughts >= 0, f"eval.num_thoughts must be >= 0, got {self.num_thoughts}")
+        _check(self.max_new_tokens >= 1, f"eval.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        _check(self.batch_size >= 1, f"eval.batch_size must be >= 1, got {self.batch_size}")
+        _check(self.temperature > 0, f"eval.temperature must be > 0, got {self.temperature}")
+        _check(0 < self.top_p <= 1, f"eval.top_p must be in (0, 1], got {self.top_p}")
+        _check(self.max_questions >= 0, f"eval.max_questions must be >= 0, got {self.max_questions}")
+
+
+@dataclass
+class LogConfig:
+    """Where metrics go. JSONL is always written; the others only when installed and asked for."""
+
+    tensorboard: bool = False
+    """Also log to TensorBoard (needs the `tensorboard` package)."""
+    wandb: bool = False
+    """Also log to Weights & Biases (needs the `wandb` package)."""
+    wandb_project: str = "coconav"
+    """W&B project name."""
+    progress: bool = True
+    """Show progress bars."""
+
+
+@dataclass
+class RunConfig:
+    """One run: model, data, curriculum, optimisation, evaluation, logging."""
+
+    out_dir: str = "runs/default"
+    """Run folder: config.yaml, metrics.jsonl, checkpoints/."""
+    seed: int = 0
+    """Seeds data generation, initialisation and sampling."""
+    threads: int = 0
+    """torch CPU threads (0 = torch's default)."""
+    init_from: str | None = None
+    """Start from this coconav checkpoint folder (e.g. a CoT run, as the paper does) instead of model.name_or_path."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.threads >= 0, f"threads must be >= 0, got {self.threads}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading: dict -> dataclasses with type checks, YAML files, command-line overrides.
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in get_args(tp))
+    if origin is list:
+        return f"list[{_type_name(get_args(tp)[0])}]"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`, converting YAML scalars where it is safe."""
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ConfigError(f"{key}: null is not allowed (expected {_type_name(tp)})")
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value in get_args(tp):
+            return value
+        raise ConfigError(f"{key}: {value!r} is not one of {_type_name(tp)}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item,) = get_args(tp)
+        return [_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return from_dict(tp, value, prefix=f"{key}.")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported config type {tp!r}")
+
+
+def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    """Build dataclass `cls` from a plain dict; unknown keys and wrong types raise ConfigError."""
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in hints or key not in names:
+            raise ConfigError(f"unknown config key '{prefix}{key}' (allowed: {', '.join(names)})")
+        kwargs[key] = _convert(value, hints[key], f"{prefix}{key}")
+    try:
+        return cls(**kwargs)
+    except TypeError as err:  # pragma: no cover - fields all have defaults
+        raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {err}") from None
+
+
+def to_dict(cfg: Any) -> dict:
+    """The resolved config as plain Python data (YAML/JSON ready)."""
+    return dataclasses.asdict(cfg)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split 'a.b=value' into (['a', 'b'], parsed value); the value is read as YAML (1e-3, true, null)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key.sub=value")
+    key, raw = text.split("=", 1)
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override '{text}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply 'key.sub=value' strings to a nested dict (the types are checked later by from_dict)."""
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override '{text}': '{part}' is not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping; syntax errors become one-line ConfigErrors with the line number."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}{where}: YAML syntax error: {problem}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not valid UTF-8 text") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of config sections")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a preset (or the defaults when `path` is None) and apply overrides."""
+    data = read_yaml(path) if path is not None else {}
+    data = apply_overrides(data, list(overrides or []))
+    return from_dict(RunConfig, data)
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML."""
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+
+
+__all__ = [
+    "CurriculumConfig",
+    "DataConfig",
+    "EvalConfig",
+    "LogConfig",
+    "LoraConfig",
+    "Mode",
+    "ModelConfig",
+    "RunConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "from_dict",
+    "load_config",
+    "save_config",
+    "to_dict",
+]
+

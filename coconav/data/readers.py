@@ -1,0 +1,208 @@
+"""Readers of the data formats COCONUT uses, and ``load_examples``, the one entry point.
+
+Formats (arXiv 2412.06769 §4; github.com/facebookresearch/coconut):
+  * GSM8K original JSON lines ``{"question", "answer"}`` (``.jsonl``) -> :mod:`coconav.data.gsm8k`;
+  * GSM8k-Aug text lines ``question||<<eq>> <<eq>> #### N`` (``.txt``, from
+    github.com/da03/Internalize_CoT_Step_by_Step), the equation-only steps COCONUT trains on;
+  * the COCONUT JSON list ``[{"question", "steps", "answer"}, ...]`` (``.json``), used for
+    ProsQA, ProntoQA and the preprocessed GSM8k-Aug; extra keys (the ProsQA graph) go to
+    ``Example.meta``.
+
+Every malformed input raises a one-line DataError naming the file and the line (line formats)
+or the 0-based record index into the JSON list (``test.json: record 3: ...``)::
+
+    from coconav.data.readers import load_examples
+    load_examples("../shared/data/prosqa/test.json")        # COCONUT JSON, by extension
+    load_examples("gsm8k_aug:../shared/data/gsm8k_aug/valid.txt", limit=10)
+    load_examples("openai/gsm8k:test")                      # Hugging Face hub id
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from coconav.data.gsm8k import (
+    NOTE_RE,
+    STEP_STYLES,
+    StepStyle,
+    check_limit,
+    iter_lines,
+    load_gsm8k_hub,
+    parse_number,
+    parse_reference,
+    read_gsm8k_jsonl,
+    read_text,
+)
+from coconav.data.records import Example
+from coconav.errors import ConfigError, DataError
+
+FORMATS: tuple[str, ...] = ("gsm8k", "gsm8k_aug", "coconut")
+_EXTENSIONS: dict[str, str] = {".jsonl": "gsm8k", ".txt": "gsm8k_aug", ".json": "coconut"}
+# A Hugging Face repo id (owner/name, the characters the hub allows) with an optional split.
+_HUB_ID_RE = re.compile(r"(?P<name>[A-Za-z0-9][\w.-]*/[\w.-]+)(?::(?P<split>[\w.-]+))?")
+
+
+def _aug_example(line: str) -> Example:
+    question, sep, rationale = line.rpartition("||")
+    if not sep:
+        raise DataError("expected 'question||<<eq>> ... #### N', found no '||'")
+    if not question.strip():
+        raise DataError("question is empty")
+    if "####" not in rationale:
+        raise DataError("expected '#### N' after '||', found no '####'")
+    answer = parse_reference(rationale)
+    # Only the notes are steps; GSM8k-Aug has nothing else between them, and a few lines have no
+    # note at all (answer-only, 6 of 500 valid, 18 of 1,319 test) and so get no steps.
+    steps = tuple(NOTE_RE.findall(rationale[: rationale.rfind("####")]))
+    return Example(question=question.strip(), steps=steps, answer=answer, answer_type="number")
+
+
+def read_gsm8k_aug(path: str | Path, limit: int | None = None) -> list[Example]:
+    """Examples from a GSM8k-Aug text file: ``question||<<eq>> <<eq>> #### N`` per line.
+
+    Steps are the ``<<eq>>`` notes (possibly none), answer the canonical number after
+    ``####``. Blank lines are skipped; reading stops after ``limit`` records.
+    """
+    check_limit(limit)
+    text = read_text(path)
+    examples: list[Example] = []
+    seen_any = False
+    for number, line in iter_lines(text):
+        seen_any = True
+        if limit is not None and len(examples) >= limit:
+            break
+        where = f"{path}:{number}"
+        try:
+            example = _aug_example(line)
+        except DataError as exc:
+            raise DataError(f"{where}: {exc}") from None
+        example.meta["source"] = where
+        examples.append(example)
+    if not seen_any:
+        raise DataError(f"{path}: no records (the file is empty or blank)")
+    return examples
+
+
+def _coconut_example(record: Any) -> Example:
+    if not isinstance(record, dict):
+        raise DataError(f"expected an object, got {type(record).__name__}")
+    for name in ("question", "steps", "answer"):
+        if name not in record:
+            raise DataError(f"field {name!r} missing")
+    question, steps, answer = record["question"], record["steps"], record["answer"]
+    if not isinstance(question, str):
+        raise DataError(f"field 'question' must be a string, got {type(question).__name__}")
+    if not question.strip():
+        raise DataError("field 'question' is empty")
+    if not isinstance(steps, list) or not all(isinstance(step, str) for step in steps):
+        raise DataError("field 'steps' must be a list of strings")
+    if not steps:
+        raise DataError("field 'steps' is an empty list")
+    for index, step in enumerate(steps):
+        if not step.strip():
+            raise DataError(f"field 'steps' has an empty step at index {index}")
+    # bool is an int in Python, but true/false is never a meaningful answer here.
+    if isinstance(answer, (int, float)) and not isinstance(answer, bool):
+        answer = str(answer)
+    if not isinstance(answer, str):
+        raise DataError(f"field 'answer' must be a string, got {type(answer).__name__}")
+    if not answer.strip():
+        raise DataError("field 'answer' is empty")
+    number = parse_number(answer)
+    extra = {
+        key: value for key, value in record.items() if key not in ("question", "steps", "answer")
+    }
+    return Example(
+        question=question.strip(),
+        steps=tuple(steps),
+        answer=number if number is not None else answer.strip(),
+        answer_type="number" if number is not None else "text",
+        meta=extra,
+    )
+
+
+def read_coconut_json(path: str | Path, limit: int | None = None) -> list[Example]:
+    """Examples from a COCONUT JSON list ``[{"question", "steps", "answer", ...}, ...]``.
+
+    ``answer_type`` is "number" when the answer is a single number (then stored canonical,
+    ``"1,000"`` -> ``"1000"``), else "text" (kept as written, e.g. ``"Sally is a sterpus."``).
+    Extra keys are kept in ``Example.meta``. Record indices in errors are 0-based.
+    """
+    check_limit(limit)
+    text = read_text(path)
+    if not text.strip():
+        raise DataError(f"{path}: no records (the file is empty or blank)")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}:{exc.lineno}: bad JSON at column {exc.colno}: {exc.msg}") from None
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
+    if not data:
+        raise DataError(f"{path}: no records (the JSON list is empty)")
+    examples: list[Example] = []
+    for index, record in enumerate(data if limit is None else data[:limit]):
+        try:
+            example = _coconut_example(record)
+        except DataError as exc:
+            raise DataError(f"{path}: record {index}: {exc}") from None
+        example.meta["source"] = f"{path}[{index}]"
+        examples.append(example)
+    return examples
+
+
+def _split_format(spec: str) -> tuple[str | None, str]:
+    prefix, sep, rest = spec.partition(":")
+    if sep and prefix in FORMATS:
+        return prefix, rest
+    return None, spec
+
+
+def load_examples(
+    spec: str | os.PathLike[str], *, steps: StepStyle = "notes", limit: int | None = None
+) -> list[Example]:
+    """Examples from a data spec: a local file, ``FORMAT:PATH``, or a hub id.
+
+    * ``path.jsonl`` GSM8K original, ``path.txt`` GSM8k-Aug, ``path.json`` COCONUT JSON;
+    * ``gsm8k:PATH``, ``gsm8k_aug:PATH``, ``coconut:PATH`` force the format;
+    * ``owner/name`` or ``owner/name:split`` (default split "test"), when no such file exists,
+      loads a GSM8K-format set from the Hugging Face hub (``openai/gsm8k:test``).
+    ``steps`` ("notes" or "lines") applies to GSM8K original data only: GSM8k-Aug steps are
+    always the notes and COCONUT JSON carries its own.
+    """
+    if steps not in STEP_STYLES:
+        raise ConfigError(
+            f"unknown steps style {steps!r} (expected one of {', '.join(STEP_STYLES)})"
+        )
+    spec = os.fspath(spec)
+    if not spec.strip():
+        raise DataError(
+            "empty data spec (expected a file path or a hub id such as openai/gsm8k:test)"
+        )
+    fmt, location = _split_format(spec)
+    path = Path(location)
+    if path.exists():
+        if fmt is None:
+            fmt = _EXTENSIONS.get(path.suffix.lower())
+            if fmt is None:
+                raise DataError(
+                    f"{path}: unknown data file extension {path.suffix or '(none)'!r} "
+                    "(expected .jsonl GSM8K, .txt GSM8k-Aug or .json COCONUT, "
+                    "or a prefix gsm8k:, gsm8k_aug:, coconut:)"
+                )
+        if fmt == "gsm8k":
+            return read_gsm8k_jsonl(path, steps=steps, limit=limit)
+        if fmt == "gsm8k_aug":
+            return read_gsm8k_aug(path, limit=limit)
+        return read_coconut_json(path, limit=limit)
+    hub = _HUB_ID_RE.fullmatch(location)
+    # "data/x.jsonl" is also owner/name-shaped; a data-file extension means a missing file.
+    if hub and fmt in (None, "gsm8k") and Path(hub.group("name")).suffix.lower() not in _EXTENSIONS:
+        return load_gsm8k_hub(
+            hub.group("name"), split=hub.group("split") or "test", steps=steps, limit=limit
+        )
+    raise DataError(f"{location}: no such file")

@@ -1,0 +1,87 @@
+"""Train/validation/test splits for a run, from a built-in task or from data files, and batch sampling.
+
+    splits = load_splits(cfg.data, seed=cfg.seed)
+    idx = batch_indices(num_examples=len(splits.train), batch_size=128, step=global_step, seed=0)
+
+Batches are a pure function of (seed, step): each epoch is a seeded permutation of the training
+set and step s takes the next `batch_size` indices of that stream, so a resumed run sees exactly
+the batches it would have seen, with no sampler state to save.
+"""
+
+from __future__ import annotations
+
+import random
+
+from coconav.config import DataConfig
+from coconav.data.readers import load_examples
+from coconav.data.records import Example
+from coconav.data.tasks import Splits, make_splits
+from coconav.errors import ConfigError, DataError
+
+
+def load_splits(cfg: DataConfig, seed: int) -> Splits:
+    """Generate a built-in task's splits or read the configured files (test never overlaps train)."""
+    if cfg.task != "files":
+        return make_splits(cfg.task, seed=seed, train_size=cfg.train_size, validation_size=cfg.validation_size,
+                           test_size=cfg.test_size, min_difficulty=cfg.min_difficulty,
+                           max_difficulty=cfg.max_difficulty)
+    limit = lambda n: n or None  # noqa: E731 - 0 means all rows
+    train = load_examples(cfg.train, steps=cfg.gsm8k_steps) if cfg.train else []
+    test = load_examples(cfg.test, steps=cfg.gsm8k_steps, limit=limit(cfg.test_size)) if cfg.test else []
+    test_questions = {ex.question for ex in test}
+    train = [ex for ex in train if ex.question not in test_questions]
+    if cfg.validation:
+        validation = load_examples(cfg.validation, steps=cfg.gsm8k_steps, limit=limit(cfg.validation_size))
+    else:  # hold out a seeded sample of the training rows
+        rng = random.Random(f"{seed}-validation")
+        order = list(range(len(train)))
+        rng.shuffle(order)
+        held = set(order[: cfg.validation_size])
+        validation = [train[i] for i in sorted(held)]
+        train = [ex for i, ex in enumerate(train) if i not in held]
+    if cfg.train_size:
+        train = train[: cfg.train_size]
+    if cfg.train and not train:
+        raise DataError(f"{cfg.train}: no training examples left after removing test/validation rows")
+    return Splits(train=train, validation=validation, test=test)
+
+
+def data_vocabulary(examples: list[Example]) -> list[str]:
+    """Every whitespace-separated word of the examples (for a from-scratch word-level tokenizer)."""
+    import re
+
+    words: dict[str, None] = {}
+    for ex in examples:
+        for text in (ex.question, *ex.steps, ex.answer, "###"):
+            for word in re.findall(r"\w+|[^\w\s]+", text):
+                words.setdefault(word, None)
+    return list(words)
+
+
+def batch_indices(num_examples: int, batch_size: int, step: int, seed: int) -> list[int]:
+    """Indices of the training examples in batch `step` (epochs are seeded permutations)."""
+    if num_examples <= 0:
+        raise ConfigError("the training split is empty")
+    out: list[int] = []
+    position = step * batch_size
+    while len(out) < batch_size:
+        epoch, offset = divmod(position, num_examples)
+        perm = _permutation(num_examples, seed, epoch)
+        take = min(batch_size - len(out), num_examples - offset)
+        out.extend(perm[offset: offset + take])
+        position += take
+    return out
+
+
+_PERM_CACHE: dict[tuple[int, int, int], list[int]] = {}
+
+
+def _permutation(n: int, seed: int, epoch: int) -> list[int]:
+    key = (n, seed, epoch)
+    if key not in _PERM_CACHE:
+        if len(_PERM_CACHE) > 4:
+            _PERM_CACHE.clear()
+        perm = list(range(n))
+        random.Random(f"{seed}-epoch-{epoch}").shuffle(perm)
+        _PERM_CACHE[key] = perm
+    return _PERM_CACHE[key]

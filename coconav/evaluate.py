@@ -1,0 +1,122 @@
+"""Evaluation: accuracy, accuracy by difficulty, thoughts used, tokens, forward passes, latency.
+
+The number of thoughts per question is a fixed count (the last trained stage's, or an argument)
+or a controller's halting decision — never the test example's own number of gold steps (the
+paper's code does that; it tells the model how hard each problem is).
+
+Forward passes per question: the prompt's prefill counts one, each thought one, each generated
+token one (the pass over the forced <eot> produces the first answer token).
+
+    result = evaluate(lm, examples, mode="coconut", num_thoughts=6, cfg=EvalConfig())
+    print(result.summary())
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from coconav.config import EvalConfig
+from coconav.data.curriculum import build_prompt, encode_question
+from coconav.data.records import Example
+from coconav.data.scoring import score
+from coconav.common import progress
+from coconav.model.latent_lm import LatentLM, ThoughtController
+
+
+@dataclass
+class QuestionResult:
+    """One evaluated question."""
+
+    question: str
+    reference: str
+    completion: str
+    correct: bool
+    difficulty: int
+    num_thoughts: int
+    new_tokens: int
+    forward_passes: int
+
+
+@dataclass
+class EvalResult:
+    """Aggregates over a test set (means per question) and the per-question records."""
+
+    accuracy: float
+    accuracy_by_difficulty: dict[str, float]
+    mean_thoughts: float
+    mean_new_tokens: float
+    mean_forward_passes: float
+    seconds_per_question: float
+    num_questions: int
+    mean_thoughts_by_difficulty: dict[str, float] = field(default_factory=dict)
+    questions: list[QuestionResult] = field(default_factory=list, repr=False)
+
+    def summary(self) -> dict:
+        """The aggregate numbers (no per-question records), JSON-ready."""
+        out = asdict(self)
+        out.pop("questions")
+        return out
+
+    def to_json(self, with_questions: bool = True) -> dict:
+        out = self.summary()
+        if with_questions:
+            out["questions"] = [asdict(q) for q in self.questions]
+        return out
+
+
+def aggregate(records: list[QuestionResult], seconds: float) -> EvalResult:
+    """Means over questions, and accuracy and thoughts grouped by difficulty."""
+    n = max(len(records), 1)
+    by_diff: dict[int, list[QuestionResult]] = defaultdict(list)
+    for r in records:
+        by_diff[r.difficulty].append(r)
+    return EvalResult(
+        accuracy=sum(r.correct for r in records) / n,
+        accuracy_by_difficulty={str(d): sum(r.correct for r in rs) / len(rs) for d, rs in sorted(by_diff.items())},
+        mean_thoughts=sum(r.num_thoughts for r in records) / n,
+        mean_new_tokens=sum(r.new_tokens for r in records) / n,
+        mean_forward_passes=sum(r.forward_passes for r in records) / n,
+        seconds_per_question=seconds / n,
+        num_questions=len(records),
+        mean_thoughts_by_difficulty={str(d): sum(r.num_thoughts for r in rs) / len(rs) for d, rs in sorted(by_diff.items())},
+        questions=records,
+    )
+
+
+def evaluate(lm: LatentLM, examples: list[Example], mode: str, num_thoughts: int, cfg: EvalConfig,
+             controller: ThoughtController | None = None, max_thoughts: int | None = None,
+             seed: int = 0, show_progress: bool = False) -> EvalResult:
+    """Generate an answer for every example and score it with the task's rule (coconav.data.scoring)."""
+    if cfg.max_questions:
+        examples = examples[: cfg.max_questions]
+    was_training = lm.training
+    lm.eval()
+    generator = torch.Generator(device=lm.device).manual_seed(seed) if cfg.do_sample else None
+    prompts = [build_prompt(encode_question(lm.tokenizer, ex.question), mode, num_thoughts, lm.special) for ex in examples]
+    # Batches of similar prompt length waste less on padding; results are put back in order.
+    order = sorted(range(len(examples)), key=lambda i: len(prompts[i]))
+    records: list[QuestionResult | None] = [None] * len(examples)
+    thoughts = num_thoughts if mode == "coconut" else 0
+    start = time.perf_counter()
+    batches = range(0, len(order), cfg.batch_size)
+    for lo in progress(batches, desc="eval", enabled=show_progress):
+        idx = order[lo: lo + cfg.batch_size]
+        out = lm.generate([prompts[i] for i in idx], num_thoughts=thoughts, controller=controller,
+                          max_thoughts=max_thoughts, max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
+                          temperature=cfg.temperature, top_p=cfg.top_p, generator=generator)
+        for j, i in enumerate(idx):
+            ex = examples[i]
+            # pause tokens are part of the prompt but each costs a sequential position like a thought
+            used = int(out.num_thoughts[j]) if mode == "coconut" else (num_thoughts if mode == "pause" else 0)
+            records[i] = QuestionResult(question=ex.question, reference=ex.answer, completion=out.texts[j],
+                                        correct=score(out.texts[j], ex), difficulty=ex.difficulty, num_thoughts=used,
+                                        new_tokens=int(out.new_tokens[j]),
+                                        forward_passes=1 + (int(out.num_thoughts[j]) if mode == "coconut" else 0)
+                                        + int(out.new_tokens[j]))
+    seconds = time.perf_counter() - start
+    lm.train(was_training)
+    return aggregate([r for r in records if r is not None], seconds)

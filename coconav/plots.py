@@ -1,0 +1,92 @@
+"""PNG plots of evaluation results (matplotlib is an optional extra: pip install 'coconav[plots]').
+
+    paths = plot_demo(results, out_dir)   # [] with a note when matplotlib is missing
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from coconav.common import print0
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print0("matplotlib is not installed: no plots (pip install 'coconav[plots]')")
+        return None
+    return plt
+
+
+def plot_accuracy_by_difficulty(methods: dict[str, dict], path: Path, plt) -> Path:
+    """One line per method: test accuracy against the number of reasoning steps."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, m in methods.items():
+        by = m["accuracy_by_difficulty"]
+        xs = sorted(by, key=int)
+        ax.plot([int(x) for x in xs], [100 * by[x] for x in xs], marker="o", label=name)
+    ax.set_xlabel("reasoning steps (difficulty)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title("Accuracy by difficulty")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_stages(stages: list[dict], path: Path, plt) -> Path:
+    """Validation accuracy and forward passes after each curriculum stage."""
+    stages = [s for s in stages if "accuracy" in s]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = [s["stage"] for s in stages]
+    ax.plot(xs, [100 * s["accuracy"] for s in stages], marker="o", color="C0", label="accuracy")
+    ax.set_xlabel("curriculum stage (thoughts replace the first k steps)")
+    ax.set_ylabel("validation accuracy (%)", color="C0")
+    ax.set_ylim(-2, 102)
+    ax2 = ax.twinx()
+    ax2.plot(xs, [s["mean_forward_passes"] for s in stages], marker="s", color="C1", label="forward passes")
+    ax2.set_ylabel("forward passes per question", color="C1")
+    ax.grid(alpha=0.3)
+    ax.set_title("COCONUT curriculum")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_accuracy_vs_passes(methods: dict[str, dict], path: Path, plt) -> Path:
+    """One point per method: accuracy against mean forward passes per question."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, (name, m) in enumerate(methods.items()):
+        ax.scatter(m["mean_forward_passes"], 100 * m["accuracy"], s=80, color=f"C{i}", label=name)
+        ax.annotate(name, (m["mean_forward_passes"], 100 * m["accuracy"]), textcoords="offset points", xytext=(6, 6))
+    ax.set_xlabel("forward passes per question")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(-2, 102)
+    ax.set_xlim(left=0)
+    ax.grid(alpha=0.3)
+    ax.set_title("Accuracy against compute")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_demo(results: dict, out_dir: str | Path) -> list[Path]:
+    """The demo's three plots; returns the files written."""
+    plt = _pyplot()
+    if plt is None:
+        return []
+    out_dir = Path(out_dir)
+    paths = [plot_accuracy_by_difficulty(results["methods"], out_dir / "accuracy_by_difficulty.png", plt),
+             plot_accuracy_vs_passes(results["methods"], out_dir / "accuracy_vs_forward_passes.png", plt)]
+    if results.get("stages"):
+        paths.append(plot_stages(results["stages"], out_dir / "accuracy_by_stage.png", plt))
+    return paths

@@ -1,0 +1,297 @@
+"""Train a latent LM with the COCONUT curriculum, or one of its baselines (cot, no_cot, pause).
+
+Paper: Hao et al., "Training Large Language Models to Reason in a Continuous Latent Space"
+(arXiv 2412.06769), §3: stage 0 is chain-of-thought training; stage k replaces the first k steps
+with k x c continuous thoughts; the last stage drops every language step. Differences from the
+paper's code: the number of thoughts at evaluation is the last stage's fixed count, never the test
+example's own number of steps; stages may be measured in optimizer steps (built-in tasks) or in
+epochs (data files); an optional thought loss (curriculum.thought_loss_weight) is off by default.
+
+    coconav train --config configs/demo.yaml                       # a tiny model on 2 CPU cores
+    accelerate launch --config_file configs/accelerate/ddp.yaml -m coconav train --config configs/gsm8k_gpt2_coconut.yaml
+
+Multi-process data parallel runs through accelerate (DDP, FSDP or DeepSpeed from its config) or
+torchrun; each rank takes its share of every global batch.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+
+from coconav.checkpoint import TrainState, latest_checkpoint, list_checkpoints, load_trainer_state, save_checkpoint
+from coconav.common import MetricLogger, print0, progress, seed_everything, set_threads, write_json_atomic
+from coconav.config import RunConfig, save_config, to_dict
+from coconav.data.curriculum import TokenizedExample, build_sequence, collate, tokenize_example
+from coconav.data.splits import batch_indices, data_vocabulary, load_splits
+from coconav.data.tasks import Splits, get_task
+from coconav.data.tokenizer import build_word_tokenizer
+from coconav.errors import ConfigError
+from coconav.evaluate import EvalResult, evaluate
+from coconav.model.build import SCRATCH, build_latent_lm
+from coconav.model.latent_lm import LatentLM
+
+
+@dataclass
+class Run:
+    """Everything the loop needs, built once."""
+
+    cfg: RunConfig
+    accelerator: Accelerator
+    lm: LatentLM
+    model: torch.nn.Module  # lm, possibly wrapped by DDP/FSDP
+    optimizer: torch.optim.Optimizer
+    splits: Splits
+    train_examples: list[TokenizedExample]
+    logger: MetricLogger
+    out_dir: Path
+
+
+# 1. setup -------------------------------------------------------------------------------------
+
+def check_run_folder(out_dir: Path, resume: bool) -> None:
+    """Never resume silently, never overwrite silently."""
+    if not resume and list_checkpoints(out_dir):
+        raise ConfigError(f"{out_dir} already holds checkpoints: pass --resume {out_dir} to continue it, "
+                          f"or choose another out_dir")
+
+
+# 2. build -------------------------------------------------------------------------------------
+
+def build_model(cfg: RunConfig, splits: Splits, resume_from: Path | None) -> LatentLM:
+    """The latent LM: from a checkpoint to resume, from `init_from`, or freshly built."""
+    if resume_from is not None:
+        return LatentLM.from_pretrained(resume_from, thought_norm=cfg.model.thought_norm, autocast=cfg.model.autocast)
+    if cfg.init_from:
+        return LatentLM.from_pretrained(cfg.init_from, thought_norm=cfg.model.thought_norm, autocast=cfg.model.autocast)
+    tokenizer = None
+    if cfg.model.name_or_path in SCRATCH:
+        if cfg.data.task != "files":
+            tokenizer = build_word_tokenizer(get_task(cfg.data.task).vocabulary())
+        else:
+            tokenizer = build_word_tokenizer(data_vocabulary(splits.train + splits.validation + splits.test))
+    return build_latent_lm(cfg.model, tokenizer)
+
+
+def make_optimizer(cfg: RunConfig, lm: LatentLM) -> torch.optim.Optimizer:
+    """AdamW over trainable parameters; no weight decay on biases, norms and embeddings."""
+    decay, no_decay = [], []
+    for name, param in lm.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim < 2 or "embed" in name or "wte" in name or "wpe" in name else decay).append(param)
+    groups = [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=tuple(cfg.train.betas))
+
+
+def stage_length(cfg: RunConfig, stage: int, num_train: int, world: int) -> int:
+    """Optimizer steps in `stage`."""
+    t = cfg.train
+    if stage == cfg.curriculum.final_stage and t.final_stage_steps is not None:
+        return t.final_stage_steps
+    if stage == 0 and t.first_stage_steps is not None:
+        return t.first_stage_steps
+    if t.epochs_per_stage is not None:
+        return max(1, math.ceil(t.epochs_per_stage * num_train / (t.batch_size * world)))
+    return t.steps_per_stage
+
+
+def lr_at(step: int, total: int, cfg: RunConfig, warmup: int) -> float:
+    """Linear warmup over `warmup` steps, then cosine decay from lr to min_lr over `total` steps."""
+    t = cfg.train
+    if step < warmup:
+        return t.lr * (step + 1) / warmup
+    progress_ = (step - warmup) / max(1, total - warmup)
+    return t.min_lr + 0.5 * (t.lr - t.min_lr) * (1 + math.cos(math.pi * min(1.0, progress_)))
+
+
+# 3. one optimizer step ------------------------------------------------------------------------
+
+def train_step(run: Run, stage: int, global_step: int) -> dict[str, float]:
+    """Forward and backward over this rank's share of one global batch, then an optimizer step."""
+    cfg, acc = run.cfg, run.accelerator
+    world, rank = acc.num_processes, acc.process_index
+    indices = batch_indices(len(run.train_examples), cfg.train.batch_size * world, global_step, cfg.seed)
+    indices = indices[rank * cfg.train.batch_size:(rank + 1) * cfg.train.batch_size]
+    rng = random.Random(f"{cfg.seed}-mix-{global_step}-{rank}")
+    seqs = [build_sequence(run.train_examples[i], stage, cfg.curriculum, run.lm.special, rng) for i in indices]
+    if cfg.train.group_by_length:  # micro-batches of similar length waste less compute on padding
+        seqs.sort(key=lambda seq: len(seq.ids))
+    micro = cfg.train.micro_batch_size
+    totals = {"loss": 0.0, "lm_loss": 0.0, "thought_loss": 0.0}
+    tokens = 0
+    for lo in range(0, len(seqs), micro):
+        batch = collate(seqs[lo:lo + micro], run.lm.special).to(acc.device)
+        with acc.accumulate(run.model):
+            out = run.model(batch.input_ids, batch.attention_mask, labels=batch.labels,
+                            thought_targets=batch.thought_targets,
+                            thought_loss_weight=cfg.curriculum.thought_loss_weight)
+            acc.backward(out.loss)
+            if acc.sync_gradients and cfg.train.grad_clip > 0:
+                acc.clip_grad_norm_(run.model.parameters(), cfg.train.grad_clip)
+            run.optimizer.step()
+            run.optimizer.zero_grad(set_to_none=True)
+        totals["loss"] += out.loss.item() / cfg.train.grad_accum
+        totals["lm_loss"] += out.lm_loss.item() / cfg.train.grad_accum
+        if out.thought_loss is not None:
+            totals["thought_loss"] += out.thought_loss.item() / cfg.train.grad_accum
+        tokens += int(batch.attention_mask.sum())
+    totals["tokens"] = tokens
+    return totals
+
+
+# 4. evaluation and checkpoints ----------------------------------------------------------------
+
+def eval_mode(cfg: RunConfig, stage: int) -> tuple[str, int]:
+    """(mode, thoughts) a model trained up to `stage` is evaluated with."""
+    mode = cfg.curriculum.mode
+    thoughts = cfg.eval.num_thoughts if cfg.eval.num_thoughts is not None else cfg.curriculum.thoughts_at(stage)
+    return mode, thoughts
+
+
+def run_eval(run: Run, examples, stage: int) -> EvalResult:
+    mode, thoughts = eval_mode(run.cfg, stage)
+    return evaluate(run.lm, examples, mode, thoughts, run.cfg.eval, seed=run.cfg.seed, show_progress=run.cfg.log.progress)
+
+
+def checkpoint(run: Run, name: str, state: TrainState, metrics: dict | None = None) -> None:
+    run.accelerator.wait_for_everyone()
+    if run.accelerator.is_main_process:
+        save_checkpoint(run.out_dir / "checkpoints" / name, run.accelerator.unwrap_model(run.model), state,
+                        to_dict(run.cfg), run.optimizer, metrics=metrics)
+    run.accelerator.wait_for_everyone()
+
+
+# 5. the run -----------------------------------------------------------------------------------
+
+def train(cfg: RunConfig, resume: str | None = None) -> dict:
+    """Train every stage of the curriculum, evaluating and checkpointing after each; returns results."""
+    # 1. setup
+    set_threads(cfg.threads)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), gradient_accumulation_steps=cfg.train.grad_accum)
+    out_dir = Path(resume or cfg.out_dir)
+    check_run_folder(out_dir, resume is not None)
+    resume_from = latest_checkpoint(out_dir) if resume else None
+    seed_everything(cfg.seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if accelerator.is_main_process:
+        save_config(cfg, out_dir / "config.yaml")
+    logger = MetricLogger(out_dir, cfg.log.tensorboard, cfg.log.wandb, cfg.log.wandb_project, to_dict(cfg))
+    print0(f"coconav train: mode={cfg.curriculum.mode} stages={cfg.curriculum.stages()} out_dir={out_dir}")
+
+    # 2. data and model
+    splits = load_splits(cfg.data, cfg.seed)
+    lm = build_model(cfg, splits, resume_from)
+    lm.train()
+    train_examples = tokenize_train(splits.train, lm, cfg.data.max_length)
+    optimizer = make_optimizer(cfg, lm)
+    state = TrainState(stage=cfg.curriculum.stages()[0])
+    if resume_from is not None:
+        state = load_trainer_state(resume_from, optimizer)
+        print0(f"resuming from {resume_from} at stage {state.stage}, step {state.step}")
+    model, optimizer = accelerator.prepare(lm, optimizer)
+    run = Run(cfg, accelerator, lm, model, optimizer, splits, train_examples, logger, out_dir)
+    print0(f"data: train {len(splits.train)}, validation {len(splits.validation)}, test {len(splits.test)}; "
+           f"model: {sum(p.numel() for p in lm.parameters()) / 1e6:.2f}M parameters")
+
+    # 3. the stages
+    stage_results = load_stage_results(out_dir) if resume_from is not None else []
+    for stage in cfg.curriculum.stages():
+        if stage < state.stage or (stage == state.stage and state.stage_done):
+            continue
+        if stage > state.stage:  # a new stage
+            state = TrainState(stage=stage, step=0, global_step=state.global_step)
+            if cfg.train.reset_optimizer:
+                optimizer.state.clear()
+        result = train_stage(run, stage, state)
+        if result is not None:
+            stage_results.append(result)
+            if accelerator.is_main_process:
+                write_json_atomic(out_dir / "stages.json", stage_results)
+
+    # 4. final test evaluation
+    results = {"stages": stage_results}
+    if accelerator.is_main_process and splits.test:
+        test = run_eval(run, splits.test, state.stage)
+        mode, thoughts = eval_mode(cfg, state.stage)
+        results["test"] = {"mode": mode, "num_thoughts": thoughts, "stage": state.stage, **test.summary()}
+        write_json_atomic(out_dir / "results.json", results)
+        logger.log({f"test/{k}": v for k, v in test.summary().items() if isinstance(v, (int, float))}, state.global_step)
+        print0(f"test: accuracy {test.accuracy:.3f}, forward passes {test.mean_forward_passes:.1f}, "
+               f"thoughts {test.mean_thoughts:.1f}")
+    logger.close()
+    return results
+
+
+def tokenize_train(examples, lm: LatentLM, max_length: int) -> list[TokenizedExample]:
+    """Tokenize training examples, dropping those whose CoT sequence exceeds max_length."""
+    out = [tokenize_example(ex, lm.tokenizer) for ex in examples]
+    kept = [t for t in out if len(t.question) + sum(map(len, t.steps)) + len(t.answer) + 2 <= max_length]
+    if len(kept) < len(out):
+        print0(f"dropped {len(out) - len(kept)} training examples longer than data.max_length={max_length}")
+    if not kept and examples:
+        raise ConfigError(f"every training example is longer than data.max_length={max_length}")
+    return kept
+
+
+def load_stage_results(out_dir: Path) -> list:
+    import json
+
+    path = out_dir / "stages.json"
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def train_stage(run: Run, stage: int, state: TrainState) -> dict | None:
+    """Train one stage from `state.step` to its end; evaluate and checkpoint it."""
+    cfg, acc = run.cfg, run.accelerator
+    total = stage_length(cfg, stage, len(run.train_examples), acc.num_processes)
+    if total == 0:
+        return None
+    whole = sum(stage_length(cfg, s, len(run.train_examples), acc.num_processes) for s in cfg.curriculum.stages())
+    bar = progress(total=total, desc=f"stage {stage}", enabled=cfg.log.progress)
+    bar.update(state.step)
+    window = {"loss": 0.0, "lm_loss": 0.0, "thought_loss": 0.0, "tokens": 0, "n": 0, "start": time.perf_counter()}
+    while state.step < total:
+        if cfg.train.restart_schedule:  # warm up when Adam's moments are fresh: the first stage or after a reset
+            fresh = stage == cfg.curriculum.stages()[0] or cfg.train.reset_optimizer
+            lr = lr_at(state.step, total, cfg, cfg.train.warmup_steps if fresh else 0)
+        else:
+            lr = lr_at(state.global_step, whole, cfg, cfg.train.warmup_steps)
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+        stats = train_step(run, stage, state.global_step)
+        state.step += 1
+        state.global_step += 1
+        bar.update(1)
+        for key in ("loss", "lm_loss", "thought_loss", "tokens"):
+            window[key] += stats[key]
+        window["n"] += 1
+        if state.step % cfg.train.log_every == 0 or state.step == total:
+            seconds = time.perf_counter() - window["start"]
+            metrics = {"train/loss": window["loss"] / window["n"], "train/lm_loss": window["lm_loss"] / window["n"],
+                       "train/thought_loss": window["thought_loss"] / window["n"], "train/lr": lr,
+                       "train/stage": stage, "train/tokens_per_second": window["tokens"] / max(seconds, 1e-9)}
+            run.logger.log(metrics, state.global_step)
+            bar.set_postfix(loss=f"{metrics['train/loss']:.3f}")
+            window.update(loss=0.0, lm_loss=0.0, thought_loss=0.0, tokens=0, n=0, start=time.perf_counter())
+        if cfg.train.save_every and state.step % cfg.train.save_every == 0 and state.step < total:
+            checkpoint(run, "last", state)
+    bar.close()
+    state.stage_done = True
+    result = {"stage": stage, "global_step": state.global_step}
+    if cfg.train.eval_each_stage and acc.is_main_process and run.splits.validation:
+        val = run_eval(run, run.splits.validation, stage)
+        mode, thoughts = eval_mode(cfg, stage)
+        result.update({"mode": mode, "num_thoughts": thoughts, **val.summary()})
+        run.logger.log({"eval/accuracy": val.accuracy, "eval/mean_forward_passes": val.mean_forward_passes,
+                        "eval/stage": stage}, state.global_step)
+        print0(f"stage {stage}: validation accuracy {val.accuracy:.3f} with {thoughts} thoughts, "
+               f"{val.mean_forward_passes:.1f} forward passes")
+    checkpoint(run, f"stage-{stage}", state, metrics=result)
+    return result

@@ -1,0 +1,276 @@
+"""Tests of coconav.data.readers: GSM8k-Aug and COCONUT JSON readers and load_examples.
+
+Real files come from ``../shared/data`` (skipped when absent); every malformed case is written
+to ``tmp_path`` and must raise a one-line DataError naming the file and line or record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from coconav.data import readers  # noqa: E402
+from coconav.data.readers import load_examples, read_coconut_json, read_gsm8k_aug  # noqa: E402
+from coconav.errors import ConfigError, DataError  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+
+
+def need(relative: str) -> Path:
+    path = DATA / relative
+    if not path.exists():
+        pytest.skip(f"real data not available: {path} (expected ../shared/data next to the repo)")
+    return path
+
+
+def write(tmp_path: Path, name: str, text: str | bytes) -> Path:
+    path = tmp_path / name
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+# --- GSM8k-Aug -----------------------------------------------------------------------------
+
+
+def test_aug_first_real_row() -> None:
+    (example,) = read_gsm8k_aug(need("gsm8k_aug/valid.txt"), limit=1)
+    # valid.txt line 1 ends "...per year?||<<4-2=2>> <<2/.5=4>> <<12/4=3>> <<100*3=300>> #### 300"
+    assert example.question.startswith("John cuts his grass to 2 inches.")
+    assert example.steps == ("<<4-2=2>>", "<<2/.5=4>>", "<<12/4=3>>", "<<100*3=300>>")
+    assert example.answer == "300"
+    assert example.difficulty == 4 and example.answer_type == "number"
+
+
+@pytest.mark.parametrize(("split", "rows", "no_steps"), [("valid", 500, 6), ("test", 1319, 18)])
+def test_aug_full_real_files(split: str, rows: int, no_steps: int) -> None:
+    # `no_steps`: lines like "...|| #### 9" with no equation at all (counted with grep "|| ####").
+    examples = read_gsm8k_aug(need(f"gsm8k_aug/{split}.txt"))
+    assert len(examples) == rows
+    assert sum(not e.steps for e in examples) == no_steps
+
+
+def test_aug_test_matches_gsm8k_test() -> None:
+    # GSM8k-Aug test is GSM8K test with the notes as steps: same questions, answers, and the
+    # same notes wherever GSM8K has any (its 18 note-less rationales are answer-only in Aug).
+    aug = read_gsm8k_aug(need("gsm8k_aug/test.txt"))
+    original = load_examples(str(need("gsm8k/test.jsonl")))
+    assert [e.question for e in aug] == [e.question for e in original]
+    assert [e.answer for e in aug] == [e.answer for e in original]
+    assert all(a.steps == o.steps for a, o in zip(aug, original, strict=True) if a.steps)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (
+            "Q? <<1+1=2>> #### 2",
+            r"bad\.txt:2: expected 'question\|\|<<eq>> \.\.\. #### N', found no '\|\|'",
+        ),
+        ("Q?||<<1+1=2>> 2", r"bad\.txt:2: expected '#### N' after '\|\|', found no '####'"),
+        ("Q?||<<1+1=2>> #### abc", r"bad\.txt:2: answer after '####' is not a number: 'abc'"),
+        ("  ||<<1+1=2>> #### 2", r"bad\.txt:2: question is empty"),
+    ],
+)
+def test_aug_malformed(tmp_path: Path, line: str, message: str) -> None:
+    path = write(tmp_path, "bad.txt", f"Q?||<<1+1=2>> #### 2\n{line}\n")
+    with pytest.raises(DataError, match=message):
+        read_gsm8k_aug(path)
+
+
+def test_aug_blank_lines_skipped_and_commas_normalised(tmp_path: Path) -> None:
+    path = write(tmp_path, "ok.txt", "\nQ?||<<500*2=1000>> #### 1,000\n\n")
+    (example,) = read_gsm8k_aug(path)
+    assert example.answer == "1000"  # thousands comma stripped as in GSM8K
+    assert example.meta["source"].endswith("ok.txt:2")  # physical line, counting the blank one
+
+
+def test_aug_empty_and_invalid_utf8(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"empty\.txt: no records"):
+        read_gsm8k_aug(write(tmp_path, "empty.txt", "\n\n"))
+    with pytest.raises(DataError, match=r"latin\.txt:1: invalid UTF-8 \(byte 0xe9 at column 4\)"):
+        read_gsm8k_aug(write(tmp_path, "latin.txt", b"caf\xe9?||<<1+1=2>> #### 2\n"))
+
+
+# --- COCONUT JSON --------------------------------------------------------------------------
+
+
+def test_coconut_first_real_prosqa_row() -> None:
+    (example,) = read_coconut_json(need("prosqa/test.json"), limit=1)
+    assert example.question.endswith("Is Sally a hilpus or sterpus?")
+    assert example.answer == "Sally is a sterpus."
+    assert example.answer_type == "text"  # not a number
+    assert example.steps == (
+        "Sally is a scrompus.",
+        "Every scrompus is a rempus.",
+        "Every rempus is a sterpus.",
+    )
+    assert example.difficulty == 3
+    # The graph keys are not part of the record but are kept for analysis.
+    assert example.meta["root"] == 1 and example.meta["target"] == 21
+
+
+@pytest.mark.parametrize(("split", "rows"), [("valid", 300), ("test", 500)])
+def test_coconut_full_real_prosqa(split: str, rows: int) -> None:
+    # valid.json holds 300 records, not the 500 the data README announces (checked with
+    # json.load + len); test.json holds 500.
+    examples = read_coconut_json(need(f"prosqa/{split}.json"))
+    assert len(examples) == rows
+    assert all(e.answer_type == "text" and 3 <= e.difficulty <= 6 for e in examples)
+
+
+def record(**fields) -> dict:
+    base = {"question": "Q?", "steps": ["s1", "s2"], "answer": "A."}
+    base.update(fields)
+    return {key: value for key, value in base.items() if value is not ...}
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (record(question=...), r"record 1: field 'question' missing"),
+        (record(answer=...), r"record 1: field 'answer' missing"),
+        (record(steps=...), r"record 1: field 'steps' missing"),
+        (record(question=["Q?"]), r"record 1: field 'question' must be a string, got list"),
+        (record(question=" \n"), r"record 1: field 'question' is empty"),
+        (record(steps="s1"), r"record 1: field 'steps' must be a list of strings"),
+        (record(steps=["s1", 2]), r"record 1: field 'steps' must be a list of strings"),
+        (record(steps=[]), r"record 1: field 'steps' is an empty list"),
+        (record(steps=["s1", "  "]), r"record 1: field 'steps' has an empty step at index 1"),
+        (record(answer=None), r"record 1: field 'answer' must be a string, got NoneType"),
+        (record(answer=""), r"record 1: field 'answer' is empty"),
+        ("just a string", r"record 1: expected an object, got str"),
+    ],
+)
+def test_coconut_malformed_records(tmp_path: Path, bad: object, message: str) -> None:
+    # Record 0 is fine, so the index in the message must point at the second record (0-based 1).
+    path = write(tmp_path, "bad.json", json.dumps([record(), bad]))
+    with pytest.raises(DataError, match=r"bad\.json: " + message):
+        read_coconut_json(path)
+
+
+def test_coconut_bad_json_reports_line_and_column(tmp_path: Path) -> None:
+    # The missing comma sits on line 3; the parser notices it at column 3 of that line.
+    path = write(tmp_path, "bad.json", '[\n  {"question": "Q?"}\n  {"question": "R?"}\n]\n')
+    with pytest.raises(DataError, match=r"bad\.json:3: bad JSON at column 3: Expecting ','"):
+        read_coconut_json(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"question": "Q?"}', r"obj\.json: expected a JSON list of records, got dict"),
+        ("[]", r"obj\.json: no records \(the JSON list is empty\)"),
+        ("", r"obj\.json: no records"),
+    ],
+)
+def test_coconut_top_level(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(DataError, match=message):
+        read_coconut_json(write(tmp_path, "obj.json", text))
+
+
+def test_coconut_invalid_utf8(tmp_path: Path) -> None:
+    # "[\n" then the bad byte is the 16th byte of line 2.
+    path = write(tmp_path, "bad.json", b'[\n{"question": "\xff"}]')
+    with pytest.raises(DataError, match=r"bad\.json:2: invalid UTF-8 \(byte 0xff at column 15\)"):
+        read_coconut_json(path)
+
+
+def test_coconut_numeric_answers(tmp_path: Path) -> None:
+    # GSM8K in COCONUT format: answers that are numbers become canonical with type "number".
+    path = write(
+        tmp_path,
+        "gsm.json",
+        json.dumps([record(answer="1,000"), record(answer=18), record(answer="18 eggs")]),
+    )
+    first, second, third = read_coconut_json(path)
+    assert (first.answer, first.answer_type) == ("1000", "number")
+    assert (second.answer, second.answer_type) == ("18", "number")  # a JSON number is accepted
+    assert (third.answer, third.answer_type) == ("18 eggs", "text")  # not a single number
+
+
+# --- load_examples ---------------------------------------------------------------------------
+
+
+def test_dispatch_by_extension() -> None:
+    gsm = load_examples(need("gsm8k/test.jsonl"), limit=2)  # a Path is accepted too
+    aug = load_examples(str(need("gsm8k_aug/valid.txt")), limit=2)
+    prosqa = load_examples(str(need("prosqa/test.json")), limit=2)
+    assert (
+        gsm[0].answer == "18"
+        and aug[0].answer == "300"
+        and prosqa[0].answer == "Sally is a sterpus."
+    )
+
+
+def test_dispatch_steps_style_reaches_gsm8k() -> None:
+    (example,) = load_examples(str(need("gsm8k/test.jsonl")), steps="lines", limit=1)
+    assert example.steps[0] == "Janet sells 16 - 3 - 4 = 9 duck eggs a day."
+    with pytest.raises(ConfigError, match="unknown steps style"):
+        load_examples(str(need("gsm8k/test.jsonl")), steps="both")  # type: ignore[arg-type]
+
+
+def test_format_prefix_overrides_extension(tmp_path: Path) -> None:
+    # A GSM8k-Aug file saved as .data (or any name) is read when the format is named.
+    path = write(tmp_path, "aug.data", "Q?||<<1+1=2>> #### 2\n")
+    (example,) = load_examples(f"gsm8k_aug:{path}")
+    assert example.steps == ("<<1+1=2>>",)
+    jsonl_named_json = write(
+        tmp_path, "x.json", json.dumps({"question": "Q?", "answer": "#### 4"}) + "\n"
+    )
+    assert load_examples(f"gsm8k:{jsonl_named_json}")[0].answer == "4"
+    coconut = write(tmp_path, "c.txt", json.dumps([record()]))
+    assert load_examples(f"coconut:{coconut}")[0].answer_type == "text"
+
+
+def test_unknown_extension_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"x\.csv: unknown data file extension '\.csv'"):
+        load_examples(str(write(tmp_path, "x.csv", "a,b\n")))
+    with pytest.raises(DataError, match=r"missing\.jsonl: no such file"):
+        load_examples(str(tmp_path / "missing.jsonl"))
+    # Shaped like owner/name, but the data-file extension says it is a missing local file.
+    with pytest.raises(DataError, match=r"data/x\.jsonl: no such file"):
+        load_examples("data/x.jsonl")
+    with pytest.raises(DataError, match=r"nope\.txt: no such file"):
+        load_examples(f"gsm8k_aug:{tmp_path / 'nope.txt'}")
+    with pytest.raises(DataError, match="empty data spec"):
+        load_examples("  ")
+
+
+def test_hub_ids_go_to_the_hub(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple] = []
+
+    def fake_hub(name, split="test", config="main", steps="notes", limit=None):
+        calls.append((name, split, steps, limit))
+        return []
+
+    monkeypatch.setattr(readers, "load_gsm8k_hub", fake_hub)
+    load_examples("openai/gsm8k:train", steps="lines", limit=5)
+    load_examples("openai/gsm8k")  # split defaults to test
+    load_examples("gsm8k:openai/gsm8k:test")  # the gsm8k prefix is compatible with the hub
+    assert calls == [
+        ("openai/gsm8k", "train", "lines", 5),
+        ("openai/gsm8k", "test", "notes", None),
+        ("openai/gsm8k", "test", "notes", None),
+    ]
+    # The hub only serves GSM8K-format data here; other formats need a local file.
+    with pytest.raises(DataError, match="no such file"):
+        load_examples("coconut:owner/prosqa")
+
+
+def test_hub_id_through_patched_datasets(monkeypatch: pytest.MonkeyPatch) -> None:
+    import datasets
+
+    line = need("gsm8k/test.jsonl").read_text("utf-8").splitlines()[0]
+    monkeypatch.setattr(
+        datasets, "load_dataset", lambda *a, **k: datasets.Dataset.from_list([json.loads(line)])
+    )
+    (example,) = load_examples("openai/gsm8k:test")
+    assert example.answer == "18" and example.steps == ("<<16-3-4=9>>", "<<9*2=18>>")
