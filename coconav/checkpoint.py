@@ -3,8 +3,8 @@
 A checkpoint folder ``RUN/checkpoints/NAME`` holds
 - the backbone and tokenizer as ``save_pretrained`` writes them (loadable by transformers alone),
 - ``coconav.json``: special token ids, the resolved run config, stage, step, metrics,
-- ``trainer_state.safetensors`` + ``trainer_state.json``: optimizer tensors and their structure,
-  the torch RNG state, and any extra module (the navigator later) — never a pickle.
+- ``trainer_state.safetensors`` + ``trainer_state.json``: optimizer tensors and their structure
+  and the torch RNG state; extra modules (the navigator) as ``NAME.safetensors`` — never a pickle.
 
 Every folder is written under a temporary name and renamed into place when complete, so an
 interrupted run never leaves a half-written checkpoint that could be loaded. Resuming happens
@@ -80,9 +80,9 @@ def save_checkpoint(directory: str | Path, lm: LatentLM, train_state: TrainState
     if optimizer is not None:
         opt_tensors, structure["optimizer"] = _flatten_optimizer(optimizer.state_dict())
         tensors.update(opt_tensors)
-    for name, module in (modules or {}).items():
+    for name, module in (modules or {}).items():  # e.g. the navigator: NAME.safetensors, read by load_module
         structure["modules"].append(name)
-        tensors.update({f"module.{name}.{k}": v.detach().contiguous().cpu() for k, v in module.state_dict().items()})
+        save_file({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}, str(tmp / f"{name}.safetensors"))
     save_file(tensors, str(tmp / STATE_TENSORS))
     (tmp / STATE_JSON).write_text(json.dumps(structure), encoding="utf-8")
     replace_dir_atomic(tmp, directory)
@@ -102,11 +102,24 @@ def load_trainer_state(directory: str | Path, optimizer: torch.optim.Optimizer |
     if optimizer is not None and structure.get("optimizer") is not None:
         optimizer.load_state_dict(_unflatten_optimizer(tensors, structure["optimizer"]))
     for name, module in (modules or {}).items():
-        prefix = f"module.{name}."
-        module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        load_module(directory, name, module)
     if restore_rng and "rng.torch" in tensors:
         torch.set_rng_state(tensors["rng.torch"])
     return TrainState(**meta.get("train_state", {}))
+
+
+def load_module(directory: str | Path, name: str, module: torch.nn.Module) -> torch.nn.Module:
+    """Load NAME.safetensors of a checkpoint into `module` (strict: every tensor must match)."""
+    path = Path(directory) / f"{name}.safetensors"
+    if not path.is_file():
+        raise CheckpointError(f"{directory}: {path.name} is missing")
+    try:
+        state = load_file(str(path))
+        module.load_state_dict(state)
+    except (SafetensorError, OSError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: cannot load ({first[:200]})") from None
+    return module
 
 
 def checkpoint_meta(directory: str | Path) -> dict:
@@ -134,9 +147,13 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
 def latest_checkpoint(run_dir: str | Path) -> Path:
     """The most advanced complete checkpoint of a run folder (or a checkpoint folder itself)."""
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"checkpoint folder not found: {run_dir}")
     if (run_dir / META_FILE).is_file():
         return run_dir
     found = list_checkpoints(run_dir)
     if not found:
-        raise CheckpointError(f"no complete checkpoint under {run_dir}/checkpoints to resume from")
+        if not (run_dir / "checkpoints").is_dir() and not (run_dir / "config.yaml").is_file():
+            raise CheckpointError(f"{run_dir} is not a coconav checkpoint: {META_FILE} is missing")
+        raise CheckpointError(f"no complete checkpoint under {run_dir / 'checkpoints'}")
     return found[-1]

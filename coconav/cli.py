@@ -67,7 +67,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if not args.config:
             raise CoconavError("train needs --config FILE.yaml (or --resume RUN)")
         cfg = load_config(args.config, args.overrides)
-    train_coconut.train(cfg, resume=args.resume)
+    if cfg.navigator is not None:
+        from coconav.recipes import train_navigator
+
+        train_navigator.train(cfg, resume=args.resume)
+    else:
+        train_coconut.train(cfg, resume=args.resume)
     return 0
 
 
@@ -103,12 +108,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quiet_transformers() -> None:
+    """transformers' own bars ('Loading weights', 'Writing model shards') would clutter every command."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "generate": _cmd_generate, "demo": _cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = _parser().parse_args(argv)
+    _quiet_transformers()
     try:
         return COMMANDS[args.command](args)
     except CoconavError as err:

@@ -93,7 +93,7 @@ class MetricLogger:
     """
 
     def __init__(self, out_dir: str | Path, tensorboard: bool = False, wandb: bool = False,
-                 wandb_project: str = "coconav", config: dict | None = None) -> None:
+                 wandb_project: str = "coconav", config: dict | None = None, fresh: bool = False) -> None:
         self.enabled = rank() == 0
         self.path = Path(out_dir) / "metrics.jsonl"
         self._tb = None
@@ -101,6 +101,8 @@ class MetricLogger:
         if not self.enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if fresh and self.path.exists():  # a new run never appends to a killed run's log
+            self.path.unlink()
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter

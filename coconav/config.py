@@ -286,6 +286,129 @@ class EvalConfig:
 
 
 @dataclass
+class NavigatorConfig:
+    """The navigator policy: steering, halting and value heads over latent states, with memory."""
+
+    hidden: int = 128
+    """Width of the navigator's trunk."""
+    action_dim: int = 16
+    """Dimension of the Gaussian steering action (mapped into the LM's hidden space by an up-projection)."""
+    init_log_std: float = -1.0
+    """Initial log standard deviation of the steering action."""
+    temperature: float = 1.0
+    """Exploration temperature multiplying the steering std at the start of training."""
+    temperature_final: float = 1.0
+    """Temperature at the last update (linear annealing; evaluation uses the mean action)."""
+    steering: bool = True
+    """Steer thoughts (False: halting only, thoughts are plain COCONUT)."""
+    halting: bool = True
+    """Learn when to stop (False: always max_thoughts thoughts)."""
+    min_thoughts: int = 0
+    """Thoughts before the first halting decision."""
+    max_thoughts: int = 8
+    """Thought budget: the navigator halts at the latest here."""
+    init_halt_bias: float = -2.0
+    """Initial logit of the halting probability (-2 = 12%)."""
+    episodic_memory: bool = True
+    """Attend over the trajectory's own earlier thoughts at every step."""
+    persistent_memory: bool = True
+    """Read a bank of thoughts from past trajectories keyed by the question (top-k similarity, gated)."""
+    memory_size: int = 1024
+    """Entries in the persistent bank; when full the lowest-return entry is evicted (ties: oldest)."""
+    memory_topk: int = 4
+    """Entries read per question."""
+    memory_min_return: float = 0.5
+    """Only trajectories whose return reaches this are written to the bank."""
+
+    def __post_init__(self) -> None:
+        _check(self.hidden > 0, f"navigator.hidden must be > 0, got {self.hidden}")
+        _check(self.action_dim > 0, f"navigator.action_dim must be > 0, got {self.action_dim}")
+        _check(self.temperature > 0 and self.temperature_final > 0, "navigator.temperature and temperature_final must be > 0")
+        _check(self.max_thoughts >= 1, f"navigator.max_thoughts must be >= 1, got {self.max_thoughts}")
+        _check(
+            0 <= self.min_thoughts <= self.max_thoughts,
+            f"navigator.min_thoughts must be in [0, max_thoughts={self.max_thoughts}], got {self.min_thoughts}",
+        )
+        _check(self.memory_size >= 1, f"navigator.memory_size must be >= 1, got {self.memory_size}")
+        _check(self.memory_topk >= 1, f"navigator.memory_topk must be >= 1, got {self.memory_topk}")
+
+
+@dataclass
+class PPOConfig:
+    """Proximal policy optimisation of the navigator (names as in cleanrl / the PPO paper)."""
+
+    updates: int = 100
+    """PPO iterations (rollout, then epochs of minibatch updates)."""
+    rollout_batch: int = 64
+    """Questions per rollout."""
+    num_trajectories: int = 1
+    """Trajectories per question (K); 1 = single-trajectory multi-step."""
+    epsilon: float = 0.2
+    """Clip range of the probability ratio."""
+    gamma: float = 1.0
+    """Discount across thought steps."""
+    lam: float = 0.95
+    """GAE lambda."""
+    ppo_epochs: int = 4
+    """Passes over each rollout."""
+    num_minibatches: int = 4
+    """Minibatches per epoch."""
+    target_kl: float | None = 0.05
+    """Stop the epochs of an update early when approx KL exceeds this (None: never)."""
+    vf_coef: float = 0.5
+    """Value loss coefficient."""
+    ent_coef: float = 0.0
+    """Entropy bonus coefficient."""
+    clip_value: float | None = None
+    """Clip the value update to this range around the old value (None: no clipping)."""
+    norm_adv: bool = True
+    """Normalise advantages per minibatch."""
+    max_grad_norm: float = 0.5
+    """Gradient-norm clip."""
+    lr: float = 3e-4
+    """Adam learning rate of the navigator."""
+    thought_cost: float = 0.02
+    """Reward subtracted per thought."""
+    format_coef: float = 0.0
+    """Reward for an answer in the '### answer' format (0: off)."""
+    answer_in_policy: bool = True
+    """Count the decoded answer as the episode's last action (its log-probability, which depends on the
+    steered thoughts, enters the ratio): this is what trains the up-projection."""
+    train_lm: bool = False
+    """Also train the LM (LoRA through PEFT) with the policy gradient on the answer tokens."""
+    lm_lr: float = 1e-5
+    """Learning rate of the LM's trainable parameters when train_lm is on."""
+    beta: float = 0.05
+    """KL penalty coefficient to the frozen reference LM (train_lm only)."""
+    eval_every: int = 10
+    """Updates between evaluations on the validation split."""
+
+    def __post_init__(self) -> None:
+        _check(self.updates >= 1, f"ppo.updates must be >= 1, got {self.updates}")
+        _check(self.rollout_batch >= 1, f"ppo.rollout_batch must be >= 1, got {self.rollout_batch}")
+        _check(1 <= self.num_trajectories <= 5, f"ppo.num_trajectories must be in [1, 5], got {self.num_trajectories}")
+        _check(self.epsilon > 0, f"ppo.epsilon must be > 0 (the clip range, e.g. 0.2), got {self.epsilon}")
+        _check(0 <= self.gamma <= 1, f"ppo.gamma must be in [0, 1], got {self.gamma}")
+        _check(0 <= self.lam <= 1, f"ppo.lam must be in [0, 1], got {self.lam}")
+        _check(self.ppo_epochs >= 1, f"ppo.ppo_epochs must be >= 1, got {self.ppo_epochs}")
+        _check(self.num_minibatches >= 1, f"ppo.num_minibatches must be >= 1, got {self.num_minibatches}")
+        _check(
+            self.rollout_batch * self.num_trajectories >= self.num_minibatches,
+            f"ppo.rollout_batch x num_trajectories ({self.rollout_batch * self.num_trajectories}) must be >= "
+            f"ppo.num_minibatches ({self.num_minibatches})",
+        )
+        _check(self.target_kl is None or self.target_kl > 0, f"ppo.target_kl must be > 0 or null, got {self.target_kl}")
+        _check(self.vf_coef >= 0, f"ppo.vf_coef must be >= 0, got {self.vf_coef}")
+        _check(self.ent_coef >= 0, f"ppo.ent_coef must be >= 0, got {self.ent_coef}")
+        _check(self.clip_value is None or self.clip_value > 0, "ppo.clip_value must be > 0 or null")
+        _check(self.max_grad_norm > 0, f"ppo.max_grad_norm must be > 0, got {self.max_grad_norm}")
+        _check(self.lr > 0, f"ppo.lr must be > 0, got {self.lr}")
+        _check(self.thought_cost >= 0, f"ppo.thought_cost must be >= 0, got {self.thought_cost}")
+        _check(self.beta >= 0, f"ppo.beta must be >= 0, got {self.beta}")
+        _check(self.eval_every >= 1, f"ppo.eval_every must be >= 1, got {self.eval_every}")
+
+
+@dataclass
 class LogConfig:
     """Where metrics go. JSONL is always written; the others only when installed and asked for."""
 
@@ -317,9 +440,14 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    navigator: NavigatorConfig | None = None
+    """Set to train a navigator on top of the `init_from` COCONUT checkpoint (coconav train dispatches on it)."""
+    ppo: PPOConfig = field(default_factory=PPOConfig)
 
     def __post_init__(self) -> None:
         _check(self.threads >= 0, f"threads must be >= 0, got {self.threads}")
+        if self.navigator is not None:
+            _check(self.init_from is not None, "a navigator run needs init_from: the COCONUT checkpoint it steers")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -470,8 +598,27 @@ def read_yaml(path: str | Path) -> dict:
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Load a preset (or the defaults when `path` is None) and apply overrides."""
     data = read_yaml(path) if path is not None else {}
+    if path is not None:
+        try:  # errors in the file itself name the file and the line of the key
+            from_dict(RunConfig, data)
+        except ConfigError as err:
+            raise ConfigError(f"{path}{_key_line(Path(path), str(err))}: {err}") from None
     data = apply_overrides(data, list(overrides or []))
     return from_dict(RunConfig, data)
+
+
+def _key_line(path: Path, message: str) -> str:
+    """':LINE' of the key a config error names (its last dotted part), or '' when not found."""
+    import re
+
+    found = re.search(r"'?([A-Za-z_][\w.]*)'?(?::| must| is)", message.removeprefix("unknown config key "))
+    if not found:
+        return ""
+    key = found.group(1).split(".")[-1]
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if re.match(rf"\s*{re.escape(key)}\s*:", line) or re.search(rf"[{{,]\s*{re.escape(key)}\s*:", line):
+            return f":{number}"
+    return ""
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:
@@ -486,6 +633,8 @@ __all__ = [
     "LogConfig",
     "LoraConfig",
     "Mode",
+    "NavigatorConfig",
+    "PPOConfig",
     "ModelConfig",
     "RunConfig",
     "TrainConfig",

@@ -25,6 +25,8 @@ from coconav.data.records import Example
 from coconav.data.scoring import score
 from coconav.common import progress
 from coconav.model.latent_lm import LatentLM, ThoughtController
+from coconav.model.navigator import Navigator
+from coconav.rollout import NavigatorController
 
 
 @dataclass
@@ -120,3 +122,39 @@ def evaluate(lm: LatentLM, examples: list[Example], mode: str, num_thoughts: int
     seconds = time.perf_counter() - start
     lm.train(was_training)
     return aggregate([r for r in records if r is not None], seconds)
+
+
+def evaluate_navigator(lm: LatentLM, navigator: Navigator, examples: list[Example], cfg: EvalConfig, steer: bool = True,
+                       persistent_memory: bool = True, episodic_memory: bool = True, seed: int = 0,
+                       show_progress: bool = False) -> EvalResult:
+    """Evaluate with the navigator deciding (greedily) when to halt and how to steer each thought."""
+    saved = navigator.use_persistent, navigator.use_episodic, navigator.training
+    navigator.use_persistent, navigator.use_episodic = persistent_memory, episodic_memory
+    navigator.eval()
+    try:
+        controller = NavigatorController(navigator, sample=False, steer=steer)
+        return evaluate(lm, examples, "coconut", 0, cfg, controller=controller, max_thoughts=navigator.cfg.max_thoughts,
+                        seed=seed, show_progress=show_progress)
+    finally:
+        navigator.use_persistent, navigator.use_episodic = saved[0], saved[1]
+        navigator.train(saved[2])
+
+
+def spearman(x: list[float], y: list[float]) -> float:
+    """Spearman rank correlation (average ranks for ties); nan when either side is constant."""
+    def ranks(values: list[float]) -> torch.Tensor:
+        v = torch.tensor(values, dtype=torch.float64)
+        order = v.argsort()
+        r = torch.empty_like(v)
+        r[order] = torch.arange(len(v), dtype=torch.float64)
+        for value in v.unique():  # ties share their mean rank
+            tie = v == value
+            r[tie] = r[tie].mean()
+        return r
+
+    if len(x) < 2:
+        return float("nan")
+    rx, ry = ranks(x), ranks(y)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denom = (rx.norm() * ry.norm()).item()
+    return float((rx @ ry).item() / denom) if denom > 0 else float("nan")

@@ -31,6 +31,7 @@ from typing import Protocol
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import DynamicCache
@@ -277,17 +278,18 @@ class LatentLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None,
                 thought_targets: torch.Tensor | None = None, thought_loss_weight: float = 0.0,
-                return_logits: bool = False) -> ForwardOutput:
+                return_logits: bool = False, thought_offsets: torch.Tensor | None = None) -> ForwardOutput:
         """Teacher-forced forward with continuous thoughts.
 
         Shape: input_ids, attention_mask, labels, thought_targets [B, T]. `labels` are -100 where no
         loss is taken (question, thoughts, padding). `thought_targets` holds, at each thought column,
         the token that the state fed back as that thought should predict (-100 elsewhere).
+        `thought_offsets` [B, L, D] is added to thought i's input (the navigator's steering, replayed).
         """
         if _hf_checkpointing(self.causal_lm) and self.training:
             self.gradient_checkpointing_enable()  # a user turned on transformers' own switch: keep the cache
         with self._autocast():
-            hidden, num_passes = self._thought_forward(input_ids, attention_mask)
+            hidden, num_passes = self._thought_forward(input_ids, attention_mask, thought_offsets)
         lm_loss = thought_loss = loss = None
         if labels is not None:
             lm_loss = self._shifted_ce(hidden, labels)
@@ -299,7 +301,8 @@ class LatentLM(nn.Module):
         return ForwardOutput(loss=loss, lm_loss=lm_loss, thought_loss=thought_loss, hidden=hidden, logits=logits,
                              num_passes=num_passes)
 
-    def _thought_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, int]:
+    def _thought_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                         offsets: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
         is_thought = input_ids == self.special.thought  # [B, T]
         tok_embeds = self.embed(input_ids.masked_fill(is_thought, self.special.pad))  # [B, T, D]
         positions = positions_from_mask(attention_mask)  # [B, T]
@@ -309,12 +312,26 @@ class LatentLM(nn.Module):
         for i, (a, b) in enumerate(pass_bounds(input_ids.shape[1], start, num_thoughts)):
             x = tok_embeds[:, a:b]
             if i > 0:  # column a is thought i-1 where the example has one: last pass's final hidden state
-                fed = torch.where(is_thought[:, a, None], self.to_thought(chunks[-1][:, -1]).to(x.dtype), x[:, 0])
+                thought = self.to_thought(chunks[-1][:, -1])
+                if offsets is not None:
+                    thought = thought + offsets[:, i - 1].to(thought.dtype)
+                fed = torch.where(is_thought[:, a, None], thought.to(x.dtype), x[:, 0])
                 x = torch.cat([fed[:, None], x[:, 1:]], dim=1)
             cache = PassCache(prefix, self.num_layers)
             chunks.append(self._run(x, attention_mask[:, :b], positions[:, a:b], cache))
             prefix = cache.kv()
         return torch.cat(chunks, dim=1), len(chunks)
+
+    def sequence_logprobs(self, hidden: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """Sum over each row of log p(target token), logits only where there is a target.
+
+        Shape: hidden [B, T, D], targets [B, T] (-100 where none; predicted from the position before) -> [B].
+        """
+        keep = targets[:, 1:] != -100  # [B, T-1]
+        logits = self.lm_head(hidden[:, :-1][keep]).float() / temperature  # [N, V]
+        token_logp = torch.log_softmax(logits, -1).gather(-1, targets[:, 1:][keep][:, None]).squeeze(-1)
+        rows = keep.nonzero()[:, 0]
+        return torch.zeros(hidden.shape[0], device=hidden.device).index_add(0, rows, token_logp)
 
     def _shifted_ce(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Next-token cross-entropy with logits computed only where there is a target."""
@@ -401,14 +418,14 @@ class LatentLM(nn.Module):
         new_tokens = torch.zeros(B, dtype=torch.long, device=self.device)
         tokens = []
         with self._autocast():
-            for _ in range(max_new_tokens):
+            for i in range(max_new_tokens):
                 logits = self.lm_head(state.last_hidden).float()  # [B, V]
                 token = sample_token(logits, do_sample, temperature, top_p, generator)
                 token = token.masked_fill(finished, self.special.pad)
                 tokens.append(token)
                 new_tokens += (~finished).long()
                 finished = finished | (token == self.special.eos)
-                if bool(finished.all()):
+                if bool(finished.all()) or i == max_new_tokens - 1:
                     break
                 state.last_hidden = self._step(state, self.embed(token[:, None]), torch.ones_like(finished))
         sequences = torch.stack(tokens, dim=1) if tokens else torch.zeros(B, 0, dtype=torch.long, device=self.device)
@@ -489,7 +506,7 @@ class LatentLM(nn.Module):
                 model = AutoPeftModelForCausalLM.from_pretrained(directory, dtype=dtype, use_safetensors=True)
             else:
                 model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, use_safetensors=True)
-        except (OSError, ValueError, RuntimeError, EnvironmentError) as err:
+        except (OSError, ValueError, RuntimeError, SafetensorError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise CheckpointError(f"{directory}: cannot load the model weights ({first})") from None
         kwargs = {"thought_norm": meta.get("thought_norm", "none"), "autocast": meta.get("autocast", "none"), **overrides}

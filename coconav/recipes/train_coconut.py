@@ -170,8 +170,8 @@ def checkpoint(run: Run, name: str, state: TrainState, metrics: dict | None = No
 
 # 5. the run -----------------------------------------------------------------------------------
 
-def train(cfg: RunConfig, resume: str | None = None) -> dict:
-    """Train every stage of the curriculum, evaluating and checkpointing after each; returns results."""
+def build_run(cfg: RunConfig, resume: str | None = None) -> tuple[Run, TrainState]:
+    """Setup, data and model: everything before the first step (resuming when asked)."""
     # 1. setup
     set_threads(cfg.threads)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), gradient_accumulation_steps=cfg.train.grad_accum)
@@ -179,13 +179,8 @@ def train(cfg: RunConfig, resume: str | None = None) -> dict:
     check_run_folder(out_dir, resume is not None)
     resume_from = latest_checkpoint(out_dir) if resume else None
     seed_everything(cfg.seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if accelerator.is_main_process:
-        save_config(cfg, out_dir / "config.yaml")
-    logger = MetricLogger(out_dir, cfg.log.tensorboard, cfg.log.wandb, cfg.log.wandb_project, to_dict(cfg))
-    print0(f"coconav train: mode={cfg.curriculum.mode} stages={cfg.curriculum.stages()} out_dir={out_dir}")
 
-    # 2. data and model
+    # 2. data and model (a broken checkpoint fails here, before anything in the run folder changes)
     splits = load_splits(cfg.data, cfg.seed)
     lm = build_model(cfg, splits, resume_from)
     lm.train()
@@ -194,21 +189,32 @@ def train(cfg: RunConfig, resume: str | None = None) -> dict:
     state = TrainState(stage=cfg.curriculum.stages()[0])
     if resume_from is not None:
         state = load_trainer_state(resume_from, optimizer)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if accelerator.is_main_process:
+        save_config(cfg, out_dir / "config.yaml")
+    logger = MetricLogger(out_dir, cfg.log.tensorboard, cfg.log.wandb, cfg.log.wandb_project, to_dict(cfg),
+                          fresh=resume_from is None)
+    print0(f"coconav train: mode={cfg.curriculum.mode} stages={cfg.curriculum.stages()} out_dir={out_dir}")
+    if resume_from is not None:
         print0(f"resuming from {resume_from} at stage {state.stage}, step {state.step}")
     model, optimizer = accelerator.prepare(lm, optimizer)
-    run = Run(cfg, accelerator, lm, model, optimizer, splits, train_examples, logger, out_dir)
     print0(f"data: train {len(splits.train)}, validation {len(splits.validation)}, test {len(splits.test)}; "
            f"model: {sum(p.numel() for p in lm.parameters()) / 1e6:.2f}M parameters")
+    return Run(cfg, accelerator, lm, model, optimizer, splits, train_examples, logger, out_dir), state
 
+
+def train_run(run: Run, state: TrainState, resumed: bool = False) -> dict:
+    """The stages from `state` on, then the final test evaluation; returns the results."""
+    cfg, accelerator, out_dir = run.cfg, run.accelerator, run.out_dir
     # 3. the stages
-    stage_results = load_stage_results(out_dir) if resume_from is not None else []
+    stage_results = load_stage_results(out_dir) if resumed else []
     for stage in cfg.curriculum.stages():
         if stage < state.stage or (stage == state.stage and state.stage_done):
             continue
         if stage > state.stage:  # a new stage
             state = TrainState(stage=stage, step=0, global_step=state.global_step)
             if cfg.train.reset_optimizer:
-                optimizer.state.clear()
+                run.optimizer.state.clear()
         result = train_stage(run, stage, state)
         if result is not None:
             stage_results.append(result)
@@ -217,16 +223,24 @@ def train(cfg: RunConfig, resume: str | None = None) -> dict:
 
     # 4. final test evaluation
     results = {"stages": stage_results}
-    if accelerator.is_main_process and splits.test:
-        test = run_eval(run, splits.test, state.stage)
+    if accelerator.is_main_process and run.splits.test:
+        test = run_eval(run, run.splits.test, state.stage)
         mode, thoughts = eval_mode(cfg, state.stage)
         results["test"] = {"mode": mode, "num_thoughts": thoughts, "stage": state.stage, **test.summary()}
         write_json_atomic(out_dir / "results.json", results)
-        logger.log({f"test/{k}": v for k, v in test.summary().items() if isinstance(v, (int, float))}, state.global_step)
+        run.logger.log({f"test/{k}": v for k, v in test.summary().items() if isinstance(v, (int, float))},
+                       state.global_step)
         print0(f"test: accuracy {test.accuracy:.3f}, forward passes {test.mean_forward_passes:.1f}, "
                f"thoughts {test.mean_thoughts:.1f}")
-    logger.close()
+    accelerator.wait_for_everyone()
+    run.logger.close()
     return results
+
+
+def train(cfg: RunConfig, resume: str | None = None) -> dict:
+    """Train every stage of the curriculum, evaluating and checkpointing after each; returns results."""
+    run, state = build_run(cfg, resume)
+    return train_run(run, state, resumed=resume is not None)
 
 
 def tokenize_train(examples, lm: LatentLM, max_length: int) -> list[TokenizedExample]:

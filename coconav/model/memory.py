@@ -1,0 +1,90 @@
+"""Thought memory for the navigator: episodic (this trajectory's earlier thoughts) and persistent.
+
+- ``EpisodicMemory``: at thought step t the navigator attends over the states of steps < t of its
+  own trajectory (a learned null slot makes step 0 well defined). Computed for a whole sequence of
+  states with a causal mask, so a rollout (step by step) and a replay (all steps at once) agree.
+- ``PersistentMemory``: a bounded bank of thoughts from past trajectories. Each entry is keyed by
+  an encoding of the question (the latent LM's state at <bot>, L2-normalised), holds the mean of
+  that trajectory's thought states as its value, and the return it earned. A read takes the top-k
+  keys by cosine similarity and returns their similarity-weighted values; the navigator fuses the
+  readout into its features through a learned gate. Written after each rollout (trajectories whose
+  return reaches a threshold). Eviction: when full, the entry with the lowest return goes first,
+  the oldest among equals. Saved with the checkpoint as tensors; switched off by config.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class EpisodicMemory(nn.Module):
+    """Causal attention of each step over the earlier steps of its trajectory (plus a null slot)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.query = nn.Linear(dim, dim)
+        self.key = nn.Linear(dim, dim)
+        self.value = nn.Linear(dim, dim)
+        self.null_key = nn.Parameter(torch.zeros(dim))
+        self.null_value = nn.Parameter(torch.zeros(dim))
+        self.scale = dim ** -0.5
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Readout for every step. Shape: x [B, T, d] -> [B, T, d]; step t sees steps < t only."""
+        B, T, d = x.shape
+        q, k, v = self.query(x), self.key(x), self.value(x)
+        k = torch.cat([self.null_key.expand(B, 1, d), k], dim=1)  # [B, T+1, d], slot 0 is the null slot
+        v = torch.cat([self.null_value.expand(B, 1, d), v], dim=1)
+        scores = torch.einsum("btd,bsd->bts", q, k) * self.scale  # [B, T, T+1]
+        # slot 0 (null) is always visible; slot s+1 (step s) only to steps t > s
+        visible = torch.ones(T, T + 1, dtype=torch.bool, device=x.device)
+        visible[:, 1:] = torch.ones(T, T, dtype=torch.bool, device=x.device).tril(-1)
+        scores = scores.masked_fill(~visible, float("-inf"))
+        return torch.einsum("bts,bsd->btd", scores.softmax(-1), v)
+
+
+class PersistentMemory(nn.Module):
+    """A bank of (question key, thought value, return) entries with top-k reads (no parameters)."""
+
+    def __init__(self, key_dim: int, value_dim: int, size: int, topk: int) -> None:
+        super().__init__()
+        self.size, self.topk = size, topk
+        self.register_buffer("keys", torch.zeros(size, key_dim))
+        self.register_buffer("values", torch.zeros(size, value_dim))
+        self.register_buffer("returns", torch.full((size,), float("-inf")))
+        self.register_buffer("ages", torch.zeros(size, dtype=torch.long))  # write counter at insertion
+        self.register_buffer("count", torch.zeros((), dtype=torch.long))  # entries written so far
+
+    @property
+    def filled(self) -> int:
+        return int(min(int(self.count), self.size))
+
+    @torch.no_grad()
+    def write(self, keys: torch.Tensor, values: torch.Tensor, returns: torch.Tensor) -> None:
+        """Add entries. Shape: keys [N, Dk], values [N, Dv], returns [N]. Evicts lowest return, then oldest."""
+        for key, value, ret in zip(F.normalize(keys.float(), dim=-1), values.float(), returns.float()):
+            if self.filled < self.size:
+                slot = self.filled
+            else:
+                low = self.returns.min()
+                if bool(low > ret):
+                    continue  # everything stored earned more than this entry
+                candidates = (self.returns == low).nonzero().flatten()  # lowest return first,
+                slot = int(candidates[self.ages[candidates].argmin()])  # the oldest among equals
+            self.keys[slot], self.values[slot], self.returns[slot] = key, value, ret
+            self.ages[slot] = self.count
+            self.count += 1
+
+    def read(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k similarity-weighted values. Shape: queries [B, Dk] -> (readout [B, Dv], has [B] bool)."""
+        B = queries.shape[0]
+        n = self.filled
+        if n == 0:
+            return queries.new_zeros(B, self.values.shape[1]), torch.zeros(B, dtype=torch.bool, device=queries.device)
+        sims = F.normalize(queries.float(), dim=-1) @ self.keys[:n].T  # [B, n]
+        top, idx = sims.topk(min(self.topk, n), dim=-1)
+        weights = torch.softmax(top / 0.1, dim=-1)  # sharp: the nearest questions dominate
+        readout = torch.einsum("bk,bkd->bd", weights, self.values[idx])
+        return readout.to(queries.dtype), torch.ones(B, dtype=torch.bool, device=queries.device)

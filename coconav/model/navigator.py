@@ -1,0 +1,137 @@
+"""The navigator: a small policy that rides along a COCONUT model's continuous thoughts.
+
+At thought step t its state is the latent LM's last hidden state h_t (the paper's next thought),
+the step index, an episodic readout over the trajectory's earlier states and a gated readout of a
+persistent bank of past trajectories' thoughts keyed by the question (coconav/model/memory.py).
+It outputs
+- steering: a Gaussian action a_t in a small space (mean from the state, learned log-std times a
+  temperature), mapped into the LM's input space by an up-projection U and added to the thought:
+  next input = thought(h_t) + U a_t. U starts at zero, so an untrained navigator feeds exactly the
+  plain COCONUT thoughts;
+- halting: a Bernoulli stop decision (forced continue before min_thoughts, forced stop at max);
+- value: V(state) for the critic.
+Its parameters are separate from the LM's and saved with the checkpoint.
+
+    nav = Navigator(lm.hidden_size, NavigatorConfig())
+    out = nav(states, question_keys)             # states [B, T, D] -> NavigatorOutput
+    logp, entropy = nav.log_probs(out, actions, halts, masks, temperature)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.distributions import Bernoulli, Normal
+
+from coconav.config import NavigatorConfig
+from coconav.model.memory import EpisodicMemory, PersistentMemory
+
+
+@dataclass
+class NavigatorOutput:
+    """Shape: mean [B, T, A]; std [A]; halt_logits, values [B, T]."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    halt_logits: torch.Tensor
+    values: torch.Tensor
+
+
+@dataclass
+class StepMasks:
+    """Which steps carry which decision. Shape: every field [B, T] (bool).
+
+    valid: steps 0..n_b of each trajectory (n_b = thoughts used); steer: steps where a thought
+    was fed (t < n_b); decide: steps with a sampled halting decision (min <= t < max, t <= n_b);
+    halt: the decision taken (True at t = n_b).
+    """
+
+    valid: torch.Tensor
+    steer: torch.Tensor
+    decide: torch.Tensor
+    halt: torch.Tensor
+
+
+class Navigator(nn.Module):
+    """Steering, halting and value heads over latent states, with episodic and persistent memory."""
+
+    def __init__(self, lm_hidden: int, cfg: NavigatorConfig) -> None:
+        super().__init__()
+        if not (cfg.steering or cfg.halting):
+            raise ValueError("a navigator needs steering or halting (or both)")
+        self.cfg = cfg
+        d = cfg.hidden
+        self.encode = nn.Sequential(nn.LayerNorm(lm_hidden), nn.Linear(lm_hidden, d))
+        self.step_embedding = nn.Embedding(cfg.max_thoughts + 1, d)
+        self.episodic = EpisodicMemory(d) if cfg.episodic_memory else None
+        self.bank = PersistentMemory(lm_hidden, lm_hidden, cfg.memory_size, cfg.memory_topk) if cfg.persistent_memory else None
+        if self.bank is not None:
+            self.recall = nn.Sequential(nn.LayerNorm(lm_hidden), nn.Linear(lm_hidden, d))
+            self.gate = nn.Linear(2 * d, d)
+        self.trunk = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, d), nn.Tanh())
+        self.mean_head = nn.Linear(d, cfg.action_dim)
+        self.log_std = nn.Parameter(torch.full((cfg.action_dim,), float(cfg.init_log_std)))
+        self.up = nn.Linear(cfg.action_dim, lm_hidden, bias=False)
+        self.halt_head = nn.Linear(d, 1)
+        self.value_head = nn.Linear(d, 1)
+        nn.init.zeros_(self.up.weight)  # an untrained navigator feeds plain COCONUT thoughts
+        nn.init.normal_(self.mean_head.weight, std=0.01)
+        nn.init.zeros_(self.mean_head.bias)
+        nn.init.normal_(self.halt_head.weight, std=0.01)
+        nn.init.constant_(self.halt_head.bias, cfg.init_halt_bias)
+        self.use_episodic = True  # switches for "memory on / off" evaluations
+        self.use_persistent = True
+
+    def features(self, states: torch.Tensor, question_keys: torch.Tensor) -> torch.Tensor:
+        """Trunk features. Shape: states [B, T, D], question_keys [B, D] -> [B, T, d]."""
+        B, T, _ = states.shape
+        x = self.encode(states.float()) + self.step_embedding(torch.arange(T, device=states.device))
+        if self.episodic is not None and self.use_episodic:
+            x = x + self.episodic(x)
+        if self.bank is not None and self.use_persistent:
+            readout, has = self.bank.read(question_keys.float())
+            recalled = self.recall(readout)[:, None].expand(B, T, -1)
+            gate = torch.sigmoid(self.gate(torch.cat([x, recalled], dim=-1)))
+            x = x + gate * recalled * has[:, None, None].to(x.dtype)
+        return self.trunk(x)
+
+    def forward(self, states: torch.Tensor, question_keys: torch.Tensor) -> NavigatorOutput:
+        """Heads at every step. Shape: states [B, T, D] (step t = h_t), question_keys [B, D]."""
+        z = self.features(states, question_keys)
+        return NavigatorOutput(mean=self.mean_head(z), std=self.log_std.exp(),
+                               halt_logits=self.halt_head(z).squeeze(-1), values=self.value_head(z).squeeze(-1))
+
+    def steer(self, actions: torch.Tensor) -> torch.Tensor:
+        """The offset added to each thought. Shape: [..., A] -> [..., D]."""
+        return self.up(actions)
+
+    def step_masks(self, num_thoughts: torch.Tensor, T: int) -> StepMasks:
+        """Decision masks over steps 0..T-1 for trajectories that used `num_thoughts` [B] thoughts."""
+        t = torch.arange(T, device=num_thoughts.device)[None]
+        n = num_thoughts[:, None]
+        valid = t <= n
+        steer = (t < n) if self.cfg.steering else torch.zeros_like(valid)
+        decide = valid & (t >= self.cfg.min_thoughts) & (t < self.cfg.max_thoughts) if self.cfg.halting else torch.zeros_like(valid)
+        return StepMasks(valid=valid, steer=steer, decide=decide, halt=t == n)
+
+    def log_probs(self, out: NavigatorOutput, actions: torch.Tensor, masks: StepMasks,
+                  temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probability and entropy of the decisions taken at each step. Shape: [B, T] each."""
+        steer_dist = Normal(out.mean, out.std * temperature)
+        logp_a = steer_dist.log_prob(actions).sum(-1) * masks.steer
+        ent_a = steer_dist.entropy().sum(-1) * masks.steer
+        halt_dist = Bernoulli(logits=out.halt_logits)
+        logp_h = halt_dist.log_prob(masks.halt.to(out.halt_logits.dtype)) * masks.decide
+        ent_h = halt_dist.entropy() * masks.decide
+        return logp_a + logp_h, ent_a + ent_h
+
+    @torch.no_grad()
+    def remember(self, question_keys: torch.Tensor, thought_means: torch.Tensor, returns: torch.Tensor) -> None:
+        """Write trajectories that earned at least memory_min_return into the persistent bank."""
+        if self.bank is None:
+            return
+        keep = returns >= self.cfg.memory_min_return
+        if bool(keep.any()):
+            self.bank.write(question_keys[keep], thought_means[keep], returns[keep])

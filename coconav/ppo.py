@@ -1,0 +1,109 @@
+"""PPO math: generalised advantage estimation and the clipped surrogate. Tensors in, tensors out.
+
+Schulman et al., "Proximal Policy Optimization Algorithms" (arXiv 1707.06347), eq. 7 (clipped
+surrogate) and eq. 9 (value + entropy terms); Schulman et al., "High-Dimensional Continuous Control
+Using Generalized Advantage Estimation" (arXiv 1506.02438) for GAE. Names follow cleanrl's ppo.py.
+
+An episode is one trajectory's thought steps: step t is the navigator's decision at thought t
+(continue and steer, or halt and answer). Every tensor is [B, T] with a `mask` marking real
+steps; an episode ends at its last real step, where the terminal reward arrives.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+
+class Advantages(NamedTuple):
+    """Shape: advantages, returns [B, T] (zero where mask is 0)."""
+
+    advantages: torch.Tensor
+    returns: torch.Tensor
+
+
+class PPOLoss(NamedTuple):
+    """Scalars. `loss` is what is minimised; the rest are detached diagnostics."""
+
+    loss: torch.Tensor
+    policy_loss: torch.Tensor
+    value_loss: torch.Tensor
+    entropy: torch.Tensor
+    approx_kl: torch.Tensor
+    clipfrac: torch.Tensor
+    ratio_mean: torch.Tensor
+
+
+def compute_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float) -> Advantages:
+    """GAE(gamma, lambda) per episode, bootstrapping with 0 after each episode's last real step.
+
+    Shape: rewards, values, mask [B, T]; real steps are a prefix of each row (mask 1...10...0).
+    delta_t = r_t + gamma V_{t+1} m_{t+1} - V_t;  A_t = delta_t + gamma lam m_{t+1} A_{t+1}.
+    """
+    mask = mask.to(values.dtype)
+    B, T = rewards.shape
+    advantages = torch.zeros_like(values)
+    next_adv = torch.zeros(B, dtype=values.dtype, device=values.device)
+    next_value = torch.zeros(B, dtype=values.dtype, device=values.device)
+    next_mask = torch.zeros(B, dtype=values.dtype, device=values.device)
+    for t in reversed(range(T)):  # T is the thought budget (a handful), not the batch
+        delta = rewards[:, t] + gamma * next_value * next_mask - values[:, t]
+        adv = delta + gamma * lam * next_mask * next_adv
+        advantages[:, t] = adv * mask[:, t]
+        next_adv, next_value, next_mask = advantages[:, t], values[:, t], mask[:, t]
+    return Advantages(advantages=advantages, returns=(advantages + values) * mask)
+
+
+def normalize_advantages(advantages: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Zero mean, unit variance over the real steps (masked steps stay 0)."""
+    m = mask.to(advantages.dtype)
+    n = m.sum().clamp(min=1)
+    mean = (advantages * m).sum() / n
+    var = (((advantages - mean) * m) ** 2).sum() / n
+    return (advantages - mean) / (var.sqrt() + eps) * m
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.to(x.dtype)
+    return (x * m).sum() / m.sum().clamp(min=1)
+
+
+def ppo_loss(new_logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+             new_values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, entropy: torch.Tensor,
+             mask: torch.Tensor, epsilon: float, vf_coef: float, ent_coef: float,
+             clip_value: float | None = None) -> PPOLoss:
+    """Clipped surrogate + value loss - entropy bonus, averaged over real steps.
+
+    Shape: every input [B, T]. policy_loss = E[max(-A r, -A clip(r, 1-eps, 1+eps))];
+    value_loss = 0.5 E[(V - R)^2] (or the max with the clipped value when clip_value is set);
+    approx_kl = E[(r - 1) - log r] (the low-variance estimator cleanrl logs).
+    """
+    log_ratio = new_logprobs - old_logprobs
+    ratio = log_ratio.exp()
+    pg1 = -advantages * ratio
+    pg2 = -advantages * ratio.clamp(1 - epsilon, 1 + epsilon)
+    policy_loss = masked_mean(torch.max(pg1, pg2), mask)
+    if clip_value is not None:
+        clipped = old_values + (new_values - old_values).clamp(-clip_value, clip_value)
+        v_loss = torch.max((new_values - returns) ** 2, (clipped - returns) ** 2)
+    else:
+        v_loss = (new_values - returns) ** 2
+    value_loss = 0.5 * masked_mean(v_loss, mask)
+    entropy_mean = masked_mean(entropy, mask)
+    loss = policy_loss + vf_coef * value_loss - ent_coef * entropy_mean
+    with torch.no_grad():
+        approx_kl = masked_mean((ratio - 1) - log_ratio, mask)
+        clipfrac = masked_mean(((ratio - 1).abs() > epsilon).to(ratio.dtype), mask)
+        ratio_mean = masked_mean(ratio, mask)
+    return PPOLoss(loss, policy_loss.detach(), value_loss.detach(), entropy_mean.detach(), approx_kl, clipfrac, ratio_mean)
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """1 - Var[R - V] / Var[R] over real steps (1 is perfect, 0 is no better than a constant)."""
+    m = mask.bool()
+    y, v = returns[m].float(), values[m].float()
+    var_y = y.var(unbiased=False)
+    if y.numel() < 2 or var_y.item() == 0:
+        return float("nan")
+    return float(1 - (y - v).var(unbiased=False) / var_y)

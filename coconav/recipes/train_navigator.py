@@ -1,0 +1,276 @@
+"""Train the navigator with PPO on top of a COCONUT checkpoint.
+
+The navigator (coconav/model/navigator.py) steers each continuous thought, decides when to stop
+thinking and reads a memory of thoughts; it is trained with PPO (Schulman et al. 2017: clipped
+ratio, value head, GAE advantages) on the reward of a correct final answer minus a cost per
+thought. The LM is frozen by default (ppo.train_lm also trains its LoRA adapters, with a KL
+penalty to the frozen reference). Unlike public attempts that subtract a constant reward from a
+supervised loss (no gradient), the policy gradient here flows through the log-probabilities of the
+sampled actions, recomputed by replaying the stored actions through the model; and evaluation runs
+the same latent path that training uses.
+
+    coconav train --config configs/demo_navigator.yaml                 # tiny model, 2 CPU cores
+    coconav train --config configs/gsm8k_llama3_8b_navigator.yaml      # one 40 GB A100
+
+Per update: (1) roll out a batch of training questions (sampled actions and answers); (2) rewards;
+(3) old log-probs and values by a no-grad replay; (4) GAE advantages; (5) PPO epochs over shuffled
+minibatches with early stop on approx KL; (6) write good trajectories to the persistent memory;
+(7) log, evaluate, checkpoint.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from coconav.checkpoint import TrainState, latest_checkpoint, list_checkpoints, load_trainer_state, save_checkpoint
+from coconav.common import MetricLogger, print0, progress, seed_everything, set_threads, write_json_atomic
+from coconav.config import RunConfig, save_config, to_dict
+from coconav.data.splits import load_splits
+from coconav.data.tasks import Splits
+from coconav.errors import ConfigError
+from coconav.evaluate import EvalResult, evaluate, evaluate_navigator, spearman
+from coconav.model.latent_lm import LatentLM
+from coconav.model.navigator import Navigator
+from coconav.ppo import compute_gae, explained_variance, normalize_advantages, ppo_loss
+from coconav.rewards import correctness, format_ok, step_rewards
+from coconav.rollout import Trajectories, replay, roll_out
+
+
+@dataclass
+class NavRun:
+    cfg: RunConfig
+    lm: LatentLM
+    navigator: Navigator
+    optimizer: torch.optim.Optimizer
+    splits: Splits
+    logger: MetricLogger
+    out_dir: Path
+    base_thoughts: int  # the COCONUT checkpoint's fixed thought count (its last stage)
+
+
+# 1-2. setup and build ---------------------------------------------------------------------------
+
+def build(cfg: RunConfig, resume: str | None) -> tuple[NavRun, int]:
+    """Load the COCONUT model (frozen), build the navigator and optimizer; returns (run, first update)."""
+    set_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    out_dir = Path(resume or cfg.out_dir)
+    if resume is None and list_checkpoints(out_dir):
+        raise ConfigError(f"{out_dir} already holds checkpoints: pass --resume {out_dir} to continue it, or choose another out_dir")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out_dir / "config.yaml")
+    logger = MetricLogger(out_dir, cfg.log.tensorboard, cfg.log.wandb, cfg.log.wandb_project, to_dict(cfg),
+                          fresh=resume is None)
+    base = Path(cfg.init_from)
+    from coconav.recipes.evaluate_checkpoint import load_for_inference
+
+    lm, base_cfg, base_stage, _ = load_for_inference(base)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    lm.to(device).eval()
+    for p in lm.parameters():
+        p.requires_grad_(False)
+    if cfg.ppo.train_lm:
+        lm = enable_lm_training(lm, cfg)
+    navigator = Navigator(lm.hidden_size, cfg.navigator).to(device)
+    groups = [{"params": [p for p in navigator.parameters() if p.requires_grad], "lr": cfg.ppo.lr}]
+    lm_params = [p for p in lm.parameters() if p.requires_grad]
+    if lm_params:
+        groups.append({"params": lm_params, "lr": cfg.ppo.lm_lr})
+    optimizer = torch.optim.Adam(groups, eps=1e-5)
+    first = 0
+    if resume is not None:
+        ckpt = latest_checkpoint(out_dir)
+        state = load_trainer_state(ckpt, optimizer, modules={"navigator": navigator})
+        first = state.global_step
+        print0(f"resuming from {ckpt} at update {first}")
+    splits = load_splits(cfg.data, cfg.seed)
+    base_thoughts = base_cfg.curriculum.thoughts_at(base_stage)
+    print0(f"coconav navigator: base {base} ({base_thoughts} thoughts), budget {cfg.navigator.max_thoughts}, "
+           f"{sum(p.numel() for p in navigator.parameters()) / 1e3:.0f}k navigator parameters, out_dir={out_dir}")
+    return NavRun(cfg, lm, navigator, optimizer, splits, logger, out_dir, base_thoughts), first
+
+
+def enable_lm_training(lm: LatentLM, cfg: RunConfig) -> LatentLM:
+    """Wrap the LM with LoRA adapters (cfg.model.lora) so the policy gradient can also train it."""
+    from coconav.model.build import apply_lora
+
+    if cfg.model.lora is None:
+        raise ConfigError("ppo.train_lm=true needs model.lora settings (the LM is trained through LoRA adapters)")
+    model = apply_lora(lm.model, cfg.model, [])
+    return LatentLM(model, lm.tokenizer, thought_norm=lm.thought_norm,
+                    autocast="bfloat16" if lm.autocast_dtype is not None else "none").to(lm.device)
+
+
+def temperature_at(cfg: RunConfig, update: int) -> float:
+    """Linear annealing of the exploration temperature over the updates."""
+    nav = cfg.navigator
+    frac = update / max(1, cfg.ppo.updates - 1)
+    return nav.temperature + (nav.temperature_final - nav.temperature) * min(1.0, frac)
+
+
+# 3-5. one PPO update ----------------------------------------------------------------------------
+
+def reference_kl(run: NavRun, traj: Trajectories, mb: torch.Tensor, answer_logprobs: torch.Tensor,
+                 temperature: float) -> torch.Tensor:
+    """k3 estimate of KL(policy || frozen reference) on the sampled answers (train_lm only)."""
+    with torch.no_grad(), run.lm.model.disable_adapter():
+        ref = replay(run.lm, run.navigator, traj, mb, temperature).answer_logprobs
+    log_ratio = ref - answer_logprobs
+    return (log_ratio.exp() - log_ratio - 1).mean()
+
+
+def ppo_update(run: NavRun, traj: Trajectories, rewards: torch.Tensor, temperature: float, update: int) -> dict:
+    """Old log-probs by replay, GAE, then epochs of clipped updates over shuffled minibatches."""
+    cfg, ppo = run.cfg, run.cfg.ppo
+    B, device = len(traj), run.lm.device
+    g = torch.Generator().manual_seed(cfg.seed * 100_003 + update)
+    minibatches = list(torch.randperm(B, generator=g).chunk(ppo.num_minibatches))
+    # 3. old log-probs and values, on the first epoch's minibatches (so its first ratio is exactly 1)
+    T = cfg.navigator.max_thoughts + 1
+    old_logprobs, old_values = torch.zeros(B, T, device=device), torch.zeros(B, T, device=device)
+    valid = torch.zeros(B, T, dtype=torch.bool, device=device)
+    with torch.no_grad():
+        for mb in minibatches:
+            rep = replay(run.lm, run.navigator, traj, mb, temperature, ppo.answer_in_policy)
+            old_logprobs[mb.to(device)], old_values[mb.to(device)], valid[mb.to(device)] = rep.logprobs, rep.values, rep.masks.valid
+    # 4. advantages
+    adv = compute_gae(rewards.to(device), old_values, valid, ppo.gamma, ppo.lam)
+    stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac",
+                                                     "ratio_first", "kl_ref")}
+    params = [p for group in run.optimizer.param_groups for p in group["params"]]
+    epochs_done = 0
+    # 5. PPO epochs
+    for epoch in range(ppo.ppo_epochs):
+        if epoch > 0:
+            minibatches = list(torch.randperm(B, generator=g).chunk(ppo.num_minibatches))
+        stop = False
+        for i, mb in enumerate(minibatches):
+            mbd = mb.to(device)
+            rep = replay(run.lm, run.navigator, traj, mb, temperature, ppo.answer_in_policy)
+            advantages = adv.advantages[mbd]
+            if ppo.norm_adv:
+                advantages = normalize_advantages(advantages, valid[mbd])
+            out = ppo_loss(rep.logprobs, old_logprobs[mbd], advantages, rep.values, old_values[mbd], adv.returns[mbd],
+                           rep.entropy, valid[mbd], ppo.epsilon, ppo.vf_coef, ppo.ent_coef, ppo.clip_value)
+            loss = out.loss
+            if ppo.train_lm and ppo.beta > 0:
+                kl = reference_kl(run, traj, mb, rep.answer_logprobs, temperature)
+                loss = loss + ppo.beta * kl
+                stats["kl_ref"].append(float(kl))
+            run.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, ppo.max_grad_norm)
+            run.optimizer.step()
+            if epoch == 0 and i == 0:
+                stats["ratio_first"].append(float(out.ratio_mean))
+            for key in ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac"):
+                stats[key].append(float(getattr(out, key)))
+            if ppo.target_kl is not None and float(out.approx_kl) > ppo.target_kl:
+                stop = True
+                break
+        epochs_done = epoch + 1
+        if stop:
+            break
+    summary = {f"ppo/{k}": sum(v) / len(v) for k, v in stats.items() if v}
+    summary["ppo/explained_variance"] = explained_variance(old_values, adv.returns, valid)
+    summary["ppo/epochs"] = epochs_done
+    return summary
+
+
+# 6-7. the loop ------------------------------------------------------------------------------------
+
+def sample_questions(run: NavRun, update: int) -> list:
+    rng = random.Random(f"{run.cfg.seed}-rollout-{update}")
+    return [run.splits.train[rng.randrange(len(run.splits.train))] for _ in range(run.cfg.ppo.rollout_batch)]
+
+
+def train(cfg: RunConfig, resume: str | None = None) -> dict:
+    """PPO updates, periodic validation, checkpoints, then the final test evaluation."""
+    run, first = build(cfg, resume)
+    ppo = cfg.ppo
+    curve = []
+    bar = progress(total=ppo.updates, desc="ppo", enabled=cfg.log.progress)
+    bar.update(first)
+    for update in range(first, ppo.updates):
+        start = time.perf_counter()
+        temperature = temperature_at(cfg, update)
+        # 1. roll out
+        run.navigator.eval()
+        gen = torch.Generator(device=run.lm.device).manual_seed(cfg.seed * 1_000_003 + update)
+        traj = roll_out(run.lm, run.navigator, sample_questions(run, update), num_trajectories=ppo.num_trajectories,
+                        sample=True, temperature=temperature, max_new_tokens=cfg.eval.max_new_tokens, generator=gen)
+        rollout_seconds = time.perf_counter() - start
+        # 2. rewards
+        correct, formatted = correctness(traj.texts, traj.examples), format_ok(traj.texts)
+        T = cfg.navigator.max_thoughts + 1
+        rewards = step_rewards(correct, formatted, traj.num_thoughts.cpu(), T, ppo.thought_cost, ppo.format_coef)
+        returns = rewards.sum(1)
+        # 3-5. PPO
+        run.navigator.train()
+        stats = ppo_update(run, traj, rewards, temperature, update)
+        # 6. memory: written after the update, so the replays above saw the bank the rollout saw
+        run.navigator.remember(traj.question_keys, traj.thought_means, returns.to(traj.question_keys.device))
+        # 7. log
+        seconds = time.perf_counter() - start
+        metrics = {"rollout/accuracy": float(correct.mean()), "rollout/reward_mean": float(returns.mean()),
+                   "rollout/reward_std": float(returns.std()) if len(returns) > 1 else 0.0,
+                   "rollout/mean_thoughts": float(traj.num_thoughts.float().mean()),
+                   "rollout/temperature": temperature, "rollout/halt_prob": float(traj.halt_probs[:, 0].mean()),
+                   "navigator/steer_norm": float(run.navigator.up.weight.norm()),
+                   "navigator/action_std": float(run.navigator.log_std.exp().mean()),
+                   "time/steps_per_second": float((traj.num_thoughts + 1).sum()) / max(rollout_seconds, 1e-9),
+                   "time/update_seconds": seconds, **stats}
+        if run.navigator.bank is not None:
+            metrics["memory/entries"] = run.navigator.bank.filled
+        run.logger.log(metrics, update + 1)
+        curve.append({"update": update + 1, **{k: metrics[k] for k in ("rollout/accuracy", "rollout/reward_mean",
+                                                                        "rollout/mean_thoughts")}})
+        bar.update(1)
+        bar.set_postfix(acc=f"{metrics['rollout/accuracy']:.2f}", thoughts=f"{metrics['rollout/mean_thoughts']:.1f}",
+                        kl=f"{stats.get('ppo/approx_kl', 0):.3f}")
+        if (update + 1) % ppo.eval_every == 0 or update + 1 == ppo.updates:
+            validate(run, update + 1)
+            save_checkpoint(run.out_dir / "checkpoints" / "last", run.lm, TrainState(0, update + 1, update + 1),
+                            to_dict(cfg), run.optimizer, modules={"navigator": run.navigator})
+    bar.close()
+    results = final_evaluation(run, curve)
+    run.logger.close()
+    return results
+
+
+def validate(run: NavRun, update: int) -> EvalResult:
+    result = evaluate_navigator(run.lm, run.navigator, run.splits.validation, run.cfg.eval, seed=run.cfg.seed)
+    run.logger.log({"eval/accuracy": result.accuracy, "eval/mean_thoughts": result.mean_thoughts}, update)
+    print0(f"update {update}: validation accuracy {result.accuracy:.3f}, mean thoughts {result.mean_thoughts:.2f}")
+    return result
+
+
+def final_evaluation(run: NavRun, curve: list[dict]) -> dict:
+    """Test accuracy of the navigator, of its ablations (steering off, memory off) and of fixed-count COCONUT."""
+    cfg, test = run.cfg, run.splits.test
+    results: dict = {"curve": curve, "base_thoughts": run.base_thoughts}
+    if not test:
+        return results
+    rows = {
+        "navigator": evaluate_navigator(run.lm, run.navigator, test, cfg.eval, seed=cfg.seed),
+        "navigator_no_steering": evaluate_navigator(run.lm, run.navigator, test, cfg.eval, steer=False, seed=cfg.seed),
+        "navigator_no_memory": evaluate_navigator(run.lm, run.navigator, test, cfg.eval, persistent_memory=False,
+                                                  episodic_memory=False, seed=cfg.seed),
+        "coconut_fixed": evaluate(run.lm, test, "coconut", run.base_thoughts, cfg.eval, seed=cfg.seed),
+    }
+    for name, res in rows.items():
+        results[name] = res.summary()
+    nav = rows["navigator"]
+    results["navigator"]["spearman_steps_thoughts"] = spearman([q.difficulty for q in nav.questions],
+                                                               [q.num_thoughts for q in nav.questions])
+    write_json_atomic(run.out_dir / "results.json", results)
+    for name, res in rows.items():
+        print0(f"test {name}: accuracy {res.accuracy:.3f}, mean thoughts {res.mean_thoughts:.2f}, "
+               f"forward passes {res.mean_forward_passes:.1f}")
+    print0(f"Spearman(steps, thoughts) = {results['navigator']['spearman_steps_thoughts']:.3f}")
+    return results

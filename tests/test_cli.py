@@ -1,0 +1,349 @@
+"""The `coconav` command line end to end: bad data, bad checkpoints, bad questions, train/resume.
+
+Every user error must end with exit code 2 and ONE stderr line `coconav: error: ...` naming the
+problem (file and line where there is one), never a traceback. The checkpoint is the session's
+tiny COCONUT run (conftest.tiny_run); tests that change a checkpoint work on a copy.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from safetensors import SafetensorError
+
+from coconav.checkpoint import list_checkpoints
+from coconav.data.curriculum import build_prompt, encode_question
+from coconav.data.tasks import get_task
+from coconav.model.latent_lm import LatentLM
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO_PRESET = REPO / "coconav" / "recipes" / "demo.yaml"
+LAST_STAGE = 6  # the demo preset: max_stage 6, final_stage_steps 0 -> stages 0..6, 1 thought per step
+
+
+def last_checkpoint(run: Path) -> Path:
+    return run / "checkpoints" / f"stage-{LAST_STAGE}"
+
+
+def copy_checkpoint(run: Path, dest: Path) -> Path:
+    shutil.copytree(last_checkpoint(run), dest)
+    return dest
+
+
+def a_question() -> str:
+    return get_task("arithmetic").generate(random.Random(0), 3).question
+
+
+def metric_steps(run: Path, prefix: str = "train/loss") -> list[int]:
+    lines = (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    return [rec["step"] for rec in map(json.loads, lines) if prefix in rec]
+
+
+# -- eval --data FILE: malformed data files -------------------------------------------------------
+
+GOOD_GSM8K = '{"question": "Tom has 3 apples and buys 4. How many?", "answer": "3+4=<<3+4=7>>7\\n#### 7"}\n'
+
+DATA_CASES = {
+    # name: (file name, content, expected message with {path})
+    "bad_json_jsonl": ("d.jsonl", '{"question": "a", \n',
+                       "{path}:1: bad JSON at column 19: Expecting property name enclosed in double quotes"),
+    "bad_json_second_line": ("d.jsonl", GOOD_GSM8K + '{"question": "a" "answer": "#### 1"}\n',
+                             "{path}:2: bad JSON at column 18: Expecting ',' delimiter"),
+    "bad_json_coconut": ("d.json", '[\n  {"question": "q",\n   "steps": ["a"] "answer": "1"}\n]\n',
+                         "{path}:3: bad JSON at column 19: Expecting ',' delimiter"),
+    "invalid_utf8": ("d.jsonl", GOOD_GSM8K.encode() + b'{"question": "caf\xe9", "answer": "#### 1"}\n',
+                     "{path}:2: invalid UTF-8 (byte 0xe9 at column 18)"),
+    "invalid_utf8_coconut": ("d.json", b'[{"question": "\xff", "steps": ["a"], "answer": "1"}]',
+                             "{path}:1: invalid UTF-8 (byte 0xff at column 16)"),
+    "missing_question_jsonl": ("d.jsonl", '{"answer": "#### 3"}\n', "{path}:1: field 'question' missing"),
+    "missing_answer_jsonl": ("d.jsonl", '{"question": "q"}\n', "{path}:1: field 'answer' missing"),
+    "missing_question_coconut": ("d.json", '[{"steps": ["a"], "answer": "1"}]',
+                                 "{path}: record 0: field 'question' missing"),
+    "missing_answer_coconut": ("d.json", '[{"question": "q", "steps": ["a"]}, {"question": "q"}]',
+                               "{path}: record 0: field 'answer' missing"),
+    "question_not_string_jsonl": ("d.jsonl", '{"question": 3, "answer": "#### 3"}\n',
+                                  "{path}:1: field 'question' must be a string, got int"),
+    "answer_not_string_jsonl": ("d.jsonl", '{"question": "q", "answer": ["#### 3"]}\n',
+                                "{path}:1: field 'answer' must be a string, got list"),
+    "record_not_object_jsonl": ("d.jsonl", '["q", "#### 3"]\n', "{path}:1: expected a JSON object, got list"),
+    "steps_not_list_coconut": ("d.json", '[{"question": "q", "steps": "a", "answer": "1"}]',
+                               "{path}: record 0: field 'steps' must be a list of strings"),
+    "answer_not_string_coconut": ("d.json", '[{"question": "q", "steps": ["a"], "answer": [1]}]',
+                                  "{path}: record 0: field 'answer' must be a string, got list"),
+    "empty_steps_coconut": ("d.json", '[{"question": "q", "steps": ["a"], "answer": "1"},'
+                                      ' {"question": "q", "steps": [], "answer": "1"}]',
+                            "{path}: record 1: field 'steps' is an empty list"),
+    "non_numeric_gsm8k_answer": ("d.jsonl", '{"question": "q", "answer": "so\\n#### many"}\n',
+                                 "{path}:1: answer after '####' is not a number: 'many'"),
+    "gsm8k_answer_without_marker": ("d.jsonl", '{"question": "q", "answer": "7"}\n',
+                                    "{path}:1: answer has no '#### N' line"),
+    "empty_file_jsonl": ("d.jsonl", "", "{path}: no records (the file is empty or blank)"),
+    "blank_file_jsonl": ("d.jsonl", "\n  \n", "{path}: no records (the file is empty or blank)"),
+    "empty_file_coconut": ("d.json", "", "{path}: no records (the file is empty or blank)"),
+    "empty_list_coconut": ("d.json", "[]", "{path}: no records (the JSON list is empty)"),
+    "empty_file_gsm8k_aug": ("d.txt", "", "{path}: no records (the file is empty or blank)"),
+    "unknown_extension": ("d.csv", "q,a\n", None),
+}
+
+
+@pytest.mark.parametrize("case", list(DATA_CASES))
+def test_eval_rejects_malformed_data(cli, tiny_run: Path, tmp_path: Path, case: str) -> None:
+    name, content, expected = DATA_CASES[case]
+    path = tmp_path / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8")
+    msg = cli("eval", "--checkpoint", tiny_run, "--data", path).error()
+    if expected is None:
+        assert msg.startswith(f"{path}: unknown data file extension '.csv'")
+    else:
+        assert msg == expected.format(path=path)
+
+
+def test_eval_missing_data_file(cli, tiny_run: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "nope.jsonl"
+    assert cli("eval", "--checkpoint", tiny_run, "--data", missing).error() == f"{missing}: no such file"
+
+
+def test_eval_good_data_file(cli, tiny_run: Path, tmp_path: Path) -> None:
+    data = tmp_path / "ok.json"
+    data.write_text(json.dumps([{"question": a_question(), "steps": ["1 + 2 = 3"], "answer": "3"}]), encoding="utf-8")
+    report = tmp_path / "report.json"
+    res = cli("eval", "--checkpoint", tiny_run, "--data", data, "--out", report)
+    assert res.rc == 0, res.err
+    got = json.loads(report.read_text(encoding="utf-8"))
+    assert got["num_questions"] == 1 and got["num_thoughts"] == LAST_STAGE and got["stage"] == LAST_STAGE
+    assert got["checkpoint"] == str(last_checkpoint(tiny_run))
+
+
+def test_eval_test_split(cli, tiny_run: Path) -> None:
+    res = cli("eval", "--checkpoint", tiny_run, "--data", "test", "--num-thoughts", "2")
+    assert res.rc == 0, res.err
+    summary = json.loads(res.out)
+    assert summary["num_questions"] == 8 and summary["num_thoughts"] == 2 and summary["mean_thoughts"] == 2.0
+
+
+def test_eval_error_is_the_only_stderr_output(cli, tiny_run: Path, tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text("", encoding="utf-8")
+    res = cli("eval", "--checkpoint", tiny_run, "--data", path)
+    assert res.err == f"coconav: error: {path}: no records (the file is empty or blank)\n"
+
+
+# -- broken checkpoints ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["eval", "generate"])
+def test_missing_checkpoint_folder(cli, tmp_path: Path, command: str) -> None:
+    missing = tmp_path / "no_such_run"
+    extra = ["--data", "test"] if command == "eval" else ["1 + 2 ?"]
+    msg = cli(command, "--checkpoint", missing, *extra).error()
+    assert str(missing) in msg
+
+
+def test_missing_checkpoint_folder_says_not_found(cli, tmp_path: Path) -> None:
+    missing = tmp_path / "no_such_run"
+    msg = cli("eval", "--checkpoint", missing).error()
+    assert "not found" in msg or "does not exist" in msg or "no such" in msg
+    assert "resume" not in msg
+
+
+def test_checkpoint_folder_without_metadata(cli, tiny_run: Path, tmp_path: Path) -> None:
+    folder = copy_checkpoint(tiny_run, tmp_path / "ckpt")
+    (folder / "coconav.json").unlink()
+    assert str(folder) in cli("generate", "--checkpoint", folder, "1 + 2 ?").error()
+
+
+def test_checkpoint_folder_without_metadata_names_the_file(cli, tiny_run: Path, tmp_path: Path) -> None:
+    folder = copy_checkpoint(tiny_run, tmp_path / "ckpt")
+    (folder / "coconav.json").unlink()
+    msg = cli("eval", "--checkpoint", folder).error()
+    assert "coconav.json" in msg and "resume" not in msg
+
+
+def test_checkpoint_with_corrupt_metadata(cli, tiny_run: Path, tmp_path: Path) -> None:
+    folder = copy_checkpoint(tiny_run, tmp_path / "ckpt")
+    (folder / "coconav.json").write_text('{"format_version": 1, "special_tok', encoding="utf-8")
+    assert cli("eval", "--checkpoint", folder).error() == f"{folder}/coconav.json: corrupt metadata (not valid JSON)"
+
+
+def test_checkpoint_with_unknown_format_version(cli, tiny_run: Path, tmp_path: Path) -> None:
+    folder = copy_checkpoint(tiny_run, tmp_path / "ckpt")
+    meta = json.loads((folder / "coconav.json").read_text(encoding="utf-8"))
+    (folder / "coconav.json").write_text(json.dumps({**meta, "format_version": 99}), encoding="utf-8")
+    assert cli("generate", "--checkpoint", folder, "1 + 2 ?").error() == \
+        f"{folder}/coconav.json: unknown checkpoint format (expected format_version 1)"
+
+
+def test_checkpoint_with_truncated_weights(cli, tiny_run: Path, tmp_path: Path) -> None:
+    folder = copy_checkpoint(tiny_run, tmp_path / "ckpt")
+    weights = folder / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    assert cli("eval", "--checkpoint", folder).error().startswith(f"{folder}: cannot load the model weights (")
+
+
+def test_checkpoint_without_weights(cli, tiny_run: Path, tmp_path: Path) -> None:
+    folder = copy_checkpoint(tiny_run, tmp_path / "ckpt")
+    (folder / "model.safetensors").unlink()
+    assert cli("eval", "--checkpoint", folder).error().startswith(f"{folder}: cannot load the model weights (")
+
+
+def test_resume_without_trainer_state(cli, tiny_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (last_checkpoint(run) / "trainer_state.safetensors").unlink()
+    msg = cli("train", "--resume", run).error()
+    assert msg == f"{last_checkpoint(run)}: trainer state missing or corrupt (FileNotFoundError)"
+
+
+def test_resume_with_corrupt_trainer_state(cli, tiny_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (last_checkpoint(run) / "trainer_state.json").write_text("{", encoding="utf-8")
+    msg = cli("train", "--resume", run).error()
+    assert msg == f"{last_checkpoint(run)}: trainer state missing or corrupt (JSONDecodeError)"
+
+
+def test_resume_a_folder_that_is_not_a_run(cli, tmp_path: Path) -> None:
+    assert cli("train", "--resume", tmp_path).error() == f"{tmp_path} has no config.yaml: is it a coconav run folder?"
+
+
+def test_resume_a_run_without_checkpoints(cli, tiny_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(tiny_run / "config.yaml", run / "config.yaml")
+    assert cli("train", "--resume", run).error() == f"no complete checkpoint under {run}/checkpoints"
+
+
+# -- generate -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("question", ["", "   ", "\n\t "], ids=["empty", "spaces", "whitespace"])
+def test_generate_empty_question(cli, tiny_run: Path, question: str) -> None:
+    assert cli("generate", "--checkpoint", tiny_run, question).error() == "the question is empty"
+
+
+def test_generate_question_longer_than_context(cli, tiny_run: Path) -> None:
+    question = " ".join(["1"] * 600)  # 600 words, one token each; the tiny model's context is 512
+    msg = cli("generate", "--checkpoint", tiny_run, question).error()
+    match = re.fullmatch(r"the question has (\d+) tokens, longer than the model's context of 512", msg)
+    assert match and int(match.group(1)) >= 600, msg
+
+
+def test_generate_question_that_leaves_no_room_for_thoughts(cli, tiny_run: Path) -> None:
+    question = " ".join(["1"] * 508)  # 508 + <bot> fits 512, but not with 6 thoughts and <eot>
+    msg = cli("generate", "--checkpoint", tiny_run, question).error()
+    assert msg == f"a prompt of 509 tokens plus {LAST_STAGE} thoughts does not fit the model's context of 512 positions"
+
+
+def test_generate_negative_thoughts(cli, tiny_run: Path) -> None:
+    assert cli("generate", "--checkpoint", tiny_run, "1 + 2 ?", "--num-thoughts", "-1").error() == \
+        "--num-thoughts must be >= 0, got -1"
+
+
+def test_generate_prints_the_answer(cli, tiny_run: Path) -> None:
+    question = a_question()
+    res = cli("generate", "--checkpoint", tiny_run, question)
+    assert res.rc == 0, res.err
+    # the same generation done by hand: the last stage's checkpoint, its thought count, greedy
+    lm = LatentLM.from_pretrained(last_checkpoint(tiny_run)).eval()
+    prompt = build_prompt(encode_question(lm.tokenizer, question), "coconut", LAST_STAGE, lm.special)
+    expected = lm.generate([prompt], num_thoughts=LAST_STAGE, max_new_tokens=8).texts[0]
+    assert res.out == expected + "\n"
+
+
+def test_generate_show_thoughts(cli, tiny_run: Path) -> None:
+    res = cli("generate", "--checkpoint", tiny_run, a_question(), "--show-thoughts", "--top-k", "3")
+    assert res.rc == 0, res.err
+    lines = res.out.splitlines()
+    assert lines[0].startswith("answer:")
+    header = re.fullmatch(r"mode: coconut, thoughts: (\d+), forward passes: (\d+)", lines[1])
+    assert header, lines[1]
+    assert int(header.group(1)) == LAST_STAGE
+    thought_lines = lines[2:]
+    assert len(thought_lines) == LAST_STAGE
+    for i, line in enumerate(thought_lines, start=1):
+        assert line.startswith(f"thought {i}: ")
+        assert len(re.findall(r"'[^']*' \d\.\d\d", line)) == 3  # top-3 tokens with probabilities
+
+
+def test_generate_show_thoughts_with_num_thoughts(cli, tiny_run: Path) -> None:
+    res = cli("generate", "--checkpoint", tiny_run, a_question(), "--show-thoughts", "--num-thoughts", "2")
+    assert res.rc == 0, res.err
+    assert "thoughts: 2," in res.out
+    assert re.findall(r"^thought (\d+): ", res.out, flags=re.M) == ["1", "2"]
+
+
+# -- train: no silent overwrite, resume -------------------------------------------------------------
+
+
+def test_train_twice_without_resume_is_refused(cli, tiny_run: Path, tiny_overrides: list[str]) -> None:
+    before = {p: p.read_bytes() for p in (tiny_run / "config.yaml", tiny_run / "metrics.jsonl", tiny_run / "stages.json")}
+    checkpoints = sorted(p.name for p in (tiny_run / "checkpoints").iterdir())
+    msg = cli("train", "--config", DEMO_PRESET, *tiny_overrides, f"out_dir={tiny_run}").error()
+    assert msg == (f"{tiny_run} already holds checkpoints: pass --resume {tiny_run} to continue it, "
+                   f"or choose another out_dir")
+    assert {p: p.read_bytes() for p in before} == before  # nothing rewritten
+    assert sorted(p.name for p in (tiny_run / "checkpoints").iterdir()) == checkpoints
+
+
+def test_resume_continues_an_interrupted_run(cli, tmp_path: Path, tiny_overrides: list[str],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from coconav.recipes import train_coconut
+
+    run = tmp_path / "run"
+    original = train_coconut.train_stage
+
+    def stop_at_stage_2(r, stage, state):
+        if stage == 2:
+            raise KeyboardInterrupt  # Ctrl-C at the start of stage 2
+        return original(r, stage, state)
+
+    monkeypatch.setattr(train_coconut, "train_stage", stop_at_stage_2)
+    res = cli("train", "--config", DEMO_PRESET, *tiny_overrides, "train.log_every=1", f"out_dir={run}")
+    assert res.rc == 130 and "interrupted" in res.err
+    assert [p.name for p in list_checkpoints(run)] == ["stage-0", "stage-1"]
+    stages = json.loads((run / "stages.json").read_text(encoding="utf-8"))
+    assert [s["stage"] for s in stages] == [0, 1]
+    steps_before = metric_steps(run)
+    assert steps_before == [1, 2, 3]  # 2 steps of stage 0, 1 of stage 1
+    assert not (run / "results.json").exists()
+
+    monkeypatch.setattr(train_coconut, "train_stage", original)
+    res = cli("train", "--resume", run)
+    assert res.rc == 0, res.err
+    assert "resuming from" in res.out and "stage-1" in res.out
+    stages = json.loads((run / "stages.json").read_text(encoding="utf-8"))
+    assert [s["stage"] for s in stages] == [0, 1, 2, 3, 4, 5, 6]
+    assert [s["global_step"] for s in stages] == [2, 3, 4, 5, 6, 7, 8]
+    assert metric_steps(run) == steps_before + [4, 5, 6, 7, 8]  # continues, never restarts at 1
+    assert (run / "results.json").is_file()
+    assert [p.name for p in list_checkpoints(run)][-1] == f"stage-{LAST_STAGE}"
+
+
+def test_resume_of_a_finished_run_trains_nothing(cli, tiny_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    steps = metric_steps(run)
+    res = cli("train", "--resume", run)
+    assert res.rc == 0, res.err
+    assert metric_steps(run) == steps
+    assert len(json.loads((run / "stages.json").read_text(encoding="utf-8"))) == LAST_STAGE + 1
+
+
+def test_fresh_train_does_not_mix_with_stale_metrics(cli, tmp_path: Path, tiny_overrides: list[str]) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 5, "time": 0, "train/loss": 9.0}\n', encoding="utf-8")
+    res = cli("train", "--config", DEMO_PRESET, *tiny_overrides, "curriculum.max_stage=1", f"out_dir={run}")
+    if res.rc == 2:  # refusing is fine too
+        return
+    steps = metric_steps(run)
+    assert steps == sorted(steps), steps

@@ -1,0 +1,171 @@
+"""Config errors through the CLI (`coconav train --config ...`): one line, exit 2, the key or file named.
+
+Also: every preset in configs/ loads, and loaded values round-trip through save_config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from coconav.config import RunConfig, load_config, save_config, to_dict
+from coconav.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO_PRESET = REPO / "coconav" / "recipes" / "demo.yaml"
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# -- YAML files -------------------------------------------------------------------------------
+
+
+def test_unknown_key_in_yaml(cli, tmp_path: Path) -> None:
+    cfg = write(tmp_path / "bad.yaml", "seed: 1\ntrain:\n  lr: 1.0e-3\n  lrr: 1\n")
+    msg = cli("train", "--config", cfg).error()
+    assert "unknown config key 'train.lrr'" in msg
+    assert "lr" in msg.split("allowed:")[1]  # lists what is allowed
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("text", ["train:\n  lrr: 1\n", "train:\n  batch_size: abc\n"])
+def test_yaml_key_errors_name_the_file(cli, tmp_path: Path, text: str) -> None:
+    cfg = write(tmp_path / "preset.yaml", text)
+    assert str(cfg) in cli("train", "--config", cfg).error()
+
+
+def test_wrong_type_in_yaml(cli, tmp_path: Path) -> None:
+    cfg = write(tmp_path / "bad.yaml", "train:\n  batch_size: abc\n")
+    assert cli("train", "--config", cfg).error() == f"{cfg}:2: train.batch_size: expected an integer, got 'abc'"
+
+
+def test_section_that_is_not_a_mapping(cli, tmp_path: Path) -> None:
+    cfg = write(tmp_path / "bad.yaml", "model: 3\n")
+    assert cli("train", "--config", cfg).error() == f"{cfg}:1: model: expected a mapping of ModelConfig fields, got 3"
+
+
+def test_yaml_syntax_error_names_file_and_line(cli, tmp_path: Path) -> None:
+    cfg = write(tmp_path / "broken.yaml", "seed: 1\ntrain:\n  lr: 1.0e-3\n  betas: [0.9, 0.98\nmodel: {}\n")
+    msg = cli("train", "--config", cfg).error()
+    assert msg.startswith(f"{cfg}:5: YAML syntax error: ")
+
+
+def test_yaml_tab_indent_names_line(cli, tmp_path: Path) -> None:
+    cfg = write(tmp_path / "tabs.yaml", "seed: 1\ntrain:\n\tlr: 1\n")
+    msg = cli("train", "--config", cfg).error()
+    assert msg.startswith(f"{cfg}:3: YAML syntax error: ")
+
+
+def test_missing_config_file(cli, tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    assert cli("train", "--config", missing).error() == f"config file not found: {missing}"
+
+
+@pytest.mark.parametrize("text", ["- a\n- b\n", "just a string\n", "42\n"])
+def test_yaml_top_level_not_a_mapping(cli, tmp_path: Path, text: str) -> None:
+    cfg = write(tmp_path / "list.yaml", text)
+    assert cli("train", "--config", cfg).error() == f"{cfg}: the top level must be a mapping of config sections"
+
+
+def test_invalid_utf8_config(cli, tmp_path: Path) -> None:
+    cfg = tmp_path / "latin1.yaml"
+    cfg.write_bytes(b"seed: 1\n# caf\xe9\n")
+    assert cli("train", "--config", cfg).error() == f"{cfg}: not valid UTF-8 text"
+
+
+def test_train_without_config(cli) -> None:
+    assert cli("train").error() == "train needs --config FILE.yaml (or --resume RUN)"
+
+
+# -- overrides --------------------------------------------------------------------------------
+
+
+def test_unknown_key_as_override(cli) -> None:
+    msg = cli("train", "--config", DEMO_PRESET, "train.lrr=1").error()
+    assert msg.startswith("unknown config key 'train.lrr' (allowed: batch_size, ")
+
+
+def test_unknown_section_as_override(cli) -> None:
+    msg = cli("train", "--config", DEMO_PRESET, "trian.lr=1").error()
+    assert msg.startswith("unknown config key 'trian' (allowed: out_dir, ")
+
+
+def test_wrong_type_as_override(cli) -> None:
+    assert cli("train", "--config", DEMO_PRESET, "train.batch_size=abc").error() == \
+        "train.batch_size: expected an integer, got 'abc'"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.batch_size=1.5", "train.batch_size: expected an integer, got 1.5"),
+    ("train.lr=abc", "train.lr: expected a number, got 'abc'"),
+    ("log.progress=maybe", "log.progress: expected true or false, got 'maybe'"),
+    ("curriculum.mode=foo", "curriculum.mode: 'foo' is not one of 'cot' | 'no_cot' | 'coconut' | 'pause'"),
+])
+def test_more_wrong_types_as_override(cli, override: str, message: str) -> None:
+    assert cli("train", "--config", DEMO_PRESET, override).error() == message
+
+
+def test_negative_lr(cli) -> None:
+    assert cli("train", "--config", DEMO_PRESET, "train.lr=-1").error() == "train.lr must be > 0, got -1.0"
+
+
+def test_mix_prob_above_one(cli) -> None:
+    assert cli("train", "--config", DEMO_PRESET, "curriculum.mix_prob=2").error() == \
+        "curriculum.mix_prob must be in [0, 1], got 2.0"
+
+
+def test_batch_size_not_multiple_of_grad_accum(cli) -> None:
+    # the demo preset has grad_accum=4
+    assert cli("train", "--config", DEMO_PRESET, "train.batch_size=6").error() == \
+        "train.batch_size (6) must be a multiple of train.grad_accum (4)"
+
+
+def test_override_without_equals(cli) -> None:
+    assert cli("train", "--config", DEMO_PRESET, "train.lr").error() == "override 'train.lr' must look like key.sub=value"
+
+
+def test_override_into_a_scalar(cli) -> None:
+    assert cli("train", "--config", DEMO_PRESET, "seed.x=1").error() == "override 'seed.x=1': 'seed' is not a section"
+
+
+def test_config_errors_write_nothing(cli, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cli("train", "--config", DEMO_PRESET, f"out_dir={out}", "train.lr=-1").error()
+    assert not out.exists()
+
+
+# -- the library API --------------------------------------------------------------------------
+
+
+def test_load_config_raises_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^unknown config key 'model.hidden'"):
+        load_config(DEMO_PRESET, ["model.hidden=3"])
+
+
+def test_overrides_apply_and_round_trip(tmp_path: Path) -> None:
+    cfg = load_config(DEMO_PRESET, ["train.lr=3e-4", "curriculum.mode=cot", "eval.num_thoughts=null", "seed=7"])
+    assert cfg.train.lr == 3e-4 and isinstance(cfg.train.lr, float)
+    assert cfg.curriculum.mode == "cot" and cfg.seed == 7 and cfg.eval.num_thoughts is None
+    save_config(cfg, tmp_path / "config.yaml")
+    assert to_dict(load_config(tmp_path / "config.yaml")) == to_dict(cfg)
+
+
+# -- presets ----------------------------------------------------------------------------------
+
+
+PRESETS = sorted((REPO / "configs").glob("*.yaml"))
+
+
+def test_there_are_presets() -> None:
+    assert any(p.name == "demo.yaml" for p in PRESETS)
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=[p.name for p in PRESETS])
+def test_preset_loads(preset: Path) -> None:
+    cfg = load_config(preset.resolve())  # symlinks followed
+    assert isinstance(cfg, RunConfig)
+    assert cfg.curriculum.stages()  # something to train
