@@ -50,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="output folder (results.json, plots)")
     p.add_argument("--seed", type=int, default=0, help="seed of data, initialisation and sampling")
     p.add_argument("--config", default=None, help="preset to use instead of the built-in demo (e.g. configs/demo_full.yaml)")
+    p.add_argument("--navigator-config", default=None, help="navigator preset (default: the built-in demo_navigator.yaml)")
+    p.add_argument("--no-navigator", action="store_true", help="skip the navigator (no-CoT, CoT and COCONUT only)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     return parser
 
@@ -104,7 +106,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from coconav.recipes import demo
 
-    demo.run(out=args.out, seed=args.seed, config=args.config, overrides=args.overrides)
+    demo.run(out=args.out, seed=args.seed, config=args.config, overrides=args.overrides,
+             navigator=args.navigator_config, with_navigator=not args.no_navigator)
     return 0
 
 

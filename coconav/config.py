@@ -222,6 +222,10 @@ class TrainConfig:
     """Steps of the final all-latent stage; None = steps_per_stage; 0 skips it."""
     epochs_per_stage: float | None = None
     """If set, stage length in passes over the training set (the paper's epochs_per_stage)."""
+    first_stage_epochs: float | None = None
+    """If set, the length of stage 0 (or of a cot/no_cot run) in epochs; overrides first_stage_steps."""
+    final_stage_epochs: float | None = None
+    """If set, the length of the final all-latent stage in epochs; overrides final_stage_steps."""
     reset_optimizer: bool = False
     """Fresh AdamW state at every stage (the paper resets it for GSM8K)."""
     restart_schedule: bool = True
@@ -247,7 +251,9 @@ class TrainConfig:
         _check(self.steps_per_stage >= 1, f"train.steps_per_stage must be >= 1, got {self.steps_per_stage}")
         _check(self.first_stage_steps is None or self.first_stage_steps >= 0, "train.first_stage_steps must be >= 0")
         _check(self.final_stage_steps is None or self.final_stage_steps >= 0, "train.final_stage_steps must be >= 0")
-        _check(self.epochs_per_stage is None or self.epochs_per_stage > 0, "train.epochs_per_stage must be > 0")
+        for name in ("epochs_per_stage", "first_stage_epochs", "final_stage_epochs"):
+            value = getattr(self, name)
+            _check(value is None or value > 0, f"train.{name} must be > 0 or null, got {value}")
         _check(self.log_every >= 1, f"train.log_every must be >= 1, got {self.log_every}")
         _check(self.save_every >= 0, f"train.save_every must be >= 0, got {self.save_every}")
 
@@ -369,6 +375,9 @@ class PPOConfig:
     """Adam learning rate of the navigator."""
     thought_cost: float = 0.02
     """Reward subtracted per thought."""
+    token_cost: float = 0.0
+    """Reward subtracted per generated answer token (with token_cost = thought_cost every forward pass
+    costs the same, so the policy cannot trade thoughts for language steps for free)."""
     format_coef: float = 0.0
     """Reward for an answer in the '### answer' format (0: off)."""
     answer_in_policy: bool = True
@@ -404,6 +413,7 @@ class PPOConfig:
         _check(self.max_grad_norm > 0, f"ppo.max_grad_norm must be > 0, got {self.max_grad_norm}")
         _check(self.lr > 0, f"ppo.lr must be > 0, got {self.lr}")
         _check(self.thought_cost >= 0, f"ppo.thought_cost must be >= 0, got {self.thought_cost}")
+        _check(self.token_cost >= 0, f"ppo.token_cost must be >= 0, got {self.token_cost}")
         _check(self.beta >= 0, f"ppo.beta must be >= 0, got {self.beta}")
         _check(self.eval_every >= 1, f"ppo.eval_every must be >= 1, got {self.eval_every}")
 

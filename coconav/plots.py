@@ -79,6 +79,43 @@ def plot_accuracy_vs_passes(methods: dict[str, dict], path: Path, plt) -> Path:
     return path
 
 
+def plot_learning_curves(curve: list[dict], path: Path, plt) -> Path:
+    """Navigator training: rollout reward, accuracy and mean thoughts per PPO update."""
+    xs = [c["update"] for c in curve]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    for ax, key, label in zip(axes, ("rollout/reward_mean", "rollout/accuracy", "rollout/mean_thoughts"),
+                              ("reward", "accuracy (sampled)", "mean thoughts")):
+        ax.plot(xs, [c[key] for c in curve], color="C3")
+        ax.set_xlabel("PPO update")
+        ax.set_title(label)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_thoughts_by_difficulty(methods: dict[str, dict], path: Path, plt) -> Path:
+    """Mean thoughts used per problem difficulty, per method that thinks."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, (name, m) in enumerate(methods.items()):
+        by = m.get("mean_thoughts_by_difficulty", {})
+        if not by or not any(by.values()):
+            continue
+        xs = sorted(by, key=int)
+        ax.plot([int(x) for x in xs], [by[x] for x in xs], marker="o", color=f"C{i}", label=name)
+    ax.set_xlabel("reasoning steps (difficulty)")
+    ax.set_ylabel("thoughts used")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title("Thoughts used by difficulty")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_demo(results: dict, out_dir: str | Path) -> list[Path]:
     """The demo's three plots; returns the files written."""
     plt = _pyplot()
@@ -89,4 +126,7 @@ def plot_demo(results: dict, out_dir: str | Path) -> list[Path]:
              plot_accuracy_vs_passes(results["methods"], out_dir / "accuracy_vs_forward_passes.png", plt)]
     if results.get("stages"):
         paths.append(plot_stages(results["stages"], out_dir / "accuracy_by_stage.png", plt))
+    if results.get("navigator", {}).get("curve"):
+        paths.append(plot_learning_curves(results["navigator"]["curve"], out_dir / "navigator_learning_curves.png", plt))
+        paths.append(plot_thoughts_by_difficulty(results["methods"], out_dir / "thoughts_by_difficulty.png", plt))
     return paths

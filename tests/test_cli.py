@@ -14,7 +14,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from safetensors import SafetensorError
 
 from coconav.checkpoint import list_checkpoints
 from coconav.data.curriculum import build_prompt, encode_question

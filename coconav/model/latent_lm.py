@@ -161,7 +161,7 @@ def add_latent_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
         return []
     tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
     new_ids = tokenizer.convert_tokens_to_ids(missing)
-    model.resize_token_embeddings(len(tokenizer))
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     ref = tokenizer.convert_tokens_to_ids(init_token)
     if ref is None or ref == tokenizer.unk_token_id or ref in new_ids:
         ref = tokenizer.eos_token_id

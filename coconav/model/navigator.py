@@ -1,7 +1,7 @@
 """The navigator: a small policy that rides along a COCONUT model's continuous thoughts.
 
 At thought step t its state is the latent LM's last hidden state h_t (the paper's next thought),
-the step index, an episodic readout over the trajectory's earlier states and a gated readout of a
+its change since the previous step (h_t - h_{t-1}), the step index, an episodic readout over the trajectory's earlier states and a gated readout of a
 persistent bank of past trajectories' thoughts keyed by the question (coconav/model/memory.py).
 It outputs
 - steering: a Gaussian action a_t in a small space (mean from the state, learned log-std times a
@@ -64,6 +64,8 @@ class Navigator(nn.Module):
         self.cfg = cfg
         d = cfg.hidden
         self.encode = nn.Sequential(nn.LayerNorm(lm_hidden), nn.Linear(lm_hidden, d))
+        # how much the state moved since the previous step: a thought that stopped changing is done
+        self.encode_change = nn.Sequential(nn.LayerNorm(lm_hidden), nn.Linear(lm_hidden, d))
         self.step_embedding = nn.Embedding(cfg.max_thoughts + 1, d)
         self.episodic = EpisodicMemory(d) if cfg.episodic_memory else None
         self.bank = PersistentMemory(lm_hidden, lm_hidden, cfg.memory_size, cfg.memory_topk) if cfg.persistent_memory else None
@@ -87,7 +89,9 @@ class Navigator(nn.Module):
     def features(self, states: torch.Tensor, question_keys: torch.Tensor) -> torch.Tensor:
         """Trunk features. Shape: states [B, T, D], question_keys [B, D] -> [B, T, d]."""
         B, T, _ = states.shape
-        x = self.encode(states.float()) + self.step_embedding(torch.arange(T, device=states.device))
+        states = states.float()
+        change = torch.cat([torch.zeros_like(states[:, :1]), states[:, 1:] - states[:, :-1]], dim=1)
+        x = self.encode(states) + self.encode_change(change) + self.step_embedding(torch.arange(T, device=states.device))
         if self.episodic is not None and self.use_episodic:
             x = x + self.episodic(x)
         if self.bank is not None and self.use_persistent:

@@ -1,4 +1,4 @@
-"""The demo: no-CoT, CoT and COCONUT trained from scratch on a built-in task and compared.
+"""The demo: no-CoT, CoT, COCONUT and the navigator, trained from scratch on a built-in task and compared.
 
     coconav demo --out runs/demo                  # the embedded preset (coconav/recipes/demo.yaml)
     coconav demo --out runs/demo --seed 1
@@ -6,9 +6,10 @@
 
 Steps: (1) train a no-CoT model; (2) train the COCONUT run, whose stage 0 is CoT training (as in the
 paper, COCONUT starts from the CoT model) and whose stages 1..K replace steps with thoughts; (3)
-evaluate the three on the same held-out test set — CoT from the stage-0 checkpoint, COCONUT from
-the last stage with the last stage's fixed thought count for every question; (4) print a table,
-write results.json and PNG plots.
+train the navigator with PPO on the COCONUT model (coconav/recipes/demo_navigator.yaml); (4)
+evaluate all on the same held-out test set — CoT from the stage-0 checkpoint, COCONUT from the last
+stage with its fixed thought count for every question, the navigator halting and steering by
+itself; (5) print a table, write results.json and PNG plots.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from coconav.plots import plot_demo
 from coconav.recipes import train_coconut
 
 PRESET = Path(__file__).with_name("demo.yaml")
-METHODS = ("no_cot", "cot", "coconut")
+NAVIGATOR_PRESET = Path(__file__).with_name("demo_navigator.yaml")
+METHODS = ("no_cot", "cot", "coconut", "navigator")
 
 
 def demo_config(config: str | None, seed: int, out: Path, overrides: list[str]) -> RunConfig:
@@ -43,6 +45,16 @@ def no_cot_config(cfg: RunConfig, out: Path) -> RunConfig:
     """The no-CoT baseline: the same model, data and budget as the CoT stage, without steps."""
     data = apply_overrides(train_coconut.to_dict(cfg), [f"out_dir={out / 'no_cot'}", "curriculum.mode=no_cot",
                                                         "curriculum.thought_loss_weight=0.0"])
+    return from_dict(RunConfig, data)
+
+
+def navigator_config(cfg: RunConfig, out: Path, coconut_final: Path, navigator: str | None) -> RunConfig:
+    """The navigator run on top of the COCONUT run: same data, seed and evaluation settings."""
+    data = read_yaml(navigator or NAVIGATOR_PRESET)
+    data = apply_overrides(data, [f"seed={cfg.seed}", f"out_dir={out / 'navigator'}", f"init_from={coconut_final}",
+                                  f"threads={cfg.threads}"])
+    data["data"] = train_coconut.to_dict(cfg)["data"]
+    data["log"] = train_coconut.to_dict(cfg)["log"]
     return from_dict(RunConfig, data)
 
 
@@ -64,26 +76,43 @@ def format_table(methods: dict[str, dict]) -> str:
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows)
 
 
-def run(out: str | Path = "runs/demo", seed: int = 0, config: str | None = None, overrides: list[str] | None = None) -> dict:
+def run(out: str | Path = "runs/demo", seed: int = 0, config: str | None = None, overrides: list[str] | None = None,
+        navigator: str | None = None, with_navigator: bool = True) -> dict:
     start = time.perf_counter()
     out = Path(out)
     cfg = demo_config(config, seed, out, list(overrides or []))
     base_cfg = no_cot_config(cfg, out)
-    for run_dir in (cfg.out_dir, base_cfg.out_dir):
+    for run_dir in (cfg.out_dir, base_cfg.out_dir, out / "navigator"):
         train_coconut.check_run_folder(Path(run_dir), resume=False)
     # 1. the no-CoT baseline, 2. the COCONUT run (stage 0 = CoT)
-    print0(f"[1/3] no-CoT baseline -> {base_cfg.out_dir}")
+    print0(f"[1/4] no-CoT baseline -> {base_cfg.out_dir}")
     base = train_coconut.train(base_cfg)
-    print0(f"[2/3] CoT (stage 0) and the COCONUT curriculum -> {cfg.out_dir}")
+    print0(f"[2/4] CoT (stage 0) and the COCONUT curriculum -> {cfg.out_dir}")
     coconut = train_coconut.train(cfg)
-    # 3. the CoT model is the COCONUT run's stage-0 checkpoint, evaluated on the same test set
-    print0("[3/3] evaluating CoT (stage 0) on the test set")
+    final = last_stage_checkpoint(Path(cfg.out_dir))
+    # 3. the navigator on top of the final COCONUT checkpoint
+    nav = None
+    if with_navigator:
+        nav_cfg = navigator_config(cfg, out, final, navigator)
+        print0(f"[3/4] navigator (PPO) on {final} -> {nav_cfg.out_dir}")
+        from coconav.recipes import train_navigator
+
+        nav = train_navigator.train(nav_cfg)
+    # 4. the CoT model is the COCONUT run's stage-0 checkpoint, evaluated on the same test set
+    print0("[4/4] evaluating CoT (stage 0) on the test set")
     test = load_splits(cfg.data, cfg.seed).test
     cot = evaluate_checkpoint(Path(cfg.out_dir) / "checkpoints" / "stage-0", cfg, "cot", 0, test)
     methods = {"no_cot": strip(base["test"]), "cot": cot, "coconut": strip(coconut["test"])}
-    results = {"task": cfg.data.task, "seed": seed, "test_size": len(test), "seconds": time.perf_counter() - start,
+    results = {"task": cfg.data.task, "seed": seed, "test_size": len(test), "seconds": 0.0,
                "methods": methods, "num_thoughts": coconut["test"]["num_thoughts"],
-               "stages": coconut["stages"], "config": train_coconut.to_dict(cfg)}
+               "stages": coconut["stages"]}
+    if nav is not None:
+        methods["navigator"] = {k: v for k, v in nav["navigator"].items() if k != "spearman_steps_thoughts"}
+        results["navigator"] = {"spearman_steps_thoughts": nav["navigator"]["spearman_steps_thoughts"],
+                                "no_steering": nav["navigator_no_steering"], "no_memory": nav["navigator_no_memory"],
+                                "coconut_fixed_same_model": nav["coconut_fixed"], "curve": nav["curve"]}
+    results["seconds"] = time.perf_counter() - start
+    results["config"] = train_coconut.to_dict(cfg)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "results.json", results)
     plots = plot_demo(results, out)
@@ -91,6 +120,14 @@ def run(out: str | Path = "runs/demo", seed: int = 0, config: str | None = None,
            f"{results['seconds'] / 60:.1f} minutes\n{format_table(methods)}")
     print0(f"wrote {out / 'results.json'}" + "".join(f", {p.name}" for p in plots))
     return results
+
+
+def last_stage_checkpoint(run_dir: Path) -> Path:
+    """The checkpoint of the highest stage a run trained (stage-K)."""
+    stages = sorted((int(p.name.split("-")[1]), p) for p in (run_dir / "checkpoints").glob("stage-*"))
+    if not stages:
+        raise ConfigError(f"{run_dir} has no stage checkpoint")
+    return stages[-1][1]
 
 
 def strip(test: dict) -> dict:

@@ -93,12 +93,17 @@ def make_optimizer(cfg: RunConfig, lm: LatentLM) -> torch.optim.Optimizer:
 def stage_length(cfg: RunConfig, stage: int, num_train: int, world: int) -> int:
     """Optimizer steps in `stage`."""
     t = cfg.train
+    per_epoch = num_train / (t.batch_size * world)
+    if stage == cfg.curriculum.final_stage and t.final_stage_epochs is not None:
+        return max(1, math.ceil(t.final_stage_epochs * per_epoch))
     if stage == cfg.curriculum.final_stage and t.final_stage_steps is not None:
         return t.final_stage_steps
+    if stage == 0 and t.first_stage_epochs is not None:
+        return max(1, math.ceil(t.first_stage_epochs * per_epoch))
     if stage == 0 and t.first_stage_steps is not None:
         return t.first_stage_steps
     if t.epochs_per_stage is not None:
-        return max(1, math.ceil(t.epochs_per_stage * num_train / (t.batch_size * world)))
+        return max(1, math.ceil(t.epochs_per_stage * per_epoch))
     return t.steps_per_stage
 
 
@@ -208,18 +213,19 @@ def train_run(run: Run, state: TrainState, resumed: bool = False) -> dict:
     cfg, accelerator, out_dir = run.cfg, run.accelerator, run.out_dir
     # 3. the stages
     stage_results = load_stage_results(out_dir) if resumed else []
+    world = accelerator.num_processes
     for stage in cfg.curriculum.stages():
         if stage < state.stage or (stage == state.stage and state.stage_done):
             continue
+        if stage_length(cfg, stage, len(run.train_examples), world) == 0:
+            continue  # e.g. final_stage_steps: 0
         if stage > state.stage:  # a new stage
             state = TrainState(stage=stage, step=0, global_step=state.global_step)
             if cfg.train.reset_optimizer:
                 run.optimizer.state.clear()
-        result = train_stage(run, stage, state)
-        if result is not None:
-            stage_results.append(result)
-            if accelerator.is_main_process:
-                write_json_atomic(out_dir / "stages.json", stage_results)
+        stage_results.append(train_stage(run, stage, state))
+        if accelerator.is_main_process:
+            write_json_atomic(out_dir / "stages.json", stage_results)
 
     # 4. final test evaluation
     results = {"stages": stage_results}
@@ -261,12 +267,10 @@ def load_stage_results(out_dir: Path) -> list:
     return json.loads(path.read_text()) if path.is_file() else []
 
 
-def train_stage(run: Run, stage: int, state: TrainState) -> dict | None:
+def train_stage(run: Run, stage: int, state: TrainState) -> dict:
     """Train one stage from `state.step` to its end; evaluate and checkpoint it."""
     cfg, acc = run.cfg, run.accelerator
     total = stage_length(cfg, stage, len(run.train_examples), acc.num_processes)
-    if total == 0:
-        return None
     whole = sum(stage_length(cfg, s, len(run.train_examples), acc.num_processes) for s in cfg.curriculum.stages())
     bar = progress(total=total, desc=f"stage {stage}", enabled=cfg.log.progress)
     bar.update(state.step)

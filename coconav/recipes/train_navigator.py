@@ -34,6 +34,7 @@ from coconav.data.splits import load_splits
 from coconav.data.tasks import Splits
 from coconav.errors import ConfigError
 from coconav.evaluate import EvalResult, evaluate, evaluate_navigator, spearman
+from coconav.inference import CoconavModel
 from coconav.model.latent_lm import LatentLM
 from coconav.model.navigator import Navigator
 from coconav.ppo import compute_gae, explained_variance, normalize_advantages, ppo_loss
@@ -67,9 +68,10 @@ def build(cfg: RunConfig, resume: str | None) -> tuple[NavRun, int]:
     logger = MetricLogger(out_dir, cfg.log.tensorboard, cfg.log.wandb, cfg.log.wandb_project, to_dict(cfg),
                           fresh=resume is None)
     base = Path(cfg.init_from)
-    from coconav.recipes.evaluate_checkpoint import load_for_inference
-
-    lm, base_cfg, base_stage, _ = load_for_inference(base)
+    base_model = CoconavModel.from_pretrained(base)
+    if base_model.navigator is not None:
+        raise ConfigError(f"init_from={base} already holds a navigator: point it at the COCONUT checkpoint")
+    lm = base_model.lm
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     lm.to(device).eval()
     for p in lm.parameters():
@@ -89,7 +91,7 @@ def build(cfg: RunConfig, resume: str | None) -> tuple[NavRun, int]:
         first = state.global_step
         print0(f"resuming from {ckpt} at update {first}")
     splits = load_splits(cfg.data, cfg.seed)
-    base_thoughts = base_cfg.curriculum.thoughts_at(base_stage)
+    base_thoughts = base_model.default_thoughts()
     print0(f"coconav navigator: base {base} ({base_thoughts} thoughts), budget {cfg.navigator.max_thoughts}, "
            f"{sum(p.numel() for p in navigator.parameters()) / 1e3:.0f}k navigator parameters, out_dir={out_dir}")
     return NavRun(cfg, lm, navigator, optimizer, splits, logger, out_dir, base_thoughts), first
@@ -208,7 +210,8 @@ def train(cfg: RunConfig, resume: str | None = None) -> dict:
         # 2. rewards
         correct, formatted = correctness(traj.texts, traj.examples), format_ok(traj.texts)
         T = cfg.navigator.max_thoughts + 1
-        rewards = step_rewards(correct, formatted, traj.num_thoughts.cpu(), T, ppo.thought_cost, ppo.format_coef)
+        rewards = step_rewards(correct, formatted, traj.num_thoughts.cpu(), T, ppo.thought_cost, ppo.format_coef,
+                               traj.new_tokens.cpu(), ppo.token_cost)
         returns = rewards.sum(1)
         # 3-5. PPO
         run.navigator.train()
@@ -221,8 +224,8 @@ def train(cfg: RunConfig, resume: str | None = None) -> dict:
                    "rollout/reward_std": float(returns.std()) if len(returns) > 1 else 0.0,
                    "rollout/mean_thoughts": float(traj.num_thoughts.float().mean()),
                    "rollout/temperature": temperature, "rollout/halt_prob": float(traj.halt_probs[:, 0].mean()),
-                   "navigator/steer_norm": float(run.navigator.up.weight.norm()),
-                   "navigator/action_std": float(run.navigator.log_std.exp().mean()),
+                   "navigator/steer_norm": float(run.navigator.up.weight.detach().norm()),
+                   "navigator/action_std": float(run.navigator.log_std.detach().exp().mean()),
                    "time/steps_per_second": float((traj.num_thoughts + 1).sum()) / max(rollout_seconds, 1e-9),
                    "time/update_seconds": seconds, **stats}
         if run.navigator.bank is not None:

@@ -1,0 +1,97 @@
+"""The Python inference API: load a checkpoint (with its navigator, if it has one) and answer questions.
+
+    from coconav import CoconavModel
+    model = CoconavModel.from_pretrained("runs/demo/navigator")
+    model.generate("3 + 4 * 2 ?")                                   # '### 4'
+    model.generate(["3 + 4 ?", "7 * 2 - 1 ?"], return_trajectories=True)
+    # [{'answer': '### 7', 'num_thoughts': 2, 'halt_probs': [...], 'values': [...], 'forward_passes': 6}, ...]
+
+Without a navigator the thought count is the checkpoint's last stage's fixed count (or the
+`num_thoughts` argument); with one, the navigator halts and steers (greedily).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from coconav.checkpoint import checkpoint_meta, latest_checkpoint, load_module
+from coconav.config import RunConfig, from_dict
+from coconav.data.curriculum import build_prompt, encode_question
+from coconav.errors import CheckpointError, InputError
+from coconav.model.latent_lm import LatentLM
+from coconav.model.navigator import Navigator
+from coconav.rollout import NavigatorController
+
+
+@dataclass
+class CoconavModel:
+    """A trained latent LM, its run config and stage, and optionally a navigator."""
+
+    lm: LatentLM
+    config: RunConfig
+    stage: int
+    navigator: Navigator | None = None
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> CoconavModel:
+        """Load a checkpoint folder, or a run folder's latest checkpoint (weights through safetensors)."""
+        folder = latest_checkpoint(directory)
+        meta = checkpoint_meta(folder)
+        if "config" not in meta or "train_state" not in meta:
+            raise CheckpointError(f"{folder}: metadata lacks the run config (not written by coconav train)")
+        cfg = from_dict(RunConfig, meta["config"])
+        lm = LatentLM.from_pretrained(folder)
+        lm.eval()
+        navigator = None
+        if cfg.navigator is not None:
+            navigator = load_module(folder, "navigator", Navigator(lm.hidden_size, cfg.navigator)).to(lm.device).eval()
+            stage = from_dict(RunConfig, checkpoint_meta(cfg.init_from)["config"]).curriculum.final_stage \
+                if cfg.init_from and Path(cfg.init_from).is_dir() else 0
+        else:
+            stage = int(meta["train_state"].get("stage", 0))
+        return cls(lm=lm, config=cfg, stage=stage, navigator=navigator)
+
+    @property
+    def mode(self) -> str:
+        return self.config.curriculum.mode if self.navigator is None else "coconut"
+
+    def default_thoughts(self) -> int:
+        """The fixed thought count without a navigator: eval.num_thoughts, else the last stage's."""
+        if self.config.eval.num_thoughts is not None:
+            return self.config.eval.num_thoughts
+        return self.config.curriculum.thoughts_at(self.stage)
+
+    @torch.no_grad()
+    def generate(self, questions: str | list[str], num_thoughts: int | None = None, max_new_tokens: int | None = None,
+                 use_navigator: bool = True, return_trajectories: bool = False):
+        """Answers for one question (a string) or a list; with return_trajectories, dicts with the
+        thought count, halting probabilities and values per thought step (navigator only), and passes."""
+        single = isinstance(questions, str)
+        items = [questions] if single else list(questions)
+        if not items or any(not isinstance(q, str) or not q.strip() for q in items):
+            raise InputError("every question must be a non-empty string")
+        lm = self.lm
+        navigate = use_navigator and self.navigator is not None and num_thoughts is None
+        thoughts = 0 if navigate else (num_thoughts if num_thoughts is not None else self.default_thoughts())
+        prompts = [build_prompt(encode_question(lm.tokenizer, q), self.mode, thoughts, lm.special) for q in items]
+        longest = max(len(p) for p in prompts)
+        if longest >= lm.context_length:
+            raise InputError(f"a question has {longest} tokens, longer than the model's context of {lm.context_length}")
+        controller = NavigatorController(self.navigator, sample=False) if navigate else None
+        out = lm.generate(prompts, num_thoughts=thoughts if self.mode == "coconut" else 0, controller=controller,
+                          max_thoughts=self.navigator.cfg.max_thoughts if navigate else None,
+                          max_new_tokens=max_new_tokens or self.config.eval.max_new_tokens)
+        if not return_trajectories:
+            return out.texts[0] if single else out.texts
+        records = []
+        for i, text in enumerate(out.texts):
+            n = int(out.num_thoughts[i])
+            record = {"answer": text, "num_thoughts": n, "forward_passes": int(out.forward_passes[i])}
+            if controller is not None:
+                record["halt_probs"] = [float(p[i]) for p in controller.halt_probs[: n + 1]]
+                record["values"] = [float(v[i]) for v in controller.values[: n + 1]]
+            records.append(record)
+        return records[0] if single else records

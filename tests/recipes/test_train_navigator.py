@@ -1,0 +1,214 @@
+"""The navigator recipe (coconav/recipes/train_navigator.py): one PPO update has an effect, the first
+ratio is exactly 1, bad settings are one-line errors, and the whole recipe runs end to end.
+
+The COCONUT model is the session's tiny run (conftest.tiny_run), read-only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from coconav.config import RunConfig, from_dict
+from coconav.recipes import train_navigator
+from coconav.rewards import step_rewards
+from coconav.rollout import roll_out
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO_PRESET = REPO / "coconav" / "recipes" / "demo.yaml"
+PPO_KEYS = ("ppo/policy_loss", "ppo/value_loss", "ppo/entropy", "ppo/approx_kl", "ppo/clipfrac",
+            "ppo/explained_variance")
+
+
+def final_checkpoint(run: Path) -> Path:
+    """The highest stage-N checkpoint of a COCONUT run."""
+    stages = sorted((int(p.name.split("-")[1]), p) for p in (run / "checkpoints").glob("stage-*"))
+    assert stages, f"no stage checkpoint under {run}"
+    return stages[-1][1]
+
+
+def nav_config(tiny_run: Path, out_dir: Path, **ppo) -> dict:
+    """A tiny navigator run on the tiny COCONUT checkpoint (plain data: build it with from_dict or dump it)."""
+    return {
+        "out_dir": str(out_dir),
+        "seed": 0,
+        "threads": 1,
+        "init_from": str(final_checkpoint(tiny_run)),
+        "data": {"task": "arithmetic", "train_size": 32, "validation_size": 4, "test_size": 4,
+                 "min_difficulty": 1, "max_difficulty": 6},
+        "eval": {"max_new_tokens": 6, "batch_size": 8},
+        "log": {"progress": False},
+        "navigator": {"hidden": 16, "action_dim": 4, "max_thoughts": 4, "memory_size": 16, "memory_topk": 2,
+                      "init_log_std": 0.0},
+        "ppo": {"updates": 2, "rollout_batch": 8, "num_minibatches": 2, "ppo_epochs": 2, "eval_every": 1,
+                "target_kl": None, "lr": 1e-2, **ppo},
+    }
+
+
+def sanitized(traj, lm):
+    """Replace any sampled <thought> in the stored answers by <pause> (replay cannot score it yet: see
+    tests/test_rollout.py::test_replay_answer_containing_the_thought_token)."""
+    traj.answer_ids[traj.answer_ids == lm.special.thought] = lm.special.pause
+    return traj
+
+
+@pytest.fixture
+def nav_run(tiny_run: Path, tmp_path: Path):
+    cfg = from_dict(RunConfig, nav_config(tiny_run, tmp_path / "nav"))
+    run, first = train_navigator.build(cfg, resume=None)
+    assert first == 0
+    yield run
+    run.logger.close()
+
+
+def rollout_with_mixed_rewards(run):
+    """A sampled rollout of 8 training questions and hand-made rewards: correct for even rows, wrong for odd
+    ones (so advantages differ in sign), thought cost .02 per thought (step_rewards' layout)."""
+    gen = torch.Generator().manual_seed(0)
+    traj = sanitized(roll_out(run.lm, run.navigator, run.splits.train[:8], sample=True, max_new_tokens=6,
+                              generator=gen), run.lm)
+    correct = torch.tensor([1.0, 0.0] * 4)
+    T = run.cfg.navigator.max_thoughts + 1
+    rewards = step_rewards(correct, torch.zeros(8), traj.num_thoughts, T, thought_cost=0.02)
+    return traj, rewards
+
+
+def test_build_freezes_the_lm_and_owns_the_navigator(nav_run):
+    assert all(not p.requires_grad for p in nav_run.lm.parameters())
+    opt_params = {id(p) for group in nav_run.optimizer.param_groups for p in group["params"]}
+    assert opt_params == {id(p) for p in nav_run.navigator.parameters()}
+    assert bool((nav_run.navigator.up.weight == 0).all())
+    # the demo preset: max_stage 6, one thought per step, final_stage_steps 0 -> stage 6 with 6 thoughts
+    assert nav_run.base_thoughts == 6
+
+
+def test_one_ppo_update_trains_the_navigator_only(nav_run, monkeypatch):
+    run = nav_run
+    traj, rewards = rollout_with_mixed_rewards(run)
+    assert int(traj.num_thoughts.max()) > 0, "no thought was steered: U would get no gradient"
+    nav_before = {n: p.detach().clone() for n, p in run.navigator.named_parameters()}
+    lm_before = {n: p.detach().clone() for n, p in run.lm.named_parameters()}
+    calls = []
+    real_loss = train_navigator.ppo_loss
+
+    def spy(new, old, *args, **kwargs):
+        calls.append((new.detach().clone(), old.clone()))
+        return real_loss(new, old, *args, **kwargs)
+
+    monkeypatch.setattr(train_navigator, "ppo_loss", spy)
+    run.navigator.train()
+    stats = train_navigator.ppo_update(run, traj, rewards, temperature=1.0, update=0)
+    # 2 epochs x 2 minibatches (target_kl off)
+    assert len(calls) == 4 and stats["ppo/epochs"] == 2
+    # the first minibatch of the first epoch replays exactly what the old log-probs were computed from
+    new, old = calls[0]
+    assert torch.equal(new, old)
+    assert stats["ppo/ratio_first"] == 1.0
+    # every navigator parameter group moved, U included (it starts at exactly zero)
+    changed = {n for n, p in run.navigator.named_parameters() if not torch.equal(p, nav_before[n])}
+    for name in ("up.weight", "mean_head.weight", "halt_head.weight", "value_head.weight", "log_std"):
+        assert name in changed, name
+    assert float(run.navigator.up.weight.abs().sum()) > 0
+    # the frozen LM is unchanged bit for bit
+    for n, p in run.lm.named_parameters():
+        assert torch.equal(p, lm_before[n]), n
+    for key in PPO_KEYS:
+        assert key in stats, key
+    for key, value in stats.items():
+        if key != "ppo/explained_variance":
+            assert math.isfinite(value), (key, value)
+    # later minibatches see updated parameters: their ratio is no longer 1 everywhere
+    assert any(not torch.equal(n, o) for n, o in calls[1:])
+
+
+def test_ppo_update_is_deterministic(nav_run):
+    """Two updates from the same navigator and optimizer state give bit-identical navigators (minibatches
+    are seeded by (seed, update); nothing else is random)."""
+    run = nav_run
+    traj, rewards = rollout_with_mixed_rewards(run)
+    state = {k: v.clone() for k, v in run.navigator.state_dict().items()}
+    opt_state = run.optimizer.state_dict()
+    run.navigator.train()
+    train_navigator.ppo_update(run, traj, rewards, 1.0, update=3)
+    first = {k: v.clone() for k, v in run.navigator.state_dict().items()}
+    run.navigator.load_state_dict(state)
+    run.optimizer.load_state_dict(opt_state)
+    run.optimizer.state.clear()
+    train_navigator.ppo_update(run, traj, rewards, 1.0, update=3)
+    for k, v in run.navigator.state_dict().items():
+        assert torch.equal(v, first[k]), k
+
+
+# -- bad settings: one line naming the key --------------------------------------------------------------
+
+
+BAD = {
+    "epsilon": (["ppo.epsilon=-1"], "ppo.epsilon must be > 0 (the clip range, e.g. 0.2), got -1.0"),
+    "max_thoughts": (["navigator.max_thoughts=0"], "navigator.max_thoughts must be >= 1, got 0"),
+    "num_trajectories": (["ppo.num_trajectories=9"], "ppo.num_trajectories must be in [1, 5], got 9"),
+    "min_above_max": (["navigator.min_thoughts=5", "navigator.max_thoughts=2"],
+                      "navigator.min_thoughts must be in [0, max_thoughts=2], got 5"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_navigator_settings_are_one_line_errors(cli, tmp_path, case):
+    overrides, message = BAD[case]
+    res = cli("train", "--config", DEMO_PRESET, f"out_dir={tmp_path / 'run'}", f"init_from={tmp_path / 'X'}",
+              *overrides)
+    assert res.error() == message
+    assert not (tmp_path / "run").exists()
+
+
+def test_navigator_section_needs_init_from(cli, tmp_path):
+    res = cli("train", "--config", DEMO_PRESET, f"out_dir={tmp_path / 'run'}", "navigator.max_thoughts=3")
+    assert res.error() == "a navigator run needs init_from: the COCONUT checkpoint it steers"
+
+
+def test_navigator_section_without_init_from_in_a_file(cli, tmp_path):
+    cfg = tmp_path / "nav.yaml"
+    cfg.write_text("out_dir: x\nnavigator:\n  max_thoughts: 3\n", encoding="utf-8")
+    msg = cli("train", "--config", cfg).error()
+    assert msg.startswith(str(cfg)) and msg.endswith("a navigator run needs init_from: the COCONUT checkpoint it steers")
+
+
+def test_init_from_that_is_not_a_checkpoint(cli, tmp_path):
+    missing = tmp_path / "nowhere"
+    res = cli("train", "--config", DEMO_PRESET, f"out_dir={tmp_path / 'run'}", f"init_from={missing}",
+              "navigator.max_thoughts=3")
+    assert res.error() == f"checkpoint folder not found: {missing}"
+
+
+# -- the whole recipe ---------------------------------------------------------------------------------
+
+
+def test_recipe_end_to_end(cli, tiny_run, tmp_path):
+    out = tmp_path / "nav"
+    cfg = tmp_path / "nav.yaml"
+    cfg.write_text(yaml.safe_dump(nav_config(tiny_run, out, ppo_epochs=1)), encoding="utf-8")
+    res = cli("train", "--config", cfg)
+    assert res.rc == 0, res.err
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    for key in ("navigator", "navigator_no_steering", "navigator_no_memory", "coconut_fixed", "curve"):
+        assert key in results, key
+    assert [row["update"] for row in results["curve"]] == [1, 2]
+    for key in ("navigator", "navigator_no_steering", "navigator_no_memory", "coconut_fixed"):
+        assert results[key]["num_questions"] == 4 and 0.0 <= results[key]["accuracy"] <= 1.0
+        assert results[key]["mean_thoughts"] <= (4 if key != "coconut_fixed" else 6)
+    assert results["coconut_fixed"]["mean_thoughts"] == 6
+    assert "spearman_steps_thoughts" in results["navigator"]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    ppo_records = [r for r in records if "ppo/policy_loss" in r]
+    assert [r["step"] for r in ppo_records] == [1, 2]
+    for r in ppo_records:
+        for key in PPO_KEYS:
+            assert key in r, key
+        assert r["ppo/ratio_first"] == 1.0
+    assert any("eval/accuracy" in r for r in records)
+    # the navigator is saved with the checkpoint
+    assert (out / "checkpoints" / "last").is_dir()
