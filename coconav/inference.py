@@ -89,7 +89,8 @@ class CoconavModel:
         records = []
         for i, text in enumerate(out.texts):
             n = int(out.num_thoughts[i])
-            record = {"answer": text, "num_thoughts": n, "forward_passes": int(out.forward_passes[i])}
+            record = {"answer": text, "num_thoughts": n, "new_tokens": int(out.new_tokens[i]),
+                      "forward_passes": int(out.forward_passes[i])}
             if controller is not None:
                 record["halt_probs"] = [float(p[i]) for p in controller.halt_probs[: n + 1]]
                 record["values"] = [float(v[i]) for v in controller.values[: n + 1]]

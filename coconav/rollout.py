@@ -126,7 +126,7 @@ def roll_out(lm: LatentLM, navigator: Navigator, examples: list[Example], *, num
     B = len(examples) * K
     used, _ = lm.think(state, torch.zeros(B, dtype=torch.long, device=lm.device), controller=controller, max_thoughts=L)
     answer_ids, new_tokens = lm.decode(state, max_new_tokens, do_sample=sample, generator=generator)
-    states = torch.stack(controller.states, dim=1)  # [B, steps seen, D]
+    states = torch.stack(controller.states, dim=1)  # [B, steps seen (up to L + 1), D]: h_0 .. h_n
     t = torch.arange(states.shape[1], device=states.device)[None]
     thought_steps = ((t >= 1) & (t <= used[:, None])).float()[..., None]  # states h_1..h_n are thought outputs
     thought_means = torch.where(used[:, None] > 0, (states * thought_steps).sum(1) / thought_steps.sum(1).clamp(min=1),
@@ -182,6 +182,8 @@ def replay(lm: LatentLM, navigator: Navigator, traj: Trajectories, idx: torch.Te
     if hidden.shape[1] < T:
         hidden = F.pad(hidden, (0, 0, 0, T - hidden.shape[1]))
     nav = navigator(hidden, hidden[:, 0])
+    # the critic reads the same states without shaping them: the value loss must not train the steering
+    values = navigator(hidden.detach(), hidden[:, 0].detach()).values
     num_thoughts = traj.num_thoughts[idx].to(lm.device)
     masks = navigator.step_masks(num_thoughts, T)
     actions_t = F.pad(actions, (0, 0, 0, 1))  # [b, T, A]: no action at the final step
@@ -189,5 +191,5 @@ def replay(lm: LatentLM, navigator: Navigator, traj: Trajectories, idx: torch.Te
     answer_logprobs = lm.sequence_logprobs(out.hidden, batch.labels)
     if answer_in_policy:
         logprobs = logprobs + answer_logprobs[:, None] * masks.halt
-    return Replay(logprobs=logprobs, entropy=entropy, values=nav.values * masks.valid, answer_logprobs=answer_logprobs,
+    return Replay(logprobs=logprobs, entropy=entropy, values=values * masks.valid, answer_logprobs=answer_logprobs,
                   masks=masks)

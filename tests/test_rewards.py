@@ -82,3 +82,17 @@ def test_episode_return_equals_row_sum_on_random_batches():
     t = torch.arange(T)[None]
     assert bool((r[t > n[:, None]] == 0).all())
     torch.testing.assert_close(r[t < n[:, None]], torch.full_like(r[t < n[:, None]], -0.03))
+
+
+def test_token_cost_is_paid_at_the_terminal_step():
+    # n = [1, 0], new_tokens = [3, 5], thought_cost .1, token_cost .05, correct [1, 1]:
+    #   row 0: -.1 at t=0, then 1 - .05 * 3 = .85 at t=1
+    #   row 1: 1 - .05 * 5 = .75 at t=0
+    correct = torch.tensor([1.0, 1.0])
+    r = step_rewards(correct, torch.zeros(2), torch.tensor([1, 0]), 3, thought_cost=0.1,
+                     new_tokens=torch.tensor([3, 5]), token_cost=0.05)
+    torch.testing.assert_close(r, torch.tensor([[-0.1, 0.85, 0.0], [0.75, 0.0, 0.0]]))
+    ret = episode_return(correct, torch.zeros(2), torch.tensor([1, 0]), 0.1, new_tokens=torch.tensor([3, 5]),
+                         token_cost=0.05)
+    torch.testing.assert_close(ret, torch.tensor([0.75, 0.75]))
+    torch.testing.assert_close(ret, r.sum(1))

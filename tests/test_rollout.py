@@ -18,7 +18,7 @@ from coconav.data.tokenizer import task_tokenizer
 from coconav.model.build import build_latent_lm
 from coconav.model.latent_lm import LatentLM, ThoughtDecision
 from coconav.model.navigator import Navigator
-from coconav.rollout import NavigatorController, Trajectories, replay, replay_sequences, roll_out
+from coconav.rollout import Trajectories, replay, replay_sequences, roll_out
 
 MAX_THOUGHTS = 5
 
@@ -80,13 +80,21 @@ def scheduled_navigator(lm: LatentLM, examples) -> ScheduledHalt:
 
 
 def sampled_rollout(lm: LatentLM, nav: Navigator, examples, seed: int, max_new_tokens: int, **kw) -> Trajectories:
-    """A sampled rollout, with any sampled <thought> token in the stored answers replaced by <pause> (an
-    ordinary token): replay cannot score <thought> inside an answer (see
-    test_replay_answer_containing_the_thought_token), and these tests are about other things."""
-    traj = roll_out(lm, nav, examples, sample=True, max_new_tokens=max_new_tokens,
+    return roll_out(lm, nav, examples, sample=True, max_new_tokens=max_new_tokens,
                     generator=torch.Generator().manual_seed(seed), **kw)
-    traj.answer_ids[traj.answer_ids == lm.special.thought] = lm.special.pause
-    return traj
+
+
+def latent_ids(lm: LatentLM) -> list[int]:
+    s = lm.special
+    return [s.bot, s.eot, s.thought, s.pause]
+
+
+def decoding_logprobs(lm: LatentLM, hidden: torch.Tensor) -> torch.Tensor:
+    """The decoding distribution by hand: softmax over the vocabulary without the four latent tokens
+    (decoding never emits them, so an answer's probability is renormalised over the other tokens)."""
+    logits = lm.lm_head(hidden).float()
+    logits[..., latent_ids(lm)] = float("-inf")
+    return torch.log_softmax(logits, -1)
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +122,7 @@ def test_batched_rollout_with_uneven_halting_equals_one_by_one(lm):
         torch.testing.assert_close(batch.actions[i], one.actions[0], atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(batch.question_keys[i], one.question_keys[0], atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(batch.thought_means[i], one.thought_means[0], atol=1e-5, rtol=1e-4)
-        steps = min(n + 1, MAX_THOUGHTS)  # rollout-time diagnostics exist for the decisions taken
+        steps = n + 1  # rollout-time diagnostics at steps 0..n (h_0..h_n)
         torch.testing.assert_close(batch.values[i, :steps], one.values[0, :steps], atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(batch.halt_probs[i, :steps], one.halt_probs[0, :steps], atol=1e-5, rtol=1e-4)
         # actions are zero after the trajectory's last thought
@@ -190,19 +198,21 @@ def test_k_sampled_trajectories_share_the_question_but_explore(lm):
 def stepwise_answer_logprob(lm: LatentLM, nav: Navigator, traj: Trajectories, i: int) -> float:
     """Recompute trajectory i with the KV cache, one position at a time: its own prompt alone, the
     stored steering (thought + U a_t) for its n thoughts, <eot>, then each stored answer token,
-    summing log-softmax(logits)[token]."""
+    summing log p(token) under the decoding distribution (decoding_logprobs)."""
     n, k = int(traj.num_thoughts[i]), int(traj.new_tokens[i])
     state = lm.prefill([traj.prompts[i]])
 
     def controller(step, hidden, thought, active):
-        return ThoughtDecision(thought=thought + nav.steer(traj.actions[i, step])[None], halt=torch.tensor([step >= n]))
+        if step >= n:  # halt (think may also ask at step == max_thoughts, where halting is forced)
+            return ThoughtDecision(thought=thought, halt=torch.tensor([True]))
+        return ThoughtDecision(thought=thought + nav.steer(traj.actions[i, step])[None], halt=torch.tensor([False]))
 
     with torch.no_grad():
         used, _ = lm.think(state, torch.zeros(1, dtype=torch.long), controller=controller, max_thoughts=n)
         assert int(used[0]) == n
         total = 0.0
         for token in traj.answer_ids[i, :k].tolist():
-            total += float(torch.log_softmax(lm.lm_head(state.last_hidden).float(), -1)[0, token])
+            total += float(decoding_logprobs(lm, state.last_hidden)[0, token])
             state.last_hidden = lm._step(state, lm.embed(torch.tensor([[token]])), torch.ones(1, dtype=torch.bool))
     return total
 
@@ -227,6 +237,24 @@ def test_replay_answer_logprobs_equal_stepwise_decoding(lm, sample):
             assert float(rep.answer_logprobs[j]) <= 0
 
 
+def test_replay_of_trajectories_without_thoughts(lm):
+    """A minibatch in which every trajectory halted at step 0 (no thought, no steering offsets)."""
+    nav = Navigator(32, NavigatorConfig(hidden=16, max_thoughts=3, init_halt_bias=3.0))
+    traj = roll_out(lm, nav, questions(3), sample=False, max_new_tokens=4)
+    assert traj.num_thoughts.tolist() == [0, 0, 0]
+    with torch.no_grad():
+        rep = replay(lm, nav, traj, torch.arange(3))
+    # step 0: log sigmoid(halt logit) for "halt" + the answer; nothing after it
+    with torch.no_grad():  # step 0 sees h_0 only: the navigator on the one-step state sequence [h_0]
+        keys = traj.question_keys
+        p_halt = torch.sigmoid(nav(keys[:, None], keys).halt_logits[:, 0])
+    for i in range(3):
+        answer = stepwise_answer_logprob(lm, nav, traj, i)
+        assert float(rep.answer_logprobs[i]) == pytest.approx(answer, abs=1e-4)
+        assert float(rep.logprobs[i, 0]) == pytest.approx(float(torch.log(p_halt[i])) + answer, abs=1e-4)
+    assert bool((rep.logprobs[:, 1:] == 0).all()) and bool((rep.entropy[:, 1:] == 0).all())
+
+
 def test_replay_agrees_with_the_rollout(lm):
     """Values recomputed by replay equal those the rollout saw."""
     examples = questions(8)
@@ -237,7 +265,7 @@ def test_replay_agrees_with_the_rollout(lm):
     assert rep.logprobs.shape == rep.values.shape == rep.entropy.shape == (8, T)
     for i in range(len(traj)):
         n = int(traj.num_thoughts[i])
-        steps = min(n + 1, MAX_THOUGHTS)
+        steps = n + 1  # h_0..h_n, the state after the last thought included
         torch.testing.assert_close(rep.values[i, :steps], traj.values[i, :steps], atol=1e-4, rtol=1e-4)
         # values are zero past the episode
         assert bool((rep.values[i, n + 1:] == 0).all())
@@ -265,7 +293,8 @@ def test_replay_logprobs_by_hand(lm):
     for i in range(len(traj)):
         n = int(traj.num_thoughts[i])
         states = hidden[i: i + 1, bot: bot + n + 1]
-        out = nav(states, states[:, 0])
+        with torch.no_grad():
+            out = nav(states, states[:, 0])
         for t in range(n + 1):
             expected = 0.0
             if t < n:  # an action was taken
@@ -319,16 +348,16 @@ def test_thought_means_are_the_mean_thought_outputs_before_the_budget(lm):
         n = int(traj.num_thoughts[i])
         torch.testing.assert_close(traj.question_keys[i], hidden[i, bot], atol=1e-4, rtol=1e-4)
         if n == MAX_THOUGHTS:
-            continue  # see the next test
+            continue  # the next test
         ref = hidden[i, bot] if n == 0 else hidden[i, bot + 1: bot + n + 1].mean(0)
         torch.testing.assert_close(traj.thought_means[i], ref, atol=1e-4, rtol=1e-4)
         checked += 1
     assert checked == 6  # every trajectory of SCHEDULE but the two at the budget
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: roll_out's thought_means omits h_L for trajectories that use the whole "
-                   "budget (the controller never sees the state after the last thought)")
 def test_thought_means_at_the_budget_include_the_last_thought(lm):
+    """At n = budget the mean covers h_1..h_L: h_L is the state after the last thought (regression: the
+    controller used to stop at h_{L-1})."""
     examples = questions(8)
     nav = scheduled_navigator(lm, examples)
     traj = roll_out(lm, nav, examples, sample=False, max_new_tokens=4)
@@ -340,9 +369,8 @@ def test_thought_means_at_the_budget_include_the_last_thought(lm):
         torch.testing.assert_close(traj.thought_means[i], ref, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: with max_thoughts=1 a trajectory that thinks once gets thought_means = 0 "
-                   "(roll_out's states hold only h_0, so the mean over h_1..h_n divides an empty sum)")
 def test_thought_means_with_a_one_thought_budget(lm):
+    """Regression: with a budget of 1 the mean used to be taken over no state at all (zeros)."""
     nav = Navigator(32, NavigatorConfig(hidden=16, max_thoughts=1, init_halt_bias=-20.0))  # never halts: n = 1
     examples = questions(2)
     traj = roll_out(lm, nav, examples, sample=False, max_new_tokens=3)
@@ -362,18 +390,35 @@ def teacher_forced_states(lm: LatentLM, nav: Navigator, traj: Trajectories) -> t
     return hidden, int((batch.input_ids[0] == lm.special.bot).nonzero()[0])
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: replay treats a <thought> token inside a sampled answer as a thought slot "
-                   "(LatentLM.forward fills every <thought> id), so replay fails or scores a different sequence")
-def test_replay_answer_containing_the_thought_token(lm):
-    """A sampled answer may contain any vocabulary id, <thought> included (the rollout's decoding samples
-    from the full vocabulary). Its replayed log-prob must still be that of the tokens that were fed."""
-    nav = steering_navigator()
-    traj = roll_out(lm, nav, questions(4), sample=False, max_new_tokens=4)
-    i = next(i for i in range(len(traj)) if int(traj.num_thoughts[i]) > 0)
-    k = int(traj.new_tokens[i])
-    traj.answer_ids[i, 0] = lm.special.thought  # as if it had been sampled
-    if k < 2:
-        traj.new_tokens[i] = 2
-        traj.answer_ids[i, 1] = lm.special.eos
-    rep = replay(lm, nav, traj, torch.tensor([i]))
-    assert float(rep.answer_logprobs[0]) == pytest.approx(stepwise_answer_logprob(lm, nav, traj, i), abs=1e-4)
+class LatentLover:
+    """An LM head that puts +100 on the four latent tokens: unsuppressed, they would be every answer."""
+
+    def __init__(self, lm: LatentLM) -> None:
+        self.head, self.ids = lm.lm_head, latent_ids(lm)
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self.head(hidden).clone()
+        logits[..., self.ids] += 100.0
+        return logits
+
+
+@pytest.mark.parametrize("sample", [False, True])
+def test_answers_never_hold_latent_tokens_and_replay_scores_them(sample):
+    """An answer with <thought> in it would be read as a thought slot by replay's teacher-forced forward;
+    decoding must never emit <bot>/<eot>/<thought>/<pause>, whatever the model prefers."""
+    lm = tiny_lm()
+    lm.lm_head = LatentLover(lm)  # an instance attribute shadows the method
+    plain = lm.lm_head(torch.randn(2, 32))
+    assert set(plain.argmax(-1).tolist()) <= set(latent_ids(lm))  # the test is meaningful
+    examples = questions(8)
+    nav = scheduled_navigator(lm, examples)
+    traj = roll_out(lm, nav, examples, num_trajectories=2, sample=sample, max_new_tokens=6,
+                    generator=torch.Generator().manual_seed(0))
+    for i in range(len(traj)):
+        answer = traj.answer_ids[i, : int(traj.new_tokens[i])].tolist()
+        assert answer and not set(answer) & set(latent_ids(lm)), answer
+    with torch.no_grad():
+        rep = replay(lm, nav, traj, torch.arange(len(traj)))
+    assert bool(torch.isfinite(rep.answer_logprobs).all())
+    for i in (0, 5, 9):
+        assert float(rep.answer_logprobs[i]) == pytest.approx(stepwise_answer_logprob(lm, nav, traj, i), abs=1e-4)

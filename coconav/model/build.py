@@ -62,9 +62,17 @@ def apply_lora(model: torch.nn.Module, cfg: ModelConfig, new_token_ids: list[int
     unknown = [m for m in lora.target_modules if m not in names]
     if unknown:
         raise ConfigError(f"model.lora.target_modules {unknown} not found in {type(model).__name__}")
+    trainable = None
+    if lora.train_new_embeddings and new_token_ids:
+        # the latent tokens' rows of the input embedding (and of an untied output head) train with the
+        # adapters and are saved in the adapter file, so a checkpoint needs no copy of the full embedding
+        names = {module: name.rsplit(".", 1)[-1] for name, module in model.named_modules()}
+        trainable = {names[model.get_input_embeddings()]: list(new_token_ids)}
+        head = model.get_output_embeddings()
+        if head is not None and head.weight is not model.get_input_embeddings().weight:
+            trainable[names[head]] = list(new_token_ids)
     peft_cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
-                          task_type="CAUSAL_LM",
-                          trainable_token_indices=new_token_ids if (lora.train_new_embeddings and new_token_ids) else None)
+                          task_type="CAUSAL_LM", trainable_token_indices=trainable)
     peft_model = get_peft_model(model, peft_cfg, autocast_adapter_dtype=lora.adapter_dtype == "float32")
     if lora.adapter_dtype == "bfloat16":
         for name, param in peft_model.named_parameters():

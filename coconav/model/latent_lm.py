@@ -322,13 +322,20 @@ class LatentLM(nn.Module):
             prefix = cache.kv()
         return torch.cat(chunks, dim=1), len(chunks)
 
+    def suppress_latent(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits with <bot>, <eot>, <thought> and <pause> made impossible: decoding never emits them."""
+        s = self.special
+        banned = [i for i in (s.bot, s.eot, s.thought, s.pause) if i not in (s.eos, s.pad)]
+        return logits.index_fill(-1, torch.tensor(banned, device=logits.device), float("-inf"))
+
     def sequence_logprobs(self, hidden: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-        """Sum over each row of log p(target token), logits only where there is a target.
+        """Sum over each row of log p(target token) under the decoding distribution (latent tokens
+        suppressed), logits only where there is a target.
 
         Shape: hidden [B, T, D], targets [B, T] (-100 where none; predicted from the position before) -> [B].
         """
         keep = targets[:, 1:] != -100  # [B, T-1]
-        logits = self.lm_head(hidden[:, :-1][keep]).float() / temperature  # [N, V]
+        logits = self.suppress_latent(self.lm_head(hidden[:, :-1][keep]).float()) / temperature  # [N, V]
         token_logp = torch.log_softmax(logits, -1).gather(-1, targets[:, 1:][keep][:, None]).squeeze(-1)
         rows = keep.nonzero()[:, 0]
         return torch.zeros(hidden.shape[0], device=hidden.device).index_add(0, rows, token_logp)
@@ -387,13 +394,15 @@ class LatentLM(nn.Module):
         used = torch.zeros(B, dtype=torch.long, device=self.device)
         fed = []
         with self._autocast():
-            for step in range(limit):
+            for step in range(limit + 1):
                 thought = self.to_thought(state.last_hidden)
                 if controller is None:
                     halt = step >= num_thoughts
-                else:
+                else:  # called at step == limit too (it sees the last state), but halting is forced there
                     decision = controller(step, state.last_hidden, thought, active)
                     thought, halt = decision.thought, decision.halt
+                if step == limit:
+                    break
                 active = active & ~halt
                 if not bool(active.any()):
                     break
@@ -419,7 +428,7 @@ class LatentLM(nn.Module):
         tokens = []
         with self._autocast():
             for i in range(max_new_tokens):
-                logits = self.lm_head(state.last_hidden).float()  # [B, V]
+                logits = self.suppress_latent(self.lm_head(state.last_hidden).float())  # [B, V]
                 token = sample_token(logits, do_sample, temperature, top_p, generator)
                 token = token.masked_fill(finished, self.special.pad)
                 tokens.append(token)
@@ -487,7 +496,10 @@ class LatentLM(nn.Module):
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(directory, safe_serialization=True)
+        if self.model is not self.causal_lm:  # a PEFT adapter: the new token rows live in the adapter itself,
+            self.model.save_pretrained(directory, safe_serialization=True, save_embedding_layers=False)  # not a
+        else:                                                                                       # full embedding copy
+            self.model.save_pretrained(directory, safe_serialization=True)
         self.tokenizer.save_pretrained(directory)
         (directory / META_FILE).write_text(json.dumps(self.metadata(extra_metadata), indent=2), encoding="utf-8")
 

@@ -63,16 +63,32 @@ def test_zero_up_projection_feeds_plain_coconut_thoughts():
     assert steered.texts == plain.texts
 
 
+class ScheduledHalt(Navigator):
+    """Halt logits replaced by a schedule: the question whose key (h_0) is nearest to keys[j] halts at step
+    targets[j] (logit +8 from then on, -8 before); everything else is the real navigator."""
+
+    def set_schedule(self, keys: torch.Tensor, targets: list[int]) -> None:
+        self.keys, self.targets = keys.float(), torch.tensor(targets)
+
+    def forward(self, states, question_keys):
+        out = super().forward(states, question_keys)
+        target = self.targets[torch.cdist(question_keys.float(), self.keys).argmin(-1)]
+        out.halt_logits = torch.where(torch.arange(states.shape[1])[None] >= target[:, None], 8.0, -8.0)
+        return out
+
+
 def test_untrained_navigator_rollout_answers_equal_coconut_greedy():
     lm = tiny_lm(seed=2)
     torch.manual_seed(3)
-    nav = Navigator(lm.hidden_size, nav_cfg())
-    with torch.no_grad():  # halting that depends on the state: the greedy counts differ across questions
-        nav.halt_head.weight.normal_(0, 3.0)
-        nav.halt_head.bias.fill_(0.0)
+    nav = ScheduledHalt(lm.hidden_size, nav_cfg())
     examples = questions(8, seed=1)
+    prompts = prompts_of(lm, examples)
+    schedule = [0, 4, 1, 2, 3, 4, 2, 1]
+    nav.set_schedule(lm.prefill(prompts).last_hidden, schedule)
     traj = roll_out(lm, nav, examples, sample=False, max_new_tokens=6)
-    plain = lm.generate(prompts_of(lm, examples), num_thoughts=traj.num_thoughts, max_new_tokens=6)
+    assert traj.num_thoughts.tolist() == schedule
+    assert bool(traj.actions.abs().sum() > 0)  # the mean actions are nonzero; U maps them to 0
+    plain = lm.generate(prompts, num_thoughts=traj.num_thoughts, max_new_tokens=6)
     assert traj.answer_ids.tolist() == plain.sequences.tolist()
     assert traj.texts == plain.texts
     assert traj.new_tokens.tolist() == plain.new_tokens.tolist()
@@ -155,7 +171,8 @@ def test_log_probs_match_hand_computation():
     # the same numbers from torch.distributions
     from torch.distributions import Bernoulli, Normal
 
-    ref0 = Normal(mean[0, 0], std * temperature).log_prob(actions[0, 0]).sum() + Bernoulli(logits=halt_logits[0, 0]).log_prob(torch.tensor(0.0))
+    ref0 = (Normal(mean[0, 0], std * temperature).log_prob(actions[0, 0]).sum()
+            + Bernoulli(logits=halt_logits[0, 0]).log_prob(torch.tensor(0.0)))
     torch.testing.assert_close(logp[0, 0], ref0)
 
 

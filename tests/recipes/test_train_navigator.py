@@ -44,17 +44,10 @@ def nav_config(tiny_run: Path, out_dir: Path, **ppo) -> dict:
         "eval": {"max_new_tokens": 6, "batch_size": 8},
         "log": {"progress": False},
         "navigator": {"hidden": 16, "action_dim": 4, "max_thoughts": 4, "memory_size": 16, "memory_topk": 2,
-                      "init_log_std": 0.0},
+                      "memory_min_return": -1.0, "init_log_std": 0.0},  # every trajectory is remembered
         "ppo": {"updates": 2, "rollout_batch": 8, "num_minibatches": 2, "ppo_epochs": 2, "eval_every": 1,
                 "target_kl": None, "lr": 1e-2, **ppo},
     }
-
-
-def sanitized(traj, lm):
-    """Replace any sampled <thought> in the stored answers by <pause> (replay cannot score it yet: see
-    tests/test_rollout.py::test_replay_answer_containing_the_thought_token)."""
-    traj.answer_ids[traj.answer_ids == lm.special.thought] = lm.special.pause
-    return traj
 
 
 @pytest.fixture
@@ -70,8 +63,7 @@ def rollout_with_mixed_rewards(run):
     """A sampled rollout of 8 training questions and hand-made rewards: correct for even rows, wrong for odd
     ones (so advantages differ in sign), thought cost .02 per thought (step_rewards' layout)."""
     gen = torch.Generator().manual_seed(0)
-    traj = sanitized(roll_out(run.lm, run.navigator, run.splits.train[:8], sample=True, max_new_tokens=6,
-                              generator=gen), run.lm)
+    traj = roll_out(run.lm, run.navigator, run.splits.train[:8], sample=True, max_new_tokens=6, generator=gen)
     correct = torch.tensor([1.0, 0.0] * 4)
     T = run.cfg.navigator.max_thoughts + 1
     rewards = step_rewards(correct, torch.zeros(8), traj.num_thoughts, T, thought_cost=0.02)
@@ -113,15 +105,14 @@ def test_one_ppo_update_trains_the_navigator_only(nav_run, monkeypatch):
     changed = {n for n, p in run.navigator.named_parameters() if not torch.equal(p, nav_before[n])}
     for name in ("up.weight", "mean_head.weight", "halt_head.weight", "value_head.weight", "log_std"):
         assert name in changed, name
-    assert float(run.navigator.up.weight.abs().sum()) > 0
+    assert float(run.navigator.up.weight.detach().abs().sum()) > 0
     # the frozen LM is unchanged bit for bit
     for n, p in run.lm.named_parameters():
         assert torch.equal(p, lm_before[n]), n
     for key in PPO_KEYS:
         assert key in stats, key
-    for key, value in stats.items():
-        if key != "ppo/explained_variance":
-            assert math.isfinite(value), (key, value)
+    for key, value in stats.items():  # explained variance too: the returns vary, so it is defined
+        assert math.isfinite(value), (key, value)
     # later minibatches see updated parameters: their ratio is no longer 1 everywhere
     assert any(not torch.equal(n, o) for n, o in calls[1:])
 
@@ -173,8 +164,8 @@ def test_navigator_section_needs_init_from(cli, tmp_path):
 def test_navigator_section_without_init_from_in_a_file(cli, tmp_path):
     cfg = tmp_path / "nav.yaml"
     cfg.write_text("out_dir: x\nnavigator:\n  max_thoughts: 3\n", encoding="utf-8")
-    msg = cli("train", "--config", cfg).error()
-    assert msg.startswith(str(cfg)) and msg.endswith("a navigator run needs init_from: the COCONUT checkpoint it steers")
+    # the file's own error names the file (no line: init_from is the key that is missing)
+    assert cli("train", "--config", cfg).error() == f"{cfg}: a navigator run needs init_from: the COCONUT checkpoint it steers"
 
 
 def test_init_from_that_is_not_a_checkpoint(cli, tmp_path):
@@ -187,10 +178,15 @@ def test_init_from_that_is_not_a_checkpoint(cli, tmp_path):
 # -- the whole recipe ---------------------------------------------------------------------------------
 
 
-def test_recipe_end_to_end(cli, tiny_run, tmp_path):
+def write_config(tiny_run: Path, tmp_path: Path, **ppo) -> tuple[Path, Path]:
     out = tmp_path / "nav"
     cfg = tmp_path / "nav.yaml"
-    cfg.write_text(yaml.safe_dump(nav_config(tiny_run, out, ppo_epochs=1)), encoding="utf-8")
+    cfg.write_text(yaml.safe_dump(nav_config(tiny_run, out, **ppo)), encoding="utf-8")
+    return cfg, out
+
+
+def test_recipe_end_to_end(cli, tiny_run, tmp_path):
+    cfg, out = write_config(tiny_run, tmp_path, ppo_epochs=1)
     res = cli("train", "--config", cfg)
     assert res.rc == 0, res.err
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
@@ -199,8 +195,9 @@ def test_recipe_end_to_end(cli, tiny_run, tmp_path):
     assert [row["update"] for row in results["curve"]] == [1, 2]
     for key in ("navigator", "navigator_no_steering", "navigator_no_memory", "coconut_fixed"):
         assert results[key]["num_questions"] == 4 and 0.0 <= results[key]["accuracy"] <= 1.0
-        assert results[key]["mean_thoughts"] <= (4 if key != "coconut_fixed" else 6)
-    assert results["coconut_fixed"]["mean_thoughts"] == 6
+    for key in ("navigator", "navigator_no_steering", "navigator_no_memory"):
+        assert results[key]["mean_thoughts"] <= 4  # the navigator's budget
+    assert results["coconut_fixed"]["mean_thoughts"] == 6  # the base run's last stage: 6 thoughts for all
     assert "spearman_steps_thoughts" in results["navigator"]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     ppo_records = [r for r in records if "ppo/policy_loss" in r]
@@ -209,6 +206,15 @@ def test_recipe_end_to_end(cli, tiny_run, tmp_path):
         for key in PPO_KEYS:
             assert key in r, key
         assert r["ppo/ratio_first"] == 1.0
+        assert "rollout/accuracy" in r and "memory/entries" in r
     assert any("eval/accuracy" in r for r in records)
-    # the navigator is saved with the checkpoint
-    assert (out / "checkpoints" / "last").is_dir()
+    # the navigator (its bank included) is saved with the checkpoint and loads back for inference
+    from coconav.inference import CoconavModel
+
+    model = CoconavModel.from_pretrained(out / "checkpoints" / "last")
+    assert model.navigator is not None
+    last = ppo_records[-1]
+    assert float(model.navigator.up.weight.detach().norm()) == pytest.approx(last["navigator/steer_norm"], rel=1e-6)
+    assert model.navigator.bank.filled == last["memory/entries"] == 16  # 2 updates x 8 trajectories
+    assert [r["memory/entries"] for r in ppo_records] == [8, 16]
+    assert float(model.navigator.up.weight.detach().norm()) > 0  # trained away from plain COCONUT

@@ -1,0 +1,61 @@
+"""Every preset in configs/ loads and runs two steps per stage on CPU with the model swapped for a tiny one.
+
+Presets that read GSM8k-Aug's training file (not shipped) read ../shared/data/gsm8k/train.jsonl
+instead; presets that start from a checkpoint start from this session's tiny run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from coconav.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+PRESETS = sorted(p for p in (ROOT / "configs").glob("*.yaml"))
+TINY_MODEL = ["model.name_or_path=scratch-llama", "model.hidden_size=16", "model.num_layers=1", "model.num_heads=2",
+              "model.intermediate_size=32", "model.max_position_embeddings=1024"]
+SHORT = ["data.train_size=32", "data.validation_size=4", "data.test_size=4", "train.batch_size=4", "train.grad_accum=2",
+         "train.first_stage_steps=2", "train.steps_per_stage=2", "train.final_stage_steps=2", "train.epochs_per_stage=null",
+         "train.first_stage_epochs=null", "train.final_stage_epochs=null", "train.warmup_steps=1", "train.save_every=0",
+         "eval.max_new_tokens=4", "eval.batch_size=4", "log.progress=false", "threads=1"]
+
+
+def test_every_preset_is_tested():
+    assert {p.name for p in PRESETS} >= {"demo.yaml", "demo_navigator.yaml", "task_arithmetic_coconut.yaml",
+                                         "task_graph_coconut.yaml", "gsm8k_gpt2_cot.yaml", "gsm8k_gpt2_coconut.yaml",
+                                         "gsm8k_llama3_8b_coconut.yaml"}
+
+
+def final_checkpoint(run: Path) -> Path:
+    stages = sorted((run / "checkpoints").glob("stage-*"), key=lambda p: int(p.name.split("-")[1]))
+    return stages[-1]
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
+def test_preset_runs_two_steps(preset: Path, cli, tiny_run: Path, tmp_path: Path):
+    cfg = load_config(preset)
+    overrides = [f"out_dir={tmp_path / 'run'}", *SHORT]
+    if cfg.navigator is not None:  # steers a COCONUT checkpoint: this session's tiny run
+        overrides += [f"init_from={final_checkpoint(tiny_run)}", "ppo.updates=2", "ppo.rollout_batch=4",
+                      "ppo.num_minibatches=2", "ppo.eval_every=1"]
+    else:
+        overrides += TINY_MODEL + ["init_from=null"]
+    if cfg.data.task == "files":
+        if not SHARED.is_dir():
+            pytest.skip(f"{SHARED} not found (the shared GSM8K data)")
+        train = cfg.data.train if cfg.data.train and (ROOT / cfg.data.train).is_file() else SHARED / "gsm8k/train.jsonl"
+        overrides += [f"data.train={train}"]
+    result = cli("train", "--config", preset, *overrides)
+    assert result.rc == 0, result.err[-2000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    if cfg.navigator is not None:
+        assert {"navigator", "coconut_fixed", "curve"} <= set(results)
+        assert len(results["curve"]) == 2
+    else:
+        assert results["test"]["num_questions"] == 4
+        steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+        assert max(steps) == 2 * len(cfg.curriculum.stages())  # two optimizer steps in every stage
