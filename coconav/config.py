@@ -454,6 +454,11 @@ class RunConfig:
     """Set to train a navigator on top of the `init_from` COCONUT checkpoint (coconav train dispatches on it)."""
     ppo: PPOConfig = field(default_factory=PPOConfig)
 
+    def eval_thoughts(self, stage: int) -> int:
+        """Thoughts per question when evaluating a model trained up to `stage`: eval.num_thoughts, else the
+        stage's fixed count (never a test example's own number of steps)."""
+        return self.eval.num_thoughts if self.eval.num_thoughts is not None else self.curriculum.thoughts_at(stage)
+
     def __post_init__(self) -> None:
         _check(self.threads >= 0, f"threads must be >= 0, got {self.threads}")
         if self.navigator is not None:

@@ -34,6 +34,7 @@ class CoconavModel:
     config: RunConfig
     stage: int
     navigator: Navigator | None = None
+    fixed_thoughts: int | None = None  # a navigator checkpoint's base count (its COCONUT model's last stage)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> CoconavModel:
@@ -45,14 +46,12 @@ class CoconavModel:
         cfg = from_dict(RunConfig, meta["config"])
         lm = LatentLM.from_pretrained(folder)
         lm.eval()
-        navigator = None
+        navigator, fixed = None, None
+        stage = int(meta["train_state"].get("stage", 0))
         if cfg.navigator is not None:
             navigator = load_module(folder, "navigator", Navigator(lm.hidden_size, cfg.navigator)).to(lm.device).eval()
-            stage = from_dict(RunConfig, checkpoint_meta(cfg.init_from)["config"]).curriculum.final_stage \
-                if cfg.init_from and Path(cfg.init_from).is_dir() else 0
-        else:
-            stage = int(meta["train_state"].get("stage", 0))
-        return cls(lm=lm, config=cfg, stage=stage, navigator=navigator)
+            fixed = meta.get("metrics", {}).get("base_thoughts")
+        return cls(lm=lm, config=cfg, stage=stage, navigator=navigator, fixed_thoughts=fixed)
 
     @property
     def mode(self) -> str:
@@ -60,9 +59,9 @@ class CoconavModel:
 
     def default_thoughts(self) -> int:
         """The fixed thought count without a navigator: eval.num_thoughts, else the last stage's."""
-        if self.config.eval.num_thoughts is not None:
-            return self.config.eval.num_thoughts
-        return self.config.curriculum.thoughts_at(self.stage)
+        if self.fixed_thoughts is not None and self.config.eval.num_thoughts is None:
+            return int(self.fixed_thoughts)
+        return self.config.eval_thoughts(self.stage)
 
     @torch.no_grad()
     def generate(self, questions: str | list[str], num_thoughts: int | None = None, max_new_tokens: int | None = None,

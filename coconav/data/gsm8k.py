@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
@@ -219,6 +219,29 @@ def iter_lines(text: str) -> Iterator[tuple[int, str]]:
             yield number, line
 
 
+def read_records(path: str | Path, parse: Callable[[str, str], Example], limit: int | None) -> list[Example]:
+    """Examples from a one-record-per-line file: ``parse(line, "file:line")`` for each non-blank line.
+
+    A parse error becomes a DataError prefixed with ``file:line``; reading stops after ``limit``
+    records; a file without records is a DataError.
+    """
+    check_limit(limit)
+    examples: list[Example] = []
+    seen_any = False
+    for number, line in iter_lines(read_text(path)):
+        seen_any = True
+        if limit is not None and len(examples) >= limit:
+            break
+        where = f"{path}:{number}"
+        try:
+            examples.append(parse(line, where))
+        except DataError as exc:
+            raise DataError(f"{where}: {exc}") from None
+    if not seen_any:
+        raise DataError(f"{path}: no records (the file is empty or blank)")
+    return examples
+
+
 def _field(record: dict[str, Any], name: str) -> str:
     if name not in record:
         raise DataError(f"field {name!r} missing")
@@ -261,26 +284,15 @@ def read_gsm8k_jsonl(
         raise ConfigError(
             f"unknown steps style {steps!r} (expected one of {', '.join(STEP_STYLES)})"
         )
-    check_limit(limit)
-    text = read_text(path)
-    examples: list[Example] = []
-    seen_any = False
-    for number, line in iter_lines(text):
-        seen_any = True
-        if limit is not None and len(examples) >= limit:
-            break
-        where = f"{path}:{number}"
+
+    def parse(line: str, where: str) -> Example:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise DataError(f"{where}: bad JSON at column {exc.colno}: {exc.msg}") from None
-        try:
-            examples.append(gsm8k_example(record, steps, where))
-        except DataError as exc:
-            raise DataError(f"{where}: {exc}") from None
-    if not seen_any:
-        raise DataError(f"{path}: no records (the file is empty or blank)")
-    return examples
+            raise DataError(f"bad JSON at column {exc.colno}: {exc.msg}") from None
+        return gsm8k_example(record, steps, where)
+
+    return read_records(path, parse, limit)
 
 
 def load_gsm8k_hub(

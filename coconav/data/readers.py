@@ -30,7 +30,7 @@ from coconav.data.gsm8k import (
     STEP_STYLES,
     StepStyle,
     check_limit,
-    iter_lines,
+    read_records,
     load_gsm8k_hub,
     parse_number,
     parse_reference,
@@ -67,24 +67,13 @@ def read_gsm8k_aug(path: str | Path, limit: int | None = None) -> list[Example]:
     Steps are the ``<<eq>>`` notes (possibly none), answer the canonical number after
     ``####``. Blank lines are skipped; reading stops after ``limit`` records.
     """
-    check_limit(limit)
-    text = read_text(path)
-    examples: list[Example] = []
-    seen_any = False
-    for number, line in iter_lines(text):
-        seen_any = True
-        if limit is not None and len(examples) >= limit:
-            break
-        where = f"{path}:{number}"
-        try:
-            example = _aug_example(line)
-        except DataError as exc:
-            raise DataError(f"{where}: {exc}") from None
+
+    def parse(line: str, where: str) -> Example:
+        example = _aug_example(line)
         example.meta["source"] = where
-        examples.append(example)
-    if not seen_any:
-        raise DataError(f"{path}: no records (the file is empty or blank)")
-    return examples
+        return example
+
+    return read_records(path, parse, limit)
 
 
 def _coconut_example(record: Any) -> Example:

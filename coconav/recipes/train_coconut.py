@@ -28,7 +28,7 @@ from accelerate import Accelerator
 from coconav.checkpoint import TrainState, latest_checkpoint, list_checkpoints, load_trainer_state, save_checkpoint
 from coconav.common import MetricLogger, print0, progress, seed_everything, set_threads, write_json_atomic
 from coconav.config import RunConfig, save_config, to_dict
-from coconav.data.curriculum import TokenizedExample, build_sequence, collate, tokenize_example
+from coconav.data.curriculum import TokenizedExample, build_sequence, collate, tokenize_examples
 from coconav.data.splits import batch_indices, data_vocabulary, load_splits
 from coconav.data.tasks import Splits, get_task
 from coconav.data.tokenizer import build_word_tokenizer
@@ -155,9 +155,7 @@ def train_step(run: Run, stage: int, global_step: int) -> dict[str, float]:
 
 def eval_mode(cfg: RunConfig, stage: int) -> tuple[str, int]:
     """(mode, thoughts) a model trained up to `stage` is evaluated with."""
-    mode = cfg.curriculum.mode
-    thoughts = cfg.eval.num_thoughts if cfg.eval.num_thoughts is not None else cfg.curriculum.thoughts_at(stage)
-    return mode, thoughts
+    return cfg.curriculum.mode, cfg.eval_thoughts(stage)
 
 
 def run_eval(run: Run, examples, stage: int) -> EvalResult:
@@ -251,7 +249,7 @@ def train(cfg: RunConfig, resume: str | None = None) -> dict:
 
 def tokenize_train(examples, lm: LatentLM, max_length: int) -> list[TokenizedExample]:
     """Tokenize training examples, dropping those whose CoT sequence exceeds max_length."""
-    out = [tokenize_example(ex, lm.tokenizer) for ex in examples]
+    out = tokenize_examples(examples, lm.tokenizer)
     kept = [t for t in out if len(t.question) + sum(map(len, t.steps)) + len(t.answer) + 2 <= max_length]
     if len(kept) < len(out):
         print0(f"dropped {len(out) - len(kept)} training examples longer than data.max_length={max_length}")

@@ -239,7 +239,8 @@ def train(cfg: RunConfig, resume: str | None = None) -> dict:
         if (update + 1) % ppo.eval_every == 0 or update + 1 == ppo.updates:
             validate(run, update + 1)
             save_checkpoint(run.out_dir / "checkpoints" / "last", run.lm, TrainState(0, update + 1, update + 1),
-                            to_dict(cfg), run.optimizer, modules={"navigator": run.navigator})
+                            to_dict(cfg), run.optimizer, modules={"navigator": run.navigator},
+                            metrics={"base_thoughts": run.base_thoughts})
     bar.close()
     results = final_evaluation(run, curve)
     run.logger.close()
