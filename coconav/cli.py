@@ -30,7 +30,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
 
     p = sub.add_parser("eval", help="evaluate a checkpoint")
-    p.add_argument("--checkpoint", required=True, help="a checkpoint folder (or a run folder: its latest)")
+    p.add_argument("--checkpoint", help="a checkpoint folder (or a run folder: its latest)")
+    p.add_argument("--zero-shot", metavar="MODEL", help="instead of a checkpoint: an untouched pretrained model "
+                   "(hub id, folder or smollm2-135m), prompted zero-shot with its chat template")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="answer tokens at most (zero-shot)")
     p.add_argument("--data", default="test", help="'test' or 'validation' (the checkpoint's task splits), "
                    "or a data file / hub id (.jsonl GSM8K, .txt GSM8k-Aug, .json COCONUT, openai/gsm8k:test)")
     p.add_argument("--num-thoughts", type=int, default=None, help="thoughts per question (default: the last stage's)")
@@ -81,8 +84,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from coconav.recipes import evaluate_checkpoint
 
-    report = evaluate_checkpoint.run(args.checkpoint, args.data, num_thoughts=args.num_thoughts,
-                                     max_questions=args.max_questions, batch_size=args.batch_size)
+    if args.zero_shot:
+        if args.data in ("test", "validation"):
+            raise CoconavError("--zero-shot needs --data FILE (there is no checkpoint config to take splits from)")
+        report = evaluate_checkpoint.run_zero_shot(args.zero_shot, args.data, args.max_questions, args.batch_size or 32,
+                                                   args.max_new_tokens)
+    elif args.checkpoint:
+        report = evaluate_checkpoint.run(args.checkpoint, args.data, num_thoughts=args.num_thoughts,
+                                         max_questions=args.max_questions, batch_size=args.batch_size)
+    else:
+        raise CoconavError("eval needs --checkpoint DIR or --zero-shot MODEL")
     if args.out:
         from coconav.common import write_json_atomic
 

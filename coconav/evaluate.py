@@ -91,14 +91,19 @@ def aggregate(records: list[QuestionResult], seconds: float) -> EvalResult:
 
 def evaluate(lm: LatentLM, examples: list[Example], mode: str, num_thoughts: int, cfg: EvalConfig,
              controller: ThoughtController | None = None, max_thoughts: int | None = None,
-             seed: int = 0, show_progress: bool = False) -> EvalResult:
-    """Generate an answer for every example and score it with the task's rule (coconav.data.scoring)."""
+             seed: int = 0, show_progress: bool = False, prompts: list[list[int]] | None = None) -> EvalResult:
+    """Generate an answer for every example and score it with the task's rule (coconav.data.scoring).
+
+    `prompts` replaces the mode's prompts (e.g. a chat template for a zero-shot baseline)."""
     if cfg.max_questions:
         examples = examples[: cfg.max_questions]
+        prompts = prompts[: cfg.max_questions] if prompts is not None else None
     was_training = lm.training
     lm.eval()
     generator = torch.Generator(device=lm.device).manual_seed(seed) if cfg.do_sample else None
-    prompts = [build_prompt(encode_question(lm.tokenizer, ex.question), mode, num_thoughts, lm.special) for ex in examples]
+    if prompts is None:
+        prompts = [build_prompt(encode_question(lm.tokenizer, ex.question), mode, num_thoughts, lm.special)
+                   for ex in examples]
     # Batches of similar prompt length waste less on padding; results are put back in order.
     order = sorted(range(len(examples)), key=lambda i: len(prompts[i]))
     records: list[QuestionResult | None] = [None] * len(examples)
@@ -158,3 +163,15 @@ def spearman(x: list[float], y: list[float]) -> float:
     rx, ry = rx - rx.mean(), ry - ry.mean()
     denom = (rx.norm() * ry.norm()).item()
     return float((rx @ ry).item() / denom) if denom > 0 else float("nan")
+
+
+ZERO_SHOT_INSTRUCTION = "Solve the problem step by step. End with the line 'The answer is N.' where N is a number."
+
+
+def chat_prompts(tokenizer, questions: list[str], instruction: str = ZERO_SHOT_INSTRUCTION) -> list[list[int]]:
+    """Zero-shot prompts through the tokenizer's chat template (an untouched instruct model's own format)."""
+    if getattr(tokenizer, "chat_template", None) is None:
+        return [list(tokenizer(f"{q}\n{instruction}\n")["input_ids"]) for q in questions]
+    return [list(tokenizer.apply_chat_template([{"role": "user", "content": f"{q}\n{instruction}"}],
+                                               add_generation_prompt=True, tokenize=True, return_dict=False))
+            for q in questions]

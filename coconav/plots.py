@@ -25,10 +25,12 @@ def _pyplot():
 def plot_accuracy_by_difficulty(methods: dict[str, dict], path: Path, plt) -> Path:
     """One line per method: test accuracy against the number of reasoning steps."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name, m in methods.items():
+    for i, (name, m) in enumerate(methods.items()):
         by = m["accuracy_by_difficulty"]
         xs = sorted(by, key=int)
-        ax.plot([int(x) for x in xs], [100 * by[x] for x in xs], marker="o", label=name)
+        # distinct markers and dashes: methods at the same accuracy stay visible on top of each other
+        ax.plot([int(x) for x in xs], [100 * by[x] for x in xs], marker="osD^v"[i % 5], linestyle=["-", "--", ":", "-."][i % 4],
+                markersize=8 - i, label=name)
     ax.set_xlabel("reasoning steps (difficulty)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(-2, 102)

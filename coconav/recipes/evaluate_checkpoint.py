@@ -57,6 +57,26 @@ def run(checkpoint: str | Path, data: str = "test", num_thoughts: int | None = N
     return {"checkpoint": str(folder), "data": data, "stage": model.stage, **how, **result.to_json()}
 
 
+def run_zero_shot(model: str, data: str, max_questions: int | None = None, batch_size: int = 32,
+                  max_new_tokens: int = 256) -> dict:
+    """An untouched pretrained model, zero-shot with its chat template and a step-by-step instruction."""
+    from coconav.config import ModelConfig
+    from coconav.evaluate import chat_prompts
+    from coconav.model.build import build_latent_lm
+
+    examples = load_examples(data)
+    if max_questions:
+        examples = examples[:max_questions]
+    if not examples:
+        raise InputError(f"no examples to evaluate in {data!r}")
+    lm = build_latent_lm(ModelConfig(name_or_path=model))
+    prompts = chat_prompts(lm.tokenizer, [ex.question for ex in examples])
+    cfg = EvalConfig(max_new_tokens=max_new_tokens, batch_size=batch_size)
+    result = evaluate(lm, examples, "cot", 0, cfg, prompts=prompts, show_progress=True)
+    return {"model": model, "data": data, "mode": "zero_shot", "navigator": False, "num_thoughts": 0,
+            **result.to_json()}
+
+
 def generate_text(checkpoint: str | Path, question: str, num_thoughts: int | None = None, show_thoughts: bool = False,
                   top_k: int = 5, max_new_tokens: int | None = None) -> str:
     """The answer to one question; with `show_thoughts`, each thought's nearest tokens under the LM head."""
