@@ -218,3 +218,21 @@ def test_recipe_end_to_end(cli, tiny_run, tmp_path):
     assert model.navigator.bank.filled == last["memory/entries"] == 16  # 2 updates x 8 trajectories
     assert [r["memory/entries"] for r in ppo_records] == [8, 16]
     assert float(model.navigator.up.weight.detach().norm()) > 0  # trained away from plain COCONUT
+
+
+def test_train_lm_updates_lora_adapters_with_a_kl_penalty(tiny_run, tmp_path):
+    """ppo.train_lm: the LM's LoRA adapters train with the policy gradient; the frozen base does not;
+    the KL to the reference (adapters off) is logged."""
+    data = nav_config(tiny_run, tmp_path / "nav_lm", train_lm=True, beta=0.1, lm_lr=1e-2)
+    data["model"] = {"lora": {"r": 2, "alpha": 4, "target_modules": ["q_proj", "v_proj"]}}
+    run, _ = train_navigator.build(from_dict(RunConfig, data), resume=None)
+    lora = {n: p.detach().clone() for n, p in run.lm.named_parameters() if p.requires_grad}
+    base = {n: p.detach().clone() for n, p in run.lm.named_parameters() if not p.requires_grad}
+    assert lora and all("lora_" in n for n in lora)
+    traj, rewards = rollout_with_mixed_rewards(run)
+    run.navigator.train()
+    stats = train_navigator.ppo_update(run, traj, rewards, temperature=1.0, update=0)
+    assert "ppo/kl_ref" in stats and math.isfinite(stats["ppo/kl_ref"]) and stats["ppo/kl_ref"] >= 0
+    assert any(not torch.equal(p, lora[n]) for n, p in run.lm.named_parameters() if n in lora)
+    assert all(torch.equal(p, base[n]) for n, p in run.lm.named_parameters() if n in base)
+    run.logger.close()
