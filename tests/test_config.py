@@ -119,8 +119,7 @@ def test_mix_prob_above_one(cli) -> None:
 
 
 def test_batch_size_not_multiple_of_grad_accum(cli) -> None:
-    # the demo preset has grad_accum=4
-    assert cli("train", "--config", DEMO_PRESET, "train.batch_size=6").error() == \
+    assert cli("train", "--config", DEMO_PRESET, "train.grad_accum=4", "train.batch_size=6").error() == \
         "train.batch_size (6) must be a multiple of train.grad_accum (4)"
 
 
