@@ -81,3 +81,16 @@ def test_bench_generate_quick():
     assert check["thoughts_match"] is True
     assert len(check["first_example_ours"]) == N and check["first_example_ours"] == check["first_example_naive"]
 
+
+
+def test_bench_rollout_quick():
+    out = run_script("bench_rollout.py")
+    assert out["benchmark"] == "rollout"
+    assert_positive_numbers(out["questions_per_second"], {"batched", "loop"})
+    assert_positive_numbers(out["seconds_per_rollout"], {"batched", "loop"})
+    assert isinstance(out["speedup"], float) and out["speedup"] > 0
+    # the check the script makes: the batched rollout decides and answers exactly as one-by-one rollouts
+    check = out["check"]
+    assert check["thought_counts_match"] is True and check["answers_match"] is True
+    assert check["answers_matching"] == check["trajectories"] == out["config"]["questions"]
+    assert out["config"]["quick"] is True and out["config"]["threads"] == 1

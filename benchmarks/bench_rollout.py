@@ -1,0 +1,151 @@
+"""Benchmark: navigator rollout throughput, batched (``coconav.rollout.roll_out``) vs one question at a time.
+
+Side by side in one run, on a randomly initialised demo-size model (scratch Llama: hidden 128, 3 layers,
+4 heads, MLP 512, the arithmetic task's vocabulary) and a navigator whose halting and steering heads
+are redrawn at random, so that questions halt at different steps (uneven halting is what the batched
+rollout has to mask) and steering changes every thought. The questions come from the built-in
+arithmetic task (difficulties 1-6). Nothing is downloaded.
+
+- **batched**: ``roll_out(lm, navigator, questions, num_trajectories=K)``: one prefill per question
+  shared by its K trajectories, the thought phase with per-trajectory halting by masks, the answer
+  decoded with the KV cache, all questions in one batch;
+- **loop**: the same call once per question (a batch of one), the obvious alternative.
+
+Both run greedy (``sample=False``) so that the check is exact: after timing, the script compares the
+thought counts and answers of the two. Prints one JSON object on stdout (progress on stderr).
+
+    python benchmarks/bench_rollout.py                 # 64 questions, K = 1
+    python benchmarks/bench_rollout.py --trajectories 4
+    python benchmarks/bench_rollout.py --quick         # a smoke test (seconds)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import statistics
+import sys
+import time
+
+import torch
+import transformers
+
+from coconav.config import ModelConfig, NavigatorConfig
+from coconav.data.tasks import get_task
+from coconav.data.tokenizer import task_tokenizer
+from coconav.model.build import build_latent_lm
+from coconav.model.navigator import Navigator
+from coconav.rollout import Trajectories, roll_out
+
+DEFAULTS = {"questions": 64, "trajectories": 1, "max_thoughts": 6, "max_new_tokens": 8, "repeats": 5, "warmup": 1,
+            "hidden_size": 128, "num_layers": 3, "num_heads": 4, "intermediate_size": 512}
+QUICK = {"questions": 8, "repeats": 1, "warmup": 0, "hidden_size": 32, "num_layers": 2, "intermediate_size": 64}
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny sizes and one repeat (a smoke test, seconds)")
+    p.add_argument("--questions", type=int, help=f"questions per rollout (default {DEFAULTS['questions']})")
+    p.add_argument("--trajectories", type=int, help=f"trajectories per question, K (default {DEFAULTS['trajectories']})")
+    p.add_argument("--max-thoughts", type=int, help=f"the navigator's thought budget (default {DEFAULTS['max_thoughts']})")
+    p.add_argument("--max-new-tokens", type=int, help=f"answer tokens at most (default {DEFAULTS['max_new_tokens']})")
+    p.add_argument("--hidden-size", type=int, help=f"model width (default {DEFAULTS['hidden_size']})")
+    p.add_argument("--num-layers", type=int, help=f"decoder layers (default {DEFAULTS['num_layers']})")
+    p.add_argument("--num-heads", type=int, help=f"attention heads (default {DEFAULTS['num_heads']})")
+    p.add_argument("--intermediate-size", type=int, help=f"MLP width (default {DEFAULTS['intermediate_size']})")
+    p.add_argument("--repeats", type=int, help=f"timed runs of each (default {DEFAULTS['repeats']})")
+    p.add_argument("--warmup", type=int, help=f"untimed runs of each first (default {DEFAULTS['warmup']})")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's default)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    for key, value in {**DEFAULTS, **(QUICK if args.quick else {})}.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
+
+
+def build(args: argparse.Namespace):
+    torch.manual_seed(args.seed)
+    cfg = ModelConfig(name_or_path="scratch-llama", hidden_size=args.hidden_size, num_layers=args.num_layers,
+                      num_heads=args.num_heads, intermediate_size=args.intermediate_size, tie_embeddings=True)
+    lm = build_latent_lm(cfg, task_tokenizer("arithmetic")).eval()
+    nav = Navigator(args.hidden_size, NavigatorConfig(max_thoughts=args.max_thoughts)).eval()
+    with torch.no_grad():  # random heads: uneven halting, real steering (the trained navigator's cost profile)
+        nav.halt_head.weight.normal_(0, 3.0 / nav.halt_head.weight.shape[1] ** 0.5)
+        nav.halt_head.bias.fill_(-2.0)  # greedy halting: some questions stop after 1 thought, others use all
+        nav.mean_head.weight.normal_(0, 1.0)
+        nav.up.weight.normal_(0, 0.1)
+    rng = random.Random(args.seed + 1)
+    task = get_task("arithmetic")
+    questions = [task.generate(rng, 1 + i % 6) for i in range(args.questions)]
+    return lm, nav, questions
+
+
+@torch.no_grad()
+def batched(lm, nav, questions, args) -> list[Trajectories]:
+    return [roll_out(lm, nav, questions, num_trajectories=args.trajectories, sample=False,
+                     max_new_tokens=args.max_new_tokens)]
+
+
+@torch.no_grad()
+def loop(lm, nav, questions, args) -> list[Trajectories]:
+    return [roll_out(lm, nav, [q], num_trajectories=args.trajectories, sample=False,
+                     max_new_tokens=args.max_new_tokens) for q in questions]
+
+
+def summary(trajs: list[Trajectories]) -> tuple[list[int], list[str]]:
+    thoughts = [int(n) for t in trajs for n in t.num_thoughts]
+    return thoughts, [text for t in trajs for text in t.texts]
+
+
+def run(args: argparse.Namespace) -> dict:
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    lm, nav, questions = build(args)
+    log(f"{len(questions)} questions x {args.trajectories} trajectories, up to {args.max_thoughts} thoughts, "
+        f"{args.max_new_tokens} answer tokens; {torch.get_num_threads()} threads")
+    seconds: dict[str, list[float]] = {"batched": [], "loop": []}
+    outputs = {}
+    for r in range(args.warmup + args.repeats):  # interleaved, so machine noise hits both alike
+        for name, fn in (("batched", batched), ("loop", loop)):
+            t0 = time.perf_counter()
+            outputs[name] = fn(lm, nav, questions, args)
+            s = time.perf_counter() - t0
+            if r >= args.warmup:
+                seconds[name].append(s)
+                log(f"{name} repeat {r - args.warmup + 1}/{args.repeats}: {s:.3f} s")
+    (t_b, a_b), (t_l, a_l) = summary(outputs["batched"]), summary(outputs["loop"])
+    n = len(questions)
+    qps = {name: n / statistics.median(ts) for name, ts in seconds.items()}
+    return {
+        "benchmark": "rollout",
+        "questions_per_second": qps,
+        "seconds_per_rollout": {name: statistics.median(ts) for name, ts in seconds.items()},
+        "min_seconds_per_rollout": {name: min(ts) for name, ts in seconds.items()},
+        "speedup": qps["batched"] / qps["loop"],
+        "check": {"thought_counts_match": t_b == t_l, "answers_match": a_b == a_l,
+                  "answers_matching": sum(x == y for x, y in zip(a_b, a_l)), "trajectories": len(a_b),
+                  "distinct_thought_counts": sorted(set(t_b)), "mean_thoughts": statistics.mean(t_b)},
+        "config": {"questions": n, "trajectories": args.trajectories, "max_thoughts": args.max_thoughts,
+                   "max_new_tokens": args.max_new_tokens, "hidden_size": args.hidden_size,
+                   "num_layers": args.num_layers, "num_heads": args.num_heads,
+                   "intermediate_size": args.intermediate_size, "repeats": args.repeats, "warmup": args.warmup,
+                   "threads": torch.get_num_threads(), "quick": args.quick, "cpu": platform.processor() or platform.machine(),
+                   "torch": torch.__version__, "transformers": transformers.__version__},
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    out = run(parse_args(argv))
+    print(json.dumps(out, indent=2))
+    return out
+
+
+if __name__ == "__main__":
+    main()
