@@ -39,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num-thoughts", type=int, default=None, help="thoughts per question (default: the last stage's)")
     p.add_argument("--max-questions", type=int, default=None, help="evaluate only the first N questions")
     p.add_argument("--batch-size", type=int, default=None, help="questions per generation batch")
+    p.add_argument("--no-steering", action="store_true", help="navigator checkpoints: halting only, unsteered thoughts")
+    p.add_argument("--no-memory", action="store_true", help="navigator checkpoints: episodic and persistent memory off")
     p.add_argument("--out", help="write the JSON report here (default: print the summary)")
 
     p = sub.add_parser("generate", help="answer one question")
@@ -91,7 +93,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                                                    args.max_new_tokens)
     elif args.checkpoint:
         report = evaluate_checkpoint.run(args.checkpoint, args.data, num_thoughts=args.num_thoughts,
-                                         max_questions=args.max_questions, batch_size=args.batch_size)
+                                         max_questions=args.max_questions, batch_size=args.batch_size,
+                                         steer=not args.no_steering, memory=not args.no_memory)
     else:
         raise CoconavError("eval needs --checkpoint DIR or --zero-shot MODEL")
     if args.out:

@@ -34,8 +34,12 @@ def thoughts_for(model: CoconavModel, num_thoughts: int | None) -> int:
 
 
 def run(checkpoint: str | Path, data: str = "test", num_thoughts: int | None = None, max_questions: int | None = None,
-        batch_size: int | None = None) -> dict:
-    """Evaluate; returns the JSON report (aggregates and per-question records)."""
+        batch_size: int | None = None, steer: bool = True, memory: bool = True) -> dict:
+    """Evaluate; returns the JSON report (aggregates and per-question records).
+
+    For a navigator checkpoint, ``steer=False`` keeps its halting but feeds plain COCONUT thoughts back
+    (the steering ablation) and ``memory=False`` switches its episodic and persistent memory off.
+    """
     folder = latest_checkpoint(checkpoint)
     model = CoconavModel.from_pretrained(folder)
     cfg = model.config
@@ -49,8 +53,10 @@ def run(checkpoint: str | Path, data: str = "test", num_thoughts: int | None = N
                              "batch_size": batch_size or cfg.eval.batch_size})
     thoughts = thoughts_for(model, num_thoughts)
     if model.navigator is not None and num_thoughts is None:
-        result = evaluate_navigator(model.lm, model.navigator, examples, eval_cfg, seed=cfg.seed, show_progress=True)
-        how = {"mode": "coconut", "navigator": True, "max_thoughts": model.navigator.cfg.max_thoughts}
+        result = evaluate_navigator(model.lm, model.navigator, examples, eval_cfg, steer=steer, persistent_memory=memory,
+                                    episodic_memory=memory, seed=cfg.seed, show_progress=True)
+        how = {"mode": "coconut", "navigator": True, "max_thoughts": model.navigator.cfg.max_thoughts,
+               "steering": steer, "memory": memory}
     else:
         result = evaluate(model.lm, examples, model.mode, thoughts, eval_cfg, seed=cfg.seed, show_progress=True)
         how = {"mode": model.mode, "navigator": False, "num_thoughts": thoughts}

@@ -218,6 +218,17 @@ def test_recipe_end_to_end(cli, tiny_run, tmp_path):
     assert model.navigator.bank.filled == last["memory/entries"] == 16  # 2 updates x 8 trajectories
     assert [r["memory/entries"] for r in ppo_records] == [8, 16]
     assert float(model.navigator.up.weight.detach().norm()) > 0  # trained away from plain COCONUT
+    # `coconav eval` on the navigator checkpoint reproduces the recipe's evaluations, ablations included
+    for flags, key in (((), "navigator"), (("--no-steering",), "navigator_no_steering"),
+                       (("--no-memory",), "navigator_no_memory")):
+        report_path = tmp_path / f"eval{len(flags)}{key}.json"
+        res = cli("eval", "--checkpoint", out, "--data", "test", "--max-questions", 4, *flags, "--out", report_path)
+        assert res.rc == 0, res.err
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+        assert report["navigator"] is True and report["steering"] == (key != "navigator_no_steering")
+        assert report["memory"] == (key != "navigator_no_memory")
+        assert report["accuracy"] == results[key]["accuracy"], key
+        assert report["mean_thoughts"] == pytest.approx(results[key]["mean_thoughts"]), key
 
 
 def test_train_lm_updates_lora_adapters_with_a_kl_penalty(tiny_run, tmp_path):
