@@ -93,6 +93,8 @@ def plot_learning_curves(curve: list[dict], path: Path, plt) -> Path:
         ax.set_xlabel("PPO update")
         ax.set_title(label)
         ax.grid(alpha=0.3)
+    axes[1].set_ylim(-0.02, 1.02)  # on the full scale: a zoomed axis makes 1-in-128 flips look like swings
+    axes[2].set_ylim(bottom=0)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
