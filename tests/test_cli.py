@@ -128,6 +128,13 @@ def test_eval_test_split(cli, tiny_run: Path) -> None:
     assert summary["num_questions"] == 8 and summary["num_thoughts"] == 2 and summary["mean_thoughts"] == 2.0
 
 
+@pytest.mark.parametrize("flag", ["--no-steering", "--no-memory"])
+def test_eval_ablation_flags_need_a_navigator(cli, tiny_run: Path, flag: str) -> None:
+    message = cli("eval", "--checkpoint", tiny_run, "--data", "test", flag).error()
+    assert message.startswith(f"{flag} needs a navigator checkpoint and no --num-thoughts (")
+    assert message.endswith("has no navigator)")
+
+
 def test_eval_error_is_the_only_stderr_output(cli, tiny_run: Path, tmp_path: Path) -> None:
     path = tmp_path / "d.jsonl"
     path.write_text("", encoding="utf-8")

@@ -51,6 +51,10 @@ def run(checkpoint: str | Path, data: str = "test", num_thoughts: int | None = N
         raise InputError(f"no examples to evaluate in {data!r}")
     eval_cfg = EvalConfig(**{**cfg.eval.__dict__, "max_questions": max_questions or cfg.eval.max_questions,
                              "batch_size": batch_size or cfg.eval.batch_size})
+    if not (steer and memory) and (model.navigator is None or num_thoughts is not None):
+        flag = "--no-steering" if not steer else "--no-memory"
+        raise InputError(f"{flag} needs a navigator checkpoint and no --num-thoughts ({folder} "
+                         + ("has no navigator)" if model.navigator is None else "would run with a fixed thought count)"))
     thoughts = thoughts_for(model, num_thoughts)
     if model.navigator is not None and num_thoughts is None:
         result = evaluate_navigator(model.lm, model.navigator, examples, eval_cfg, steer=steer, persistent_memory=memory,
