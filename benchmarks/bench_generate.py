@@ -9,7 +9,7 @@ prompts (~12 question tokens, lengths jittered so the batch is left-padded, endi
 - ``naive``: per example, no cache: for each thought a full ``causal_lm`` forward over every
   embedding so far, its last hidden state (through ``lm.to_thought``) appended as the next input;
   then ``<eot>``; then for each new token a full forward over everything so far and the argmax of
-  the last position's logits.
+  the last position's logits, latent-control tokens suppressed as in ours (``lm.suppress_latent``).
 
 The weights are redrawn from N(0, 0.1^2) (``--init-std``): at transformers' init (std 0.02) a tied
 random model just repeats its last input token, which would make the token check below vacuous;
@@ -160,7 +160,8 @@ def naive_generate(lm: LatentLM, prompts: list[list[int]], args: argparse.Namesp
         emb = torch.cat([emb, lm.embed(eot)], dim=1)
         tokens = []
         for _ in range(args.max_new_tokens):
-            logits = lm.causal_lm(inputs_embeds=emb, use_cache=False).logits[:, -1]  # [1, V]
+            # the same rule as ours: latent-control tokens (<bot>, <eot>, <thought>) are never generated
+            logits = lm.suppress_latent(lm.causal_lm(inputs_embeds=emb, use_cache=False).logits[:, -1].float())  # [1, V]
             token = logits.argmax(-1)
             tokens.append(token)
             emb = torch.cat([emb, lm.embed(token[:, None])], dim=1)

