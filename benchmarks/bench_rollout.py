@@ -2,9 +2,10 @@
 
 Side by side in one run, on a randomly initialised demo-size model (scratch Llama: hidden 128, 3 layers,
 4 heads, MLP 512, the arithmetic task's vocabulary) and a navigator whose halting and steering heads
-are redrawn at random, so that questions halt at different steps (uneven halting is what the batched
-rollout has to mask) and steering changes every thought. The questions come from the built-in
-arithmetic task (difficulties 1-6). Nothing is downloaded.
+are redrawn at random, so that halting and steering depend on the state (whether halting then varies
+between questions depends on the draw: see ``check.distinct_thought_counts``; the default run uses the
+full budget everywhere). The questions come from the built-in arithmetic task (difficulties 1-6).
+Nothing is downloaded.
 
 - **batched**: ``roll_out(lm, navigator, questions, num_trajectories=K)``: one prefill per question
   shared by its K trajectories, the thought phase with per-trajectory halting by masks, the answer
@@ -76,9 +77,9 @@ def build(args: argparse.Namespace):
                       num_heads=args.num_heads, intermediate_size=args.intermediate_size, tie_embeddings=True)
     lm = build_latent_lm(cfg, task_tokenizer("arithmetic")).eval()
     nav = Navigator(args.hidden_size, NavigatorConfig(max_thoughts=args.max_thoughts)).eval()
-    with torch.no_grad():  # random heads: uneven halting, real steering (the trained navigator's cost profile)
+    with torch.no_grad():  # random heads: halting and steering that depend on the state
         nav.halt_head.weight.normal_(0, 3.0 / nav.halt_head.weight.shape[1] ** 0.5)
-        nav.halt_head.bias.fill_(-2.0)  # greedy halting: some questions stop after 1 thought, others use all
+        nav.halt_head.bias.fill_(-2.0)
         nav.mean_head.weight.normal_(0, 1.0)
         nav.up.weight.normal_(0, 0.1)
     rng = random.Random(args.seed + 1)
