@@ -15,13 +15,14 @@ from pathlib import Path
 import torch
 
 from coconav.checkpoint import latest_checkpoint
-from coconav.config import EvalConfig
+from coconav.config import EvalConfig, ModelConfig
 from coconav.data.curriculum import build_prompt, encode_question
 from coconav.data.readers import load_examples
 from coconav.data.splits import load_splits
 from coconav.errors import InputError
-from coconav.evaluate import evaluate, evaluate_navigator
+from coconav.evaluate import chat_prompts, evaluate, evaluate_navigator
 from coconav.inference import CoconavModel
+from coconav.model.build import build_latent_lm
 from coconav.model.latent_lm import LatentLM
 from coconav.rollout import NavigatorController
 
@@ -70,10 +71,6 @@ def run(checkpoint: str | Path, data: str = "test", num_thoughts: int | None = N
 def run_zero_shot(model: str, data: str, max_questions: int | None = None, batch_size: int = 32,
                   max_new_tokens: int = 256) -> dict:
     """An untouched pretrained model, zero-shot with its chat template and a step-by-step instruction."""
-    from coconav.config import ModelConfig
-    from coconav.evaluate import chat_prompts
-    from coconav.model.build import build_latent_lm
-
     examples = load_examples(data)
     if max_questions:
         examples = examples[:max_questions]
