@@ -39,10 +39,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import platform
 import statistics
-import sys
 import time
 
 import torch
@@ -53,16 +51,14 @@ from coconav.data.tokenizer import task_tokenizer
 from coconav.model.build import build_latent_lm
 from coconav.model.latent_lm import LatentLM
 
+from common import add_machine_args, add_model_args, fill_defaults, log, print_result
+
 DEFAULTS = dict(batch_size=32, num_thoughts=6, max_new_tokens=16, question_len=12, jitter=3, hidden_size=128,
                 num_layers=3, num_heads=4, intermediate_size=512, repeats=10, naive_repeats=3, warmup=1, init_std=0.1)
 QUICK = dict(batch_size=4, num_thoughts=2, max_new_tokens=4, question_len=5, jitter=1, hidden_size=32,
              num_layers=2, num_heads=4, intermediate_size=64, repeats=2, naive_repeats=1, warmup=1, init_std=0.1)
 AIM_SPEEDUP = 20.0
 THOUGHT_TOLERANCE = 1e-4
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -74,25 +70,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--question-len", type=int, help=f"longest question, tokens (default {DEFAULTS['question_len']})")
     p.add_argument("--jitter", type=int, help="question lengths are drawn from [len - jitter, len] "
                                               f"(left padding; default {DEFAULTS['jitter']})")
-    p.add_argument("--hidden-size", type=int, help=f"model width (default {DEFAULTS['hidden_size']})")
-    p.add_argument("--num-layers", type=int, help=f"decoder layers (default {DEFAULTS['num_layers']})")
-    p.add_argument("--num-heads", type=int, help=f"attention heads (default {DEFAULTS['num_heads']})")
-    p.add_argument("--intermediate-size", type=int, help=f"MLP width (default {DEFAULTS['intermediate_size']})")
-    p.add_argument("--thought-norm", choices=["none", "embedding"], default="none",
-                   help="how a hidden state becomes a thought (default 'none', the paper's rule)")
+    add_model_args(p, DEFAULTS)
     p.add_argument("--init-std", type=float, help="redraw every weight matrix from N(0, std^2); 0 keeps "
                                                  f"transformers' init (default {DEFAULTS['init_std']})")
-    p.add_argument("--attn", choices=["sdpa", "eager"], default="sdpa", help="attention kernel (default sdpa)")
     p.add_argument("--repeats", type=int, help=f"timed batches of ours (default {DEFAULTS['repeats']})")
     p.add_argument("--naive-repeats", type=int, help=f"timed batches of naive (default {DEFAULTS['naive_repeats']})")
     p.add_argument("--warmup", type=int, help=f"untimed batches of each first (default {DEFAULTS['warmup']})")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's default)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    for key, value in (QUICK if args.quick else DEFAULTS).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    add_machine_args(p)
+    args = fill_defaults(p.parse_args(argv), DEFAULTS, QUICK)
     if args.jitter >= args.question_len:
         p.error("--jitter must be smaller than --question-len")
     return args
@@ -266,9 +251,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    result = run(parse_args(argv))
-    print(json.dumps(result, indent=2))
-    return result
+    return print_result(run, parse_args(argv))
 
 
 if __name__ == "__main__":

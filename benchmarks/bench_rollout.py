@@ -23,11 +23,9 @@ thought counts and answers of the two. Prints one JSON object on stdout (progres
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import random
 import statistics
-import sys
 import time
 
 import torch
@@ -40,13 +38,11 @@ from coconav.model.build import build_latent_lm
 from coconav.model.navigator import Navigator
 from coconav.rollout import Trajectories, roll_out
 
+from common import add_machine_args, add_model_args, fill_defaults, log, print_result
+
 DEFAULTS = {"questions": 64, "trajectories": 1, "max_thoughts": 6, "max_new_tokens": 8, "repeats": 5, "warmup": 1,
             "hidden_size": 128, "num_layers": 3, "num_heads": 4, "intermediate_size": 512}
 QUICK = {"questions": 8, "repeats": 1, "warmup": 0, "hidden_size": 32, "num_layers": 2, "intermediate_size": 64}
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -56,19 +52,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--trajectories", type=int, help=f"trajectories per question, K (default {DEFAULTS['trajectories']})")
     p.add_argument("--max-thoughts", type=int, help=f"the navigator's thought budget (default {DEFAULTS['max_thoughts']})")
     p.add_argument("--max-new-tokens", type=int, help=f"answer tokens at most (default {DEFAULTS['max_new_tokens']})")
-    p.add_argument("--hidden-size", type=int, help=f"model width (default {DEFAULTS['hidden_size']})")
-    p.add_argument("--num-layers", type=int, help=f"decoder layers (default {DEFAULTS['num_layers']})")
-    p.add_argument("--num-heads", type=int, help=f"attention heads (default {DEFAULTS['num_heads']})")
-    p.add_argument("--intermediate-size", type=int, help=f"MLP width (default {DEFAULTS['intermediate_size']})")
+    add_model_args(p, DEFAULTS, kernels=False)
     p.add_argument("--repeats", type=int, help=f"timed runs of each (default {DEFAULTS['repeats']})")
     p.add_argument("--warmup", type=int, help=f"untimed runs of each first (default {DEFAULTS['warmup']})")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's default)")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    for key, value in {**DEFAULTS, **(QUICK if args.quick else {})}.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    return args
+    add_machine_args(p, device=False)
+    return fill_defaults(p.parse_args(argv), DEFAULTS, QUICK)
 
 
 def build(args: argparse.Namespace):
@@ -143,9 +131,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    out = run(parse_args(argv))
-    print(json.dumps(out, indent=2))
-    return out
+    return print_result(run, parse_args(argv))
 
 
 if __name__ == "__main__":

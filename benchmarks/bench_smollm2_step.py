@@ -28,7 +28,6 @@ import contextlib
 import json
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -39,12 +38,10 @@ from coconav.data.curriculum import build_sequence, collate, tokenize_examples
 from coconav.data.gsm8k import read_gsm8k_jsonl
 from coconav.model.build import build_latent_lm
 
+from common import log
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def matmul_flops(dtype: torch.dtype, max_n: int = 2048, repeats: int = 5) -> float:

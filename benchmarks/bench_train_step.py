@@ -36,10 +36,8 @@ Output: ONE JSON object on stdout (keys explained in benchmarks/README.md); prog
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
-import sys
 import time
 
 import torch
@@ -51,6 +49,8 @@ from coconav.data.tokenizer import task_tokenizer
 from coconav.model.build import build_latent_lm
 from coconav.model.latent_lm import LatentLM, positions_from_mask
 
+from common import add_machine_args, add_model_args, fill_defaults, log, print_result
+
 DEFAULTS = dict(batch_size=32, num_thoughts=6, question_len=12, answer_len=20, jitter=3, hidden_size=128,
                 num_layers=3, num_heads=4, intermediate_size=512, repeats=20, warmup=3)
 QUICK = dict(batch_size=4, num_thoughts=2, question_len=5, answer_len=6, jitter=1, hidden_size=32,
@@ -58,10 +58,6 @@ QUICK = dict(batch_size=4, num_thoughts=2, question_len=5, answer_len=6, jitter=
 AIM_SPEEDUP_VS_NAIVE = 3.0
 AIM_OVERHEAD_VS_PLAIN = 1.5
 LOSS_TOLERANCE = 1e-4
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -73,23 +69,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--answer-len", type=int, help=f"longest answer incl. EOS, tokens (default {DEFAULTS['answer_len']})")
     p.add_argument("--jitter", type=int, help="question and answer lengths are drawn from [len - jitter, len] "
                                               f"(padding mix; default {DEFAULTS['jitter']})")
-    p.add_argument("--hidden-size", type=int, help=f"model width (default {DEFAULTS['hidden_size']})")
-    p.add_argument("--num-layers", type=int, help=f"decoder layers (default {DEFAULTS['num_layers']})")
-    p.add_argument("--num-heads", type=int, help=f"attention heads (default {DEFAULTS['num_heads']})")
-    p.add_argument("--intermediate-size", type=int, help=f"MLP width (default {DEFAULTS['intermediate_size']})")
-    p.add_argument("--thought-norm", choices=["none", "embedding"], default="none",
-                   help="how a hidden state becomes a thought (default 'none', the paper's rule)")
-    p.add_argument("--attn", choices=["sdpa", "eager"], default="sdpa", help="attention kernel (default sdpa)")
+    add_model_args(p, DEFAULTS)
     p.add_argument("--repeats", type=int, help=f"timed steps per contender (default {DEFAULTS['repeats']})")
     p.add_argument("--warmup", type=int, help=f"untimed steps per contender first (default {DEFAULTS['warmup']})")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's default)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--seed", type=int, default=0)
+    add_machine_args(p)
     p.add_argument("--profile", action="store_true", help="also profile a few steps of ours and plain (stderr, JSON)")
-    args = p.parse_args(argv)
-    for key, value in (QUICK if args.quick else DEFAULTS).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    args = fill_defaults(p.parse_args(argv), DEFAULTS, QUICK)
     if args.jitter >= min(args.question_len, args.answer_len):
         p.error("--jitter must be smaller than --question-len and --answer-len")
     return args
@@ -310,9 +295,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    result = run(parse_args(argv))
-    print(json.dumps(result, indent=2))
-    return result
+    return print_result(run, parse_args(argv))
 
 
 if __name__ == "__main__":
