@@ -24,9 +24,9 @@ from coconav.data.curriculum import build_prompt, encode_question
 from coconav.data.records import Example
 from coconav.data.scoring import score
 from coconav.common import progress
+from coconav.model.controller import NavigatorController
 from coconav.model.latent_lm import LatentLM, ThoughtController
 from coconav.model.navigator import Navigator
-from coconav.rollout import NavigatorController
 
 
 @dataclass

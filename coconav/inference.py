@@ -21,9 +21,9 @@ from coconav.checkpoint import checkpoint_meta, latest_checkpoint, load_module
 from coconav.config import RunConfig, from_dict
 from coconav.data.curriculum import build_prompt, encode_question
 from coconav.errors import CheckpointError, InputError
+from coconav.model.controller import NavigatorController
 from coconav.model.latent_lm import LatentLM
 from coconav.model.navigator import Navigator
-from coconav.rollout import NavigatorController
 
 
 @dataclass

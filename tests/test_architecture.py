@@ -8,7 +8,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "coconav"
 LAYERS = [
-    {"coconav.errors", "coconav.config", "coconav.common"},
+    {"coconav.errors", "coconav.config", "coconav.common", "coconav.tokens"},
     {"coconav.data"},
     {"coconav.model"},
     {"coconav.rollout", "coconav.rewards", "coconav.ppo"},
@@ -54,3 +54,23 @@ def test_only_the_cli_imports_recipes():
     users = {module_name(p) for p in PACKAGE.rglob("*.py")
              if any(t.startswith("coconav.recipes") for t in imports(p)) and not module_name(p).startswith("coconav.recipes")}
     assert users <= {"coconav.cli"}, users
+
+
+def imported_modules(module: str) -> set[str]:
+    """The coconav modules that importing ``module`` in a fresh interpreter loads."""
+    import subprocess
+    import sys
+
+    code = f"import sys, {module}; print(' '.join(m for m in sys.modules if m.startswith('coconav')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return set(out.stdout.split())
+
+
+def test_latent_lm_loads_no_task_generators_and_no_data_layer():
+    loaded = imported_modules("coconav.model.latent_lm")
+    assert not any(m.startswith(("coconav.data", "coconav.rollout")) for m in loaded), loaded
+
+
+def test_evaluation_and_inference_do_not_import_the_rl_rollout():
+    for module in ("coconav.evaluate", "coconav.inference"):
+        assert "coconav.rollout" not in imported_modules(module), module

@@ -27,7 +27,7 @@ import torch
 
 from coconav.config import CurriculumConfig
 from coconav.data.records import Example
-from coconav.data.tokenizer import SpecialTokens
+from coconav.tokens import SpecialTokens
 from coconav.errors import InputError
 
 IGNORE = -100

@@ -19,19 +19,13 @@ Usage::
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from coconav.data.tasks import get_task
 from coconav.errors import ConfigError
-
-BOT = "<bot>"
-EOT = "<eot>"
-THOUGHT = "<thought>"
-PAUSE = "<pause>"
-LATENT_TOKENS = (BOT, EOT, THOUGHT, PAUSE)
+from coconav.tokens import LATENT_TOKENS
 
 PAD = "<pad>"
 EOS = "<eos>"
@@ -87,28 +81,3 @@ def build_word_tokenizer(words: Iterable[str]) -> PreTrainedTokenizerFast:
 def task_tokenizer(task_name: str) -> PreTrainedTokenizerFast:
     """The word-level tokenizer covering every word the built-in task ``task_name`` can produce."""
     return build_word_tokenizer(get_task(task_name).vocabulary())
-
-
-@dataclass(frozen=True)
-class SpecialTokens:
-    """Token ids the latent LM and the collator need."""
-
-    bot: int
-    eot: int
-    thought: int
-    pause: int
-    pad: int
-    eos: int
-
-    @classmethod
-    def from_tokenizer(cls, tokenizer) -> SpecialTokens:
-        """Read the ids from a tokenizer that has the latent tokens (pad falls back to EOS)."""
-        vocab = tokenizer.get_vocab()
-        missing = [tok for tok in LATENT_TOKENS if tok not in vocab]
-        if missing:
-            raise ConfigError(f"tokenizer lacks the latent tokens {missing}: call add_latent_tokens first")
-        if tokenizer.eos_token_id is None:
-            raise ConfigError("tokenizer has no EOS token: set tokenizer.eos_token")
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        return cls(bot=vocab[BOT], eot=vocab[EOT], thought=vocab[THOUGHT], pause=vocab[PAUSE], pad=pad,
-                   eos=tokenizer.eos_token_id)

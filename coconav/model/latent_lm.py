@@ -37,7 +37,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import DynamicCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from coconav.data.tokenizer import LATENT_TOKENS, SpecialTokens
+from coconav.tokens import LATENT_TOKENS, SpecialTokens
 from coconav.errors import CheckpointError, ConfigError, InputError
 from coconav.model.cache import PassCache
 

@@ -23,8 +23,8 @@ from coconav.errors import InputError
 from coconav.evaluate import chat_prompts, evaluate, evaluate_navigator
 from coconav.inference import CoconavModel
 from coconav.model.build import build_latent_lm
+from coconav.model.controller import NavigatorController
 from coconav.model.latent_lm import LatentLM
-from coconav.rollout import NavigatorController
 
 
 def thoughts_for(model: CoconavModel, num_thoughts: int | None) -> int:

@@ -12,7 +12,8 @@ from coconav.data.curriculum import (IGNORE, build_prompt, build_sequence, colla
                                      step_result, tokenize_example, tokenize_examples)
 from coconav.data.records import Example
 from coconav.data.tasks import get_task
-from coconav.data.tokenizer import SpecialTokens, task_tokenizer
+from coconav.data.tokenizer import task_tokenizer
+from coconav.tokens import SpecialTokens
 
 TOK = task_tokenizer("arithmetic")
 SPECIAL = SpecialTokens.from_tokenizer(TOK)

@@ -16,19 +16,9 @@ import pytest
 from transformers import AutoTokenizer
 
 from coconav.data.tasks import make_splits
-from coconav.data.tokenizer import (
-    BOT,
-    EOS,
-    EOT,
-    LATENT_TOKENS,
-    PAD,
-    PAUSE,
-    THOUGHT,
-    UNK,
-    build_word_tokenizer,
-    task_tokenizer,
-)
+from coconav.data.tokenizer import EOS, PAD, UNK, build_word_tokenizer, task_tokenizer
 from coconav.errors import ConfigError
+from coconav.tokens import BOT, EOT, LATENT_TOKENS, PAUSE, THOUGHT
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,8 @@ from coconav.data.tokenizer import task_tokenizer
 from coconav.model.build import build_latent_lm
 from coconav.model.latent_lm import LatentLM
 from coconav.model.navigator import Navigator, NavigatorOutput
-from coconav.rollout import NavigatorController, roll_out
+from coconav.model.controller import NavigatorController
+from coconav.rollout import roll_out
 
 
 def tiny_lm(seed: int = 0, hidden: int = 32) -> LatentLM:
