@@ -55,6 +55,35 @@ def compute_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
     return Advantages(advantages=advantages, returns=(advantages + values) * mask)
 
 
+def group_advantages(returns: torch.Tensor, group: torch.Tensor, mask: torch.Tensor, scale_rewards: str = "group",
+                     eps: float = 1e-4) -> Advantages:
+    """Group-relative advantages (GRPO, Shao et al. 2024, arXiv 2402.03300): no critic.
+
+    Each trajectory's return minus the mean return of its group (the K trajectories of one
+    question), optionally divided by a standard deviation, given to every real step of it.
+    ``scale_rewards`` is TRL's name and values: "group" divides by the group's std, "batch" by the
+    std over the whole batch, "none" not at all. A group whose returns are all equal gets zero
+    advantages. Population std (as TRL); eps keeps zero-std groups finite.
+
+    Shape: returns, group [B]; mask [B, T] -> advantages [B, T]; `returns` of the result is the
+    per-step return (the trajectory's return at each real step), for logging and a value head.
+    """
+    if scale_rewards not in ("group", "batch", "none"):
+        raise ValueError(f"scale_rewards must be 'group', 'batch' or 'none', got {scale_rewards!r}")
+    returns = returns.float()
+    ids, inverse = torch.unique(group, return_inverse=True)
+    count = returns.new_zeros(len(ids)).index_add_(0, inverse, torch.ones_like(returns))
+    mean = returns.new_zeros(len(ids)).index_add_(0, inverse, returns) / count
+    centred = returns - mean[inverse]  # [B]
+    if scale_rewards == "group":
+        var = returns.new_zeros(len(ids)).index_add_(0, inverse, centred**2) / count
+        centred = centred / (var.sqrt()[inverse] + eps)
+    elif scale_rewards == "batch":
+        centred = centred / (returns.std(unbiased=False) + eps)
+    m = mask.to(returns.dtype)
+    return Advantages(advantages=centred[:, None] * m, returns=returns[:, None] * m)
+
+
 def normalize_advantages(advantages: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Zero mean, unit variance over the real steps (masked steps stay 0)."""
     m = mask.to(advantages.dtype)

@@ -11,7 +11,7 @@ LAYERS = [
     {"coconav.errors", "coconav.config", "coconav.common", "coconav.tokens"},
     {"coconav.data"},
     {"coconav.model"},
-    {"coconav.rollout", "coconav.rewards", "coconav.ppo"},
+    {"coconav.rollout", "coconav.rewards", "coconav.ppo", "coconav.fusion"},
     {"coconav.evaluate", "coconav.checkpoint", "coconav.inference", "coconav.plots"},
     {"coconav.recipes"},
     {"coconav.cli", "coconav.__main__", "coconav"},

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from coconav.ppo import compute_gae, explained_variance, masked_mean, normalize_advantages, ppo_loss
+from coconav.ppo import compute_gae, explained_variance, group_advantages, masked_mean, normalize_advantages, ppo_loss
 
 # -- GAE ------------------------------------------------------------------------------------------
 
@@ -191,3 +191,43 @@ def test_explained_variance():
     assert explained_variance(half, returns, mask) == pytest.approx(0.2, abs=1e-6)
     # constant returns: undefined (nan), not a division by zero
     assert math.isnan(explained_variance(values, torch.ones_like(returns), mask))
+
+
+# -- group-relative advantages (GRPO) -----------------------------------------------------------
+
+
+def test_group_advantages_by_hand():
+    # group 0: returns [1, 0, 0, 1] -> mean .5, population std .5 -> [1, -1, -1, 1]
+    # group 1: returns [1, 0] (rows 4, 5, interleaved ids) -> mean .5, std .5 -> [1, -1]
+    returns = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 0.0])
+    group = torch.tensor([0, 0, 0, 0, 7, 7])
+    mask = torch.tensor([[1, 1, 0]] * 6)
+    out = group_advantages(returns, group, mask, scale_rewards="group", eps=0.0)
+    expected = torch.tensor([1.0, -1.0, -1.0, 1.0, 1.0, -1.0])[:, None] * mask
+    torch.testing.assert_close(out.advantages, expected)
+    torch.testing.assert_close(out.returns, returns[:, None] * mask)
+
+
+def test_group_advantages_unscaled_and_batch_scaled():
+    # group 0: returns [.9, .3] -> mean .6 -> [.3, -.3]; group 1: [.2] alone -> [0]
+    returns, group, mask = torch.tensor([0.9, 0.3, 0.2]), torch.tensor([0, 0, 1]), torch.ones(3, 1)
+    none = group_advantages(returns, group, mask, scale_rewards="none")
+    torch.testing.assert_close(none.advantages[:, 0], torch.tensor([0.3, -0.3, 0.0]))
+    # batch std of [.9, .3, .2]: mean 1.4/3; population std = sqrt(((.9-m)^2 + (.3-m)^2 + (.2-m)^2) / 3)
+    m = 1.4 / 3
+    std = math.sqrt(((0.9 - m) ** 2 + (0.3 - m) ** 2 + (0.2 - m) ** 2) / 3)
+    batch = group_advantages(returns, group, mask, scale_rewards="batch", eps=0.0)
+    torch.testing.assert_close(batch.advantages[:, 0], torch.tensor([0.3 / std, -0.3 / std, 0.0]))
+
+
+@pytest.mark.parametrize("scale", ["group", "batch", "none"])
+def test_group_advantages_vanish_when_a_group_agrees(scale):
+    returns = torch.tensor([0.7, 0.7, 0.7, 1.0, 0.0])
+    out = group_advantages(returns, torch.tensor([0, 0, 0, 1, 1]), torch.ones(5, 2), scale_rewards=scale)
+    assert torch.all(out.advantages[:3] == 0)
+    assert torch.all(out.advantages[3:, 0] != 0)
+
+
+def test_group_advantages_reject_unknown_scaling():
+    with pytest.raises(ValueError, match="scale_rewards"):
+        group_advantages(torch.zeros(2), torch.zeros(2), torch.ones(2, 1), scale_rewards="std")

@@ -12,8 +12,9 @@ before punctuation and one trailing period::
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 
-from coconav.data.gsm8k import is_correct
+from coconav.data.gsm8k import extract_answer, is_correct
 from coconav.data.records import Example
 from coconav.errors import DataError
 
@@ -48,6 +49,23 @@ def is_correct_text(completion: str, reference: str) -> bool:
     """
     predicted = _comparable(completion)
     return bool(predicted) and predicted == _comparable(reference)
+
+
+def answer_key(completion: str, answer_type: str) -> str | None:
+    """The final answer of a completion in the form answers are compared in, or None if it states none.
+
+    Two completions that ``score`` would judge the same way against any reference get the same key:
+    the canonical number (``"18"`` for ``"### 18.0"``) or the comparable text. Votes count keys.
+    """
+    if answer_type == "number":
+        number = extract_answer(completion)
+        if number is None:
+            return None
+        value = Decimal(number)
+        return "0" if value == 0 else format(value.normalize(), "f")
+    if answer_type == "text":
+        return _comparable(completion) or None
+    raise DataError(f"unknown answer_type {answer_type!r} (expected 'number' or 'text')")
 
 
 def score(completion: str, example: Example) -> bool:
