@@ -249,3 +249,13 @@ def test_static_file_for_500_questions_stays_under_5_mb(tiny_run: Path, tmp_path
     assert {q["num_thoughts"] for q in explorer.questions} == {6}
     out = explore.write_static(explorer, tmp_path / "big.html")
     assert out.stat().st_size < 5 * 2**20, out.stat().st_size
+
+
+def test_the_demo_writes_explorer_html_beside_its_plots(tiny_run: Path, tmp_path: Path) -> None:
+    from coconav.recipes import demo
+
+    page = demo.write_explorer(tmp_path, tiny_run)
+    assert page == tmp_path / "explorer.html"
+    html = page.read_text()
+    data = json.loads(html.split('<script id="coconav-data" type="application/json">')[1].split("</script>")[0])
+    assert len(data["questions"]) == 8 and data["meta"]["mode"] == "coconut"
