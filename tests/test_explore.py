@@ -215,6 +215,16 @@ def test_only_localhost(explorer: explore.Explorer) -> None:
         explore.make_server(explorer, 0, host="0.0.0.0")
 
 
+def test_a_busy_port_is_a_clear_error(explorer: explore.Explorer) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        with pytest.raises(InputError, match="cannot listen on 127.0.0.1"):
+            explore.make_server(explorer, busy.getsockname()[1])
+
+
 def test_more_than_one_trajectory_is_a_clear_error(cli, tiny_run: Path) -> None:
     message = cli("explore", "--checkpoint", tiny_run, "--num-trajectories", "2", "--static", "x.html").error()
     assert "multi-trajectory rollouts are not built yet" in message

@@ -18,6 +18,7 @@ rollouts exist.
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from dataclasses import dataclass, field
 from importlib import resources
@@ -261,17 +262,18 @@ def make_server(explorer: Explorer, port: int, host: str = HOST):
         raise ConfigError(f"the explorer serves on {HOST} only, not {host!r}")
     if not 0 <= port <= 65535:
         raise InputError(f"--port must be in 0..65535, got {port}")
-    try:
-        return werkzeug_server(host, port, create_app(explorer), threaded=True)
-    except OSError as err:
-        raise InputError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+    with socket.socket() as probe:  # werkzeug exits the process on a busy port: check first
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise InputError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+    return werkzeug_server(host, port, create_app(explorer), threaded=True)
 
 
 def run(checkpoint: str | Path, data: str = "test", num_trajectories: int = 1, port: int = 8765,
         static: str | Path | None = None, max_questions: int | None = None) -> None:
     """`coconav explore`: serve the page until interrupted, or write the static file."""
-    if num_trajectories != 1:  # checked before loading anything
-        raise InputError(f"--num-trajectories {num_trajectories}: multi-trajectory rollouts are not built yet (only 1 works)")
     explorer = build(checkpoint, data, num_trajectories, max_questions)
     if static is not None:
         print(f"wrote {write_static(explorer, static)} ({len(explorer.questions)} questions)")
