@@ -4,6 +4,7 @@
     coconav train --config configs/demo.yaml [key.sub=value ...] [--resume RUN]
     coconav eval --checkpoint RUN/checkpoints/stage-7 --data test [--out results.json]
     coconav generate --checkpoint DIR "3 + 4 * 2 ?" [--show-thoughts]
+    coconav explore --checkpoint DIR [--data test] --port 8765 | --static explorer.html
 
 Bad input (a malformed file, an unknown config key, a missing checkpoint, an empty question)
 ends with one line `coconav: error: ...` and exit code 2, never a traceback.
@@ -50,6 +51,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--show-thoughts", action="store_true", help="print the thought count and each thought's nearest tokens")
     p.add_argument("--top-k", type=int, default=5, help="nearest tokens shown per thought")
     p.add_argument("--max-new-tokens", type=int, default=None, help="answer tokens at most")
+
+    p = sub.add_parser("explore", help="a web page (127.0.0.1) or one HTML file showing what the thoughts do")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint folder (or a run folder: its latest)")
+    p.add_argument("--data", default="test", help="'test' or 'validation' (the checkpoint's task splits), or a data file")
+    p.add_argument("--num-trajectories", type=int, default=1, help="trajectories per question (only 1 for now)")
+    p.add_argument("--max-questions", type=int, default=None, help="explore only the first N questions")
+    p.add_argument("--port", type=int, default=8765, help="serve on http://127.0.0.1:PORT (0: any free port)")
+    p.add_argument("--static", metavar="OUT.html", default=None, help="write one self-contained HTML file instead of serving")
 
     p = sub.add_parser("demo", help="train no-CoT, CoT and COCONUT on a built-in task and compare them")
     p.add_argument("--out", default="runs/demo", help="output folder (results.json, plots)")
@@ -117,6 +126,14 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_explore(args: argparse.Namespace) -> int:
+    from coconav.recipes import explore
+
+    explore.run(args.checkpoint, args.data, num_trajectories=args.num_trajectories, port=args.port, static=args.static,
+                max_questions=args.max_questions)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from coconav.recipes import demo
 
@@ -133,7 +150,8 @@ def _quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
 
 
-COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "generate": _cmd_generate, "demo": _cmd_demo}
+COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "generate": _cmd_generate, "explore": _cmd_explore,
+            "demo": _cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,8 @@
     model = CoconavModel.from_pretrained("runs/demo/navigator")
     model.generate("3 + 4 * 2 ?")                                   # '### 4'
     model.generate(["3 + 4 ?", "7 * 2 - 1 ?"], return_trajectories=True)
-    # [{'answer': '### 7', 'num_thoughts': 2, 'halt_probs': [...], 'values': [...], 'forward_passes': 6}, ...]
+    # [{'answer': '### 7', 'num_thoughts': 2, 'halt_probs': [...], 'values': [...], 'forward_passes': 6,
+    #   'steps': [{'step': 0, 'top_tokens': [['3', 0.41], ...], 'norm': ..., ...}, ...], 'memory_reads': [...]}, ...]
 
 Without a navigator the thought count is the checkpoint's last stage's fixed count (or the
 `num_thoughts` argument); with one, the navigator halts and steers (greedily).
@@ -24,6 +25,7 @@ from coconav.errors import CheckpointError, InputError
 from coconav.model.controller import NavigatorController
 from coconav.model.latent_lm import LatentLM
 from coconav.model.navigator import Navigator
+from coconav.trace import TraceController, persistent_reads, trace_steps
 
 
 @dataclass
@@ -65,9 +67,14 @@ class CoconavModel:
 
     @torch.no_grad()
     def generate(self, questions: str | list[str], num_thoughts: int | None = None, max_new_tokens: int | None = None,
-                 use_navigator: bool = True, return_trajectories: bool = False):
+                 use_navigator: bool = True, return_trajectories: bool = False, top_k: int = 5,
+                 return_states: bool = False):
         """Answers for one question (a string) or a list; with return_trajectories, dicts with the
-        thought count, halting probabilities and values per thought step (navigator only), and passes."""
+        thought count, halting probabilities and values per thought step (navigator only), passes, and
+        the thought trace (coconav/trace.py): `steps` (per step t = 0..n: top_k tokens under the LM head,
+        norm, cosine to the previous state; with a navigator halt prob, value, steering-offset norm and
+        episodic reads) and `memory_reads` (persistent-memory entries read). return_states adds
+        `states`, the hidden states h_0..h_n as a tensor [n+1, D]."""
         single = isinstance(questions, str)
         items = [questions] if single else list(questions)
         if not items or any(not isinstance(q, str) or not q.strip() for q in items):
@@ -80,11 +87,18 @@ class CoconavModel:
         if longest >= lm.context_length:
             raise InputError(f"a question has {longest} tokens, longer than the model's context of {lm.context_length}")
         controller = NavigatorController(self.navigator, sample=False) if navigate else None
-        out = lm.generate(prompts, num_thoughts=thoughts if self.mode == "coconut" else 0, controller=controller,
-                          max_thoughts=self.navigator.cfg.max_thoughts if navigate else None,
+        tracer = None
+        if return_trajectories:  # the tracer decides exactly as the plain path does (tested)
+            counts = torch.full((len(items),), thoughts if self.mode == "coconut" else 0, dtype=torch.long)
+            tracer = TraceController(controller, None if navigate else counts)
+        max_thoughts = self.navigator.cfg.max_thoughts if navigate else (int(counts.max()) if tracer is not None else None)
+        out = lm.generate(prompts, num_thoughts=thoughts if self.mode == "coconut" else 0,
+                          controller=tracer if tracer is not None else controller, max_thoughts=max_thoughts,
                           max_new_tokens=max_new_tokens or self.config.eval.max_new_tokens)
         if not return_trajectories:
             return out.texts[0] if single else out.texts
+        steps = trace_steps(lm, tracer, out.num_thoughts, top_k)
+        reads = persistent_reads(tracer, len(items))
         records = []
         for i, text in enumerate(out.texts):
             n = int(out.num_thoughts[i])
@@ -93,5 +107,8 @@ class CoconavModel:
             if controller is not None:
                 record["halt_probs"] = [float(p[i]) for p in controller.halt_probs[: n + 1]]
                 record["values"] = [float(v[i]) for v in controller.values[: n + 1]]
+            record["steps"], record["memory_reads"] = steps[i], reads[i]
+            if return_states:
+                record["states"] = tracer.states()[i, : n + 1].cpu() if tracer.hidden else torch.zeros(0, lm.hidden_size)
             records.append(record)
         return records[0] if single else records

@@ -33,16 +33,19 @@ class EpisodicMemory(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Readout for every step. Shape: x [B, T, d] -> [B, T, d]; step t sees steps < t only."""
+        B, _, d = x.shape
+        v = torch.cat([self.null_value.expand(B, 1, d), self.value(x)], dim=1)  # [B, T+1, d]
+        return torch.einsum("bts,bsd->btd", self.attention(x), v)
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        """Read weights of each step over [null slot, step 0, ..., step T-1]. Shape: x [B, T, d] -> [B, T, T+1]."""
         B, T, d = x.shape
-        q, k, v = self.query(x), self.key(x), self.value(x)
-        k = torch.cat([self.null_key.expand(B, 1, d), k], dim=1)  # [B, T+1, d], slot 0 is the null slot
-        v = torch.cat([self.null_value.expand(B, 1, d), v], dim=1)
-        scores = torch.einsum("btd,bsd->bts", q, k) * self.scale  # [B, T, T+1]
+        k = torch.cat([self.null_key.expand(B, 1, d), self.key(x)], dim=1)  # [B, T+1, d], slot 0 is the null slot
+        scores = torch.einsum("btd,bsd->bts", self.query(x), k) * self.scale  # [B, T, T+1]
         # slot 0 (null) is always visible; slot s+1 (step s) only to steps t > s
         visible = torch.ones(T, T + 1, dtype=torch.bool, device=x.device)
         visible[:, 1:] = torch.ones(T, T, dtype=torch.bool, device=x.device).tril(-1)
-        scores = scores.masked_fill(~visible, float("-inf"))
-        return torch.einsum("bts,bsd->btd", scores.softmax(-1), v)
+        return scores.masked_fill(~visible, float("-inf")).softmax(-1)
 
 
 class PersistentMemory(nn.Module):
@@ -80,11 +83,16 @@ class PersistentMemory(nn.Module):
     def read(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k similarity-weighted values. Shape: queries [B, Dk] -> (readout [B, Dv], has [B] bool)."""
         B = queries.shape[0]
-        n = self.filled
-        if n == 0:
+        if self.filled == 0:
             return queries.new_zeros(B, self.values.shape[1]), torch.zeros(B, dtype=torch.bool, device=queries.device)
-        sims = F.normalize(queries.float(), dim=-1) @ self.keys[:n].T  # [B, n]
-        top, idx = sims.topk(min(self.topk, n), dim=-1)
-        weights = torch.softmax(top / 0.1, dim=-1)  # sharp: the nearest questions dominate
+        weights, idx = self.lookup(queries)
         readout = torch.einsum("bk,bkd->bd", weights, self.values[idx])
         return readout.to(queries.dtype), torch.ones(B, dtype=torch.bool, device=queries.device)
+
+    def lookup(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Which entries a read takes and their weights. Shape: queries [B, Dk] -> (weights [B, k], slots [B, k]),
+        k = min(topk, filled) (k = 0 when the bank is empty)."""
+        n = self.filled
+        sims = F.normalize(queries.float(), dim=-1) @ self.keys[:n].T  # [B, n]
+        top, idx = sims.topk(min(self.topk, n), dim=-1)
+        return torch.softmax(top / 0.1, dim=-1), idx  # sharp: the nearest questions dominate

@@ -40,6 +40,16 @@ class NavigatorOutput:
 
 
 @dataclass
+class MemoryReads:
+    """What the memories read. Shape: episodic [B, T, T+1] weights of step t over [null slot, steps 0..T-1]
+    (None when off); persistent (weights [B, k], bank slots [B, k], their returns [B, k]) or None when off
+    or empty."""
+
+    episodic: torch.Tensor | None
+    persistent: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
+
+
+@dataclass
 class StepMasks:
     """Which steps carry which decision. Shape: every field [B, T] (bool).
 
@@ -89,9 +99,7 @@ class Navigator(nn.Module):
     def features(self, states: torch.Tensor, question_keys: torch.Tensor) -> torch.Tensor:
         """Trunk features. Shape: states [B, T, D], question_keys [B, D] -> [B, T, d]."""
         B, T, _ = states.shape
-        states = states.float()
-        change = torch.cat([torch.zeros_like(states[:, :1]), states[:, 1:] - states[:, :-1]], dim=1)
-        x = self.encode(states) + self.encode_change(change) + self.step_embedding(torch.arange(T, device=states.device))
+        x = self.embed_states(states)
         if self.episodic is not None and self.use_episodic:
             x = x + self.episodic(x)
         if self.bank is not None and self.use_persistent:
@@ -100,6 +108,24 @@ class Navigator(nn.Module):
             gate = torch.sigmoid(self.gate(torch.cat([x, recalled], dim=-1)))
             x = x + gate * recalled * has[:, None, None].to(x.dtype)
         return self.trunk(x)
+
+    def embed_states(self, states: torch.Tensor) -> torch.Tensor:
+        """Each step's input features: the state, its change since the previous step, the step index.
+        Shape: states [B, T, D] -> [B, T, d]."""
+        T = states.shape[1]
+        states = states.float()
+        change = torch.cat([torch.zeros_like(states[:, :1]), states[:, 1:] - states[:, :-1]], dim=1)
+        return self.encode(states) + self.encode_change(change) + self.step_embedding(torch.arange(T, device=states.device))
+
+    @torch.no_grad()
+    def memory_reads(self, states: torch.Tensor, question_keys: torch.Tensor) -> MemoryReads:
+        """What each memory read while `features` ran on these states (for inspection, e.g. the explorer)."""
+        episodic = self.episodic.attention(self.embed_states(states)) if self.episodic is not None and self.use_episodic else None
+        persistent = None
+        if self.bank is not None and self.use_persistent and self.bank.filled > 0:
+            weights, slots = self.bank.lookup(question_keys.float())
+            persistent = (weights, slots, self.bank.returns[slots])
+        return MemoryReads(episodic=episodic, persistent=persistent)
 
     def forward(self, states: torch.Tensor, question_keys: torch.Tensor) -> NavigatorOutput:
         """Heads at every step. Shape: states [B, T, D] (step t = h_t), question_keys [B, D]."""

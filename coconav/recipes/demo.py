@@ -9,7 +9,8 @@ paper, COCONUT starts from the CoT model) and whose stages 1..K replace steps wi
 train the navigator with PPO on the COCONUT model (coconav/recipes/demo_navigator.yaml); (4)
 evaluate all on the same held-out test set — CoT from the stage-0 checkpoint, COCONUT from the last
 stage with its fixed thought count for every question, the navigator halting and steering by
-itself; (5) print a table, write results.json and PNG plots.
+itself; (5) print a table, write results.json and PNG plots, and explorer.html (the thought explorer's
+static page for the last model's test questions: `coconav explore --static`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from coconav.errors import ConfigError
 from coconav.evaluate import evaluate
 from coconav.model.latent_lm import LatentLM
 from coconav.plots import plot_demo
-from coconav.recipes import train_coconut
+from coconav.recipes import explore, train_coconut
 
 PRESET = Path(__file__).with_name("demo.yaml")
 NAVIGATOR_PRESET = Path(__file__).with_name("demo_navigator.yaml")
@@ -116,10 +117,19 @@ def run(out: str | Path = "runs/demo", seed: int = 0, config: str | None = None,
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "results.json", results)
     plots = plot_demo(results, out)
+    plots.append(write_explorer(out, Path(nav_cfg.out_dir) if nav is not None else final))
     print0(f"\n{cfg.data.task} task, seed {seed}, {len(test)} held-out test questions, "
            f"{results['seconds'] / 60:.1f} minutes\n{format_table(methods)}")
     print0(f"wrote {out / 'results.json'}" + "".join(f", {p.name}" for p in plots))
     return results
+
+
+def write_explorer(out: Path, checkpoint: Path) -> Path:
+    """explorer.html beside the plots: the checkpoint's test questions with their thought traces."""
+    start = time.perf_counter()
+    page = explore.write_static(explore.build(checkpoint, data="test"), out / "explorer.html")
+    print0(f"explorer: {page} ({time.perf_counter() - start:.1f} s)")
+    return page
 
 
 def last_stage_checkpoint(run_dir: Path) -> Path:

@@ -1,0 +1,271 @@
+"""The thought explorer (coconav/recipes/explore.py, coconav/trace.py): the page's data is the Python API's
+output, the trace changes no decision, errors are JSON 4xx (never a traceback), a burst of concurrent
+requests is answered, the server binds to 127.0.0.1 only, and the static file stays small.
+
+The model is the session's tiny COCONUT run (conftest.tiny_run), read-only; a navigator with random
+(non-zero) steering and a filled persistent memory is attached in memory for the navigator fields.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+
+from coconav.config import NavigatorConfig
+from coconav.data.tasks import make_splits
+from coconav.errors import ConfigError, InputError
+from coconav.inference import CoconavModel
+from coconav.model.navigator import Navigator
+from coconav.recipes import evaluate_checkpoint, explore
+
+TRACE_ONLY = ("correct", "reward")  # keys the explorer adds to the API's trajectory records
+STEP_ONLY = ("xy",)  # the explorer's 2-D projection of each state
+
+
+@pytest.fixture(scope="module")
+def explorer(tiny_run: Path) -> explore.Explorer:
+    return explore.build(tiny_run, data="test")
+
+
+def api_view(traj: dict) -> dict:
+    """A page trajectory without the explorer's own additions: what CoconavModel.generate returned, rounded."""
+    out = {k: v for k, v in traj.items() if k not in TRACE_ONLY}
+    out["steps"] = [{k: v for k, v in s.items() if k not in STEP_ONLY} for s in traj["steps"]]
+    return out
+
+
+def test_page_data_equals_the_python_api(explorer: explore.Explorer, tiny_run: Path) -> None:
+    model = CoconavModel.from_pretrained(tiny_run)
+    ids = [0, 3, 5]
+    records = model.generate([explorer.questions[i]["question"] for i in ids], return_trajectories=True)
+    for i, record in zip(ids, records):
+        page = explorer.questions[i]
+        assert len(page["trajectories"]) == 1
+        assert api_view(page["trajectories"][0]) == explore.rounded(record)
+        assert len(record["steps"]) == record["num_thoughts"] + 1 == 7  # h_0..h_6 for the tiny run's 6 thoughts
+    # correctness and thought counts are what `coconav eval` reports for the same questions
+    report = evaluate_checkpoint.run(tiny_run, data="test")
+    assert [q["correct"] for q in explorer.questions] == [q["correct"] for q in report["questions"]]
+    assert [q["num_thoughts"] for q in explorer.questions] == [q["num_thoughts"] for q in report["questions"]]
+    assert explorer.summary()["accuracy_by_difficulty"] == explore.rounded(report["accuracy_by_difficulty"])
+
+
+def test_trace_fields_are_the_real_states(explorer: explore.Explorer, tiny_run: Path) -> None:
+    model = CoconavModel.from_pretrained(tiny_run)
+    question = explorer.questions[2]["question"]
+    record = model.generate(question, return_trajectories=True, return_states=True, top_k=3)
+    states = record.pop("states")  # [n+1, D]
+    assert states.shape == (record["num_thoughts"] + 1, model.lm.hidden_size)
+    probs = torch.softmax(model.lm.lm_head(states).float(), dim=-1)
+    for t, step in enumerate(record["steps"]):
+        top = probs[t].topk(3)
+        assert [p for _, p in step["top_tokens"]] == pytest.approx(top.values.tolist())
+        assert step["norm"] == pytest.approx(float(states[t].norm()), rel=1e-5)
+        if t:
+            assert step["cosine_prev"] == pytest.approx(float(torch.cosine_similarity(states[t], states[t - 1], dim=0)), abs=1e-5)
+        assert step["fed"] == (t < record["num_thoughts"])
+    assert model.generate(question) == record["answer"]  # the trace changes nothing
+
+
+def navigated(tiny_run: Path) -> CoconavModel:
+    """The tiny COCONUT model with a random navigator: steering on (non-zero up-projection), a filled bank."""
+    model = CoconavModel.from_pretrained(tiny_run)
+    torch.manual_seed(0)
+    nav = Navigator(model.lm.hidden_size, NavigatorConfig(hidden=16, action_dim=4, max_thoughts=4, memory_size=8,
+                                                         memory_topk=2, init_halt_bias=-5.0)).eval()  # thinks to max_thoughts
+    torch.nn.init.normal_(nav.up.weight, std=0.5)
+    torch.nn.init.normal_(nav.mean_head.weight, std=0.5)
+    nav.bank.write(torch.randn(5, model.lm.hidden_size), torch.randn(5, model.lm.hidden_size), torch.linspace(0, 1, 5))
+    model.navigator = nav
+    return model
+
+
+def test_navigator_fields(tiny_run: Path) -> None:
+    model = navigated(tiny_run)
+    questions = ["1 + 2 ?", "3 * 4 - 5 ?", "9 - 8 + 7 * 6 ?"]
+    records = model.generate(questions, return_trajectories=True)
+    plain = model.generate(questions, return_trajectories=False)
+    assert [r["answer"] for r in records] == plain  # the tracer decides exactly as the navigator alone
+    steered = 0
+    for r in records:
+        n = r["num_thoughts"]
+        assert [s["halt_prob"] for s in r["steps"]] == r["halt_probs"]
+        assert [s["value"] for s in r["steps"]] == r["values"]
+        for t, s in enumerate(r["steps"]):
+            assert len(s["episodic_reads"]) == t + 1  # the null slot and steps 0..t-1
+            assert sum(s["episodic_reads"]) == pytest.approx(1.0, abs=1e-5)
+            assert (s["steer_norm"] is None) == (t == n)
+            steered += t < n and s["steer_norm"] > 0
+        assert len(r["memory_reads"]) == 2  # memory_topk entries of the 5 stored
+        assert sum(m["weight"] for m in r["memory_reads"]) == pytest.approx(1.0, abs=1e-5)
+        assert all(0 <= m["slot"] < 5 for m in r["memory_reads"])
+    assert steered > 0, "the steering offsets were never recorded"
+
+
+def test_navigator_trace_reports_the_offset_it_fed(tiny_run: Path) -> None:
+    """steer_norm at step t is |U a_t| for the greedy action a_t = mean(h_0..h_t)."""
+    model = navigated(tiny_run)
+    record = model.generate("3 * 4 - 5 ?", return_trajectories=True, return_states=True)
+    states = record["states"][None]  # [1, n+1, D]
+    out = model.navigator(states, states[:, 0])
+    for t, step in enumerate(record["steps"][:-1]):
+        expected = float(model.navigator.steer(out.mean[0, t]).norm().detach())
+        assert step["steer_norm"] == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.fixture(scope="module")
+def client(explorer: explore.Explorer):
+    return explore.create_app(explorer).test_client()
+
+
+@pytest.mark.parametrize("path,status", [("/api/question/99", 404), ("/api/question/abc", 404),
+                                         ("/api/question/-1", 404), ("/api/nothing", 404)])
+def test_unknown_ids_are_json_4xx(client, path: str, status: int) -> None:
+    response = client.get(path)
+    assert response.status_code == status
+    assert "error" in response.get_json() and "Traceback" not in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("body,message", [({"question": ""}, "empty"), ({"question": "   "}, "empty"),
+                                          ({"question": "1 + " * 400}, "more than the limit"),
+                                          ({"question": 3}, "empty"), ({"q": "1 + 2 ?"}, "send JSON"),
+                                          ("not json", "send JSON")])
+def test_bad_questions_are_json_400(client, body, message: str) -> None:
+    kwargs = {"json": body} if isinstance(body, dict) else {"data": body}
+    response = client.post("/api/ask", **kwargs)
+    assert response.status_code == 400
+    assert message in response.get_json()["error"]
+    assert "Traceback" not in response.get_data(as_text=True)
+
+
+def test_a_question_longer_than_the_context_is_a_400(client, explorer: explore.Explorer) -> None:
+    text = "1+" * 499 + "1"  # under the character limit, but 999 tokens: more than the 512 positions
+    assert len(text) <= explore.MAX_QUESTION_CHARS and explorer.model.lm.context_length == 512
+    response = client.post("/api/ask", json={"question": text})
+    assert response.status_code == 400
+    assert "context" in response.get_json()["error"]
+
+
+def test_ask_answers_a_typed_question(client, explorer: explore.Explorer) -> None:
+    response = client.post("/api/ask", json={"question": "4 + 5 ?"})
+    assert response.status_code == 200
+    q = response.get_json()
+    [traj] = q["trajectories"]
+    expected = explorer.model.generate("4 + 5 ?", return_trajectories=True)
+    assert api_view(traj) == explore.rounded(expected)
+    assert traj["correct"] is None and traj["reward"] is None  # no reference answer for a typed question
+    assert all(s["xy"] is not None and len(s["xy"]) == 2 for s in traj["steps"])
+
+
+def test_page_and_listing(client, explorer: explore.Explorer) -> None:
+    html = client.get("/").get_data(as_text=True)
+    assert "coconav thought explorer" in html
+    assert '<script id="coconav-data" type="application/json">null</script>' in html  # served: data from the API
+    for external in ('src="http', "src='http", 'href="http', "@import", "//cdn"):
+        assert external not in html, external
+    listing = client.get("/api/questions").get_json()
+    assert [q["id"] for q in listing["questions"]] == list(range(len(explorer.questions)))
+    assert listing["summary"]["num_questions"] == len(explorer.questions)
+
+
+def get(url: str, data: bytes | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"} if data else {})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read() or b"{}") if "json" in response.headers["Content-Type"] else {}
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_a_burst_of_concurrent_requests_is_answered(explorer: explore.Explorer) -> None:
+    server = explore.make_server(explorer, 0)
+    assert server.host == "127.0.0.1"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    ask = lambda text: get(f"{base}/api/ask", json.dumps({"question": text}).encode())  # noqa: E731
+    calls = [(lambda i=i: get(f"{base}/api/question/{i % 8}"), 200) for i in range(80)]
+    calls += [(lambda i=i: get(f"{base}/api/question/{1000 + i}"), 404) for i in range(40)]
+    calls += [(lambda: get(f"{base}/api/questions"), 200) for _ in range(30)]
+    calls += [(lambda i=i: ask(f"{i % 10} + 1 ?"), 200) for i in range(30)]
+    calls += [(lambda: ask(""), 400) for _ in range(20)]
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            futures = [(pool.submit(call), status) for call, status in calls]
+            results = [(f.result(), status) for f, status in futures]
+        assert len(results) == 200
+        assert [code for (code, _), _ in results] == [status for _, status in results]
+        assert all("error" in body for (code, body), _ in results if code >= 400)
+        assert get(f"{base}/api/question/0")[0] == 200  # still up
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_only_localhost(explorer: explore.Explorer) -> None:
+    with pytest.raises(ConfigError, match="127.0.0.1 only"):
+        explore.make_server(explorer, 0, host="0.0.0.0")
+
+
+def test_a_busy_port_is_a_clear_error(explorer: explore.Explorer) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        with pytest.raises(InputError, match="cannot listen on 127.0.0.1"):
+            explore.make_server(explorer, busy.getsockname()[1])
+
+
+def test_more_than_one_trajectory_is_a_clear_error(cli, tiny_run: Path) -> None:
+    message = cli("explore", "--checkpoint", tiny_run, "--num-trajectories", "2", "--static", "x.html").error()
+    assert "multi-trajectory rollouts are not built yet" in message
+    with pytest.raises(InputError):
+        explore.build(tiny_run, num_trajectories=3)
+
+
+def test_explore_cli_writes_a_self_contained_static_file(cli, tiny_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "explorer.html"
+    result = cli("explore", "--checkpoint", tiny_run, "--static", out)
+    assert result.rc == 0, result.err
+    html = out.read_text()
+    data = json.loads(html.split('<script id="coconav-data" type="application/json">')[1].split("</script>")[0])
+    assert len(data["questions"]) == 8 and data["questions"][0]["trajectories"][0]["steps"]
+    for external in ('src="http', 'href="http', "//cdn"):
+        assert external not in html, external
+
+
+def five_hundred_questions(tiny_run: Path) -> explore.Explorer:
+    """500 questions x 6 thoughts through the tiny run (the issue's size for the static file)."""
+    model = CoconavModel.from_pretrained(tiny_run)
+    examples = make_splits("arithmetic", seed=1, train_size=0, validation_size=0, test_size=500,
+                           min_difficulty=1, max_difficulty=6).test
+    explorer = explore.Explorer(model=model, checkpoint=str(tiny_run), data="arithmetic:500")
+    explorer.evaluate(examples, batch_size=250)
+    return explorer
+
+
+def test_static_file_for_500_questions_stays_under_5_mb(tiny_run: Path, tmp_path: Path) -> None:
+    explorer = five_hundred_questions(tiny_run)
+    assert len(explorer.questions) == 500
+    assert {q["num_thoughts"] for q in explorer.questions} == {6}
+    out = explore.write_static(explorer, tmp_path / "big.html")
+    assert out.stat().st_size < 5 * 2**20, out.stat().st_size
+
+
+def test_the_demo_writes_explorer_html_beside_its_plots(tiny_run: Path, tmp_path: Path) -> None:
+    from coconav.recipes import demo
+
+    page = demo.write_explorer(tmp_path, tiny_run)
+    assert page == tmp_path / "explorer.html"
+    html = page.read_text()
+    data = json.loads(html.split('<script id="coconav-data" type="application/json">')[1].split("</script>")[0])
+    assert len(data["questions"]) == 8 and data["meta"]["mode"] == "coconut"
