@@ -533,6 +533,11 @@ class LatentLM(nn.Module):
 
                 model = AutoPeftModelForCausalLM.from_pretrained(directory, dtype=dtype, use_safetensors=True,
                                                                  is_trainable=trainable)
+                lora = ((meta.get("config") or {}).get("model") or {}).get("lora") or {}
+                if lora.get("adapter_dtype") == "bfloat16":  # PEFT upcasts stored bf16 adapters: back as trained
+                    for name, param in model.named_parameters():
+                        if "lora_" in name or "trainable_tokens" in name:
+                            param.data = param.data.to(torch.bfloat16)
             else:
                 model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, use_safetensors=True)
                 model.requires_grad_(trainable)

@@ -88,3 +88,17 @@ def test_checkpoint_reloads_in_its_own_dtype(bf16_coconut: Path):
     assert LatentLM.from_pretrained(bf16_coconut).causal_lm.dtype == torch.bfloat16
     assert LatentLM.from_pretrained(bf16_coconut, trainable=True).causal_lm.dtype == torch.bfloat16
     assert LatentLM.from_pretrained(bf16_coconut, dtype=torch.float32).causal_lm.dtype == torch.float32
+
+
+def test_bf16_adapters_reload_as_bf16(tmp_path: Path):
+    """model.lora.adapter_dtype=bfloat16: PEFT's loader upcasts stored adapters to fp32; they come back bf16."""
+    from conftest import coconut_checkpoint, save_pretrained_base
+
+    base = save_pretrained_base(tmp_path / "base")
+    lora = {"r": 2, "alpha": 4, "target_modules": ["q_proj", "v_proj"], "adapter_dtype": "bfloat16"}
+    ckpt = coconut_checkpoint(tmp_path / "ckpt", {"name_or_path": str(base), "lora": lora}, train_steps=1)
+    for trainable in (False, True):
+        lm = LatentLM.from_pretrained(ckpt, trainable=trainable)
+        dtypes = {p.dtype for n, p in lm.named_parameters() if "lora_" in n}
+        assert dtypes == {torch.bfloat16}, dtypes
+        assert lm.causal_lm.get_input_embeddings().weight.dtype == torch.float32  # the base as stored

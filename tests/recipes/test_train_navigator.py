@@ -14,7 +14,8 @@ import pytest
 import torch
 import yaml
 
-from coconav.config import RunConfig, from_dict
+from coconav.checkpoint import TrainState, save_checkpoint
+from coconav.config import RunConfig, from_dict, to_dict
 from coconav.recipes import train_navigator
 from coconav.rewards import step_rewards
 from coconav.rollout import roll_out
@@ -295,6 +296,12 @@ def test_train_lm_on_a_lora_checkpoint_keeps_training_its_adapter(lora_coconut, 
     assert not torch.equal(lm_logits(run.lm, ids), loaded)  # the policy moved ...
     with train_navigator.reference_policy(run):  # ... the reference did not
         torch.testing.assert_close(lm_logits(run.lm, ids), loaded, atol=0, rtol=0)
+    # the navigator checkpoint holds the trained adapter only (not the reference) and reloads to the policy
+    save_checkpoint(tmp_path / "nav_ckpt", run.lm, TrainState(0, 1, 1), to_dict(run.cfg),
+                    modules={"navigator": run.navigator}, metrics={"base_thoughts": run.base_thoughts})
+    assert not (tmp_path / "nav_ckpt" / "reference").exists()
+    again = CoconavModel.from_pretrained(tmp_path / "nav_ckpt", device="cpu")
+    torch.testing.assert_close(lm_logits(again.lm, ids), lm_logits(run.lm, ids), atol=0, rtol=0)
     run.logger.close()
 
 
