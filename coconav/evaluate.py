@@ -9,6 +9,9 @@ token one (the pass over the forced <eot> produces the first answer token).
 
     result = evaluate(lm, examples, mode="coconut", num_thoughts=6, cfg=EvalConfig())
     print(result.summary())
+
+Every answer (here, in coconav.inference and in `coconav eval` / `coconav generate`) comes from one
+path: a ``ThoughtPlan`` (mode, fixed count or controller) -> ``question_prompts`` -> ``generate_answers``.
 """
 
 from __future__ import annotations
