@@ -2,8 +2,8 @@
 
     coconav demo --out runs/demo                       # the main job: train and compare on a built-in task
     coconav train --config configs/demo.yaml [key.sub=value ...] [--resume RUN]
-    coconav eval --checkpoint RUN/checkpoints/stage-7 --data test [--out results.json]
-    coconav generate --checkpoint DIR "3 + 4 * 2 ?" [--show-thoughts]
+    coconav eval --checkpoint RUN/checkpoints/stage-7 --data test [--out results.json] [--device cuda --dtype bfloat16]
+    coconav generate --checkpoint DIR "3 + 4 * 2 ?" [--show-thoughts] [--device cpu]
     coconav explore --checkpoint DIR [--data test] --port 8765 | --static explorer.html
 
 Bad input (a malformed file, an unknown config key, a missing checkpoint, an empty question)
@@ -21,6 +21,11 @@ from pathlib import Path
 from coconav.errors import CoconavError
 
 
+def _device_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available, else the CPU)")
+    p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the checkpoint's own dtype)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="coconav", description="Continuous-thought reasoning (COCONUT) with a PPO navigator.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -34,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="a checkpoint folder (or a run folder: its latest)")
     p.add_argument("--zero-shot", metavar="MODEL", help="instead of a checkpoint: an untouched pretrained model "
                    "(hub id, folder or smollm2-135m), prompted zero-shot with its chat template")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="answer tokens at most (zero-shot)")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="answer tokens at most (default: the checkpoint's eval.max_new_tokens; 256 with --zero-shot)")
     p.add_argument("--data", default="test", help="'test' or 'validation' (the checkpoint's task splits), "
                    "or a data file / hub id (.jsonl GSM8K, .txt GSM8k-Aug, .json COCONUT, openai/gsm8k:test)")
     p.add_argument("--num-thoughts", type=int, default=None, help="thoughts per question (default: the last stage's)")
@@ -43,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-steering", action="store_true", help="navigator checkpoints: halting only, unsteered thoughts")
     p.add_argument("--no-memory", action="store_true", help="navigator checkpoints: episodic and persistent memory off")
     p.add_argument("--out", help="write the JSON report here (default: print the summary)")
+    _device_arguments(p)
 
     p = sub.add_parser("generate", help="answer one question")
     p.add_argument("--checkpoint", required=True, help="a checkpoint folder (or a run folder: its latest)")
@@ -51,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--show-thoughts", action="store_true", help="print the thought count and each thought's nearest tokens")
     p.add_argument("--top-k", type=int, default=5, help="nearest tokens shown per thought")
     p.add_argument("--max-new-tokens", type=int, default=None, help="answer tokens at most")
+    _device_arguments(p)
 
     p = sub.add_parser("explore", help="a web page (127.0.0.1) or one HTML file showing what the thoughts do")
     p.add_argument("--checkpoint", required=True, help="a checkpoint folder (or a run folder: its latest)")
@@ -99,11 +107,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         if args.data in ("test", "validation"):
             raise CoconavError("--zero-shot needs --data FILE (there is no checkpoint config to take splits from)")
         report = evaluate_checkpoint.run_zero_shot(args.zero_shot, args.data, args.max_questions, args.batch_size or 32,
-                                                   args.max_new_tokens)
+                                                   args.max_new_tokens or 256, device=args.device, dtype=args.dtype)
     elif args.checkpoint:
         report = evaluate_checkpoint.run(args.checkpoint, args.data, num_thoughts=args.num_thoughts,
                                          max_questions=args.max_questions, batch_size=args.batch_size,
-                                         steer=not args.no_steering, memory=not args.no_memory)
+                                         steer=not args.no_steering, memory=not args.no_memory,
+                                         max_new_tokens=args.max_new_tokens, device=args.device, dtype=args.dtype)
     else:
         raise CoconavError("eval needs --checkpoint DIR or --zero-shot MODEL")
     if args.out:
@@ -122,7 +131,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
     print(evaluate_checkpoint.generate_text(args.checkpoint, args.question, num_thoughts=args.num_thoughts,
                                             show_thoughts=args.show_thoughts, top_k=args.top_k,
-                                            max_new_tokens=args.max_new_tokens))
+                                            max_new_tokens=args.max_new_tokens, device=args.device, dtype=args.dtype))
     return 0
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from coconav.errors import ConfigError
+from coconav.errors import ConfigError, InputError
 
 
 def seed_everything(seed: int) -> None:
@@ -52,6 +52,41 @@ def set_threads(threads: int) -> None:
     """Set torch's CPU threads when asked (0 keeps torch's default)."""
     if threads > 0:
         torch.set_num_threads(threads)
+
+
+DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(name: str | None = None) -> torch.device:
+    """The device to run on: `name` ('cpu', 'cuda', 'cuda:1', 'mps'), or CUDA when available, else the CPU.
+
+    A device that does not exist here is an InputError naming it, not a failure deep inside torch.
+    """
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise InputError(f"unknown device {name!r} (use cpu, cuda, cuda:N or mps)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"device {name!r} asked for, but CUDA is not available here (use --device cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise InputError(f"device {name!r} asked for, but only {torch.cuda.device_count()} CUDA device(s) exist")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"device {name!r} asked for, but MPS is not available here (use --device cpu)")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise InputError(f"unsupported device {name!r} (use cpu, cuda, cuda:N or mps)")
+    return device
+
+
+def resolve_dtype(name: str | None = None) -> torch.dtype | None:
+    """A weight dtype from its name ('float32', 'bfloat16', 'float16'); None keeps a checkpoint's own."""
+    if name is None:
+        return None
+    if name not in DTYPE_NAMES:
+        raise InputError(f"unknown dtype {name!r} (use one of {', '.join(DTYPE_NAMES)})")
+    return DTYPE_NAMES[name]
 
 
 def json_default(value: Any) -> Any:

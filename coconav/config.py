@@ -71,8 +71,9 @@ class ModelConfig:
     """Context length of a from-scratch model."""
     tie_embeddings: bool = True
     """Tie input and output embeddings of a from-scratch model."""
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    """Weight dtype; 'bfloat16' stores the base model in bf16."""
+    dtype: Literal["float32", "bfloat16"] | None = None
+    """Weight dtype; 'bfloat16' stores the base model in bf16. None: float32 for a new model, and a loaded
+    checkpoint's own dtype (init_from, --resume, a navigator's COCONUT model)."""
     autocast: Literal["none", "bfloat16"] = "none"
     """Mixed precision for forward passes (weights stay in `dtype`)."""
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"

@@ -9,6 +9,9 @@ token one (the pass over the forced <eot> produces the first answer token).
 
     result = evaluate(lm, examples, mode="coconut", num_thoughts=6, cfg=EvalConfig())
     print(result.summary())
+
+Every answer (here, in coconav.inference and in `coconav eval` / `coconav generate`) comes from one
+path: a ``ThoughtPlan`` (mode, fixed count or controller) -> ``question_prompts`` -> ``generate_answers``.
 """
 
 from __future__ import annotations
@@ -25,8 +28,46 @@ from coconav.data.records import Example
 from coconav.data.scoring import score
 from coconav.common import progress
 from coconav.model.controller import NavigatorController
-from coconav.model.latent_lm import LatentLM, ThoughtController
+from coconav.errors import InputError
+from coconav.model.latent_lm import GenerationOutput, LatentLM, ThoughtController
 from coconav.model.navigator import Navigator
+
+
+@dataclass
+class ThoughtPlan:
+    """How a batch of questions thinks: the prompt format (mode) and a fixed thought count, or a controller
+    (the navigator, or any ThoughtController such as a recording one) that halts within `max_thoughts`."""
+
+    mode: str
+    num_thoughts: int = 0
+    controller: ThoughtController | None = None
+    max_thoughts: int | None = None
+
+    @property
+    def latent_thoughts(self) -> int:
+        """Continuous thoughts fed back at a fixed count (0 with a controller: it decides; 0 outside coconut)."""
+        return self.num_thoughts if self.mode == "coconut" and self.controller is None else 0
+
+
+def question_prompts(lm: LatentLM, questions: list[str], plan: ThoughtPlan) -> list[list[int]]:
+    """The prompts of `questions` in the plan's mode; a question longer than the context is an InputError."""
+    count = 0 if plan.controller is not None else plan.num_thoughts
+    prompts = [build_prompt(encode_question(lm.tokenizer, q), plan.mode, count, lm.special) for q in questions]
+    longest = max((len(p) for p in prompts), default=0)
+    if longest >= lm.context_length:
+        which = "the question" if len(questions) == 1 else "a question"
+        raise InputError(f"{which} has {longest} tokens, longer than the model's context of {lm.context_length}")
+    return prompts
+
+
+def generate_answers(lm: LatentLM, prompts: list[list[int]], plan: ThoughtPlan, max_new_tokens: int,
+                     do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+                     generator: torch.Generator | None = None, return_thoughts: bool = False) -> GenerationOutput:
+    """The one generation path of evaluation and inference: the plan's thoughts, then the answer."""
+    return lm.generate(prompts, num_thoughts=plan.latent_thoughts, controller=plan.controller,
+                       max_thoughts=plan.max_thoughts if plan.controller is not None else None,
+                       max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p,
+                       generator=generator, return_thoughts=return_thoughts)
 
 
 @dataclass
@@ -101,29 +142,25 @@ def evaluate(lm: LatentLM, examples: list[Example], mode: str, num_thoughts: int
     was_training = lm.training
     lm.eval()
     generator = torch.Generator(device=lm.device).manual_seed(seed) if cfg.do_sample else None
+    plan = ThoughtPlan(mode, num_thoughts, controller, max_thoughts)
     if prompts is None:
-        prompts = [build_prompt(encode_question(lm.tokenizer, ex.question), mode, num_thoughts, lm.special)
-                   for ex in examples]
+        prompts = question_prompts(lm, [ex.question for ex in examples], plan)
     # Batches of similar prompt length waste less on padding; results are put back in order.
     order = sorted(range(len(examples)), key=lambda i: len(prompts[i]))
     records: list[QuestionResult | None] = [None] * len(examples)
-    thoughts = num_thoughts if mode == "coconut" else 0
     start = time.perf_counter()
     batches = range(0, len(order), cfg.batch_size)
     for lo in progress(batches, desc="eval", enabled=show_progress):
         idx = order[lo: lo + cfg.batch_size]
-        out = lm.generate([prompts[i] for i in idx], num_thoughts=thoughts, controller=controller,
-                          max_thoughts=max_thoughts, max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
-                          temperature=cfg.temperature, top_p=cfg.top_p, generator=generator)
+        out = generate_answers(lm, [prompts[i] for i in idx], plan, cfg.max_new_tokens, cfg.do_sample,
+                               cfg.temperature, cfg.top_p, generator)
         for j, i in enumerate(idx):
             ex = examples[i]
             # pause tokens are part of the prompt but each costs a sequential position like a thought
             used = int(out.num_thoughts[j]) if mode == "coconut" else (num_thoughts if mode == "pause" else 0)
             records[i] = QuestionResult(question=ex.question, reference=ex.answer, completion=out.texts[j],
                                         correct=score(out.texts[j], ex), difficulty=ex.difficulty, num_thoughts=used,
-                                        new_tokens=int(out.new_tokens[j]),
-                                        forward_passes=1 + (int(out.num_thoughts[j]) if mode == "coconut" else 0)
-                                        + int(out.new_tokens[j]))
+                                        new_tokens=int(out.new_tokens[j]), forward_passes=int(out.forward_passes[j]))
     seconds = time.perf_counter() - start
     lm.train(was_training)
     return aggregate([r for r in records if r is not None], seconds)

@@ -8,7 +8,9 @@
     #   'steps': [{'step': 0, 'top_tokens': [['3', 0.41], ...], 'norm': ..., ...}, ...], 'memory_reads': [...]}, ...]
 
 Without a navigator the thought count is the checkpoint's last stage's fixed count (or the
-`num_thoughts` argument); with one, the navigator halts and steers (greedily).
+`num_thoughts` argument); with one, the navigator halts and steers (greedily). The model runs on CUDA
+when available (else the CPU) in the checkpoint's own dtype unless `device` / `dtype` say otherwise:
+    CoconavModel.from_pretrained("runs/demo/navigator", device="cpu", dtype="bfloat16")
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ from pathlib import Path
 import torch
 
 from coconav.checkpoint import checkpoint_meta, latest_checkpoint, load_module
+from coconav.common import resolve_device, resolve_dtype
 from coconav.config import RunConfig, from_dict
-from coconav.data.curriculum import build_prompt, encode_question
 from coconav.errors import CheckpointError, InputError
+from coconav.evaluate import ThoughtPlan, generate_answers, question_prompts
 from coconav.model.controller import NavigatorController
-from coconav.model.latent_lm import LatentLM
+from coconav.model.latent_lm import GenerationOutput, LatentLM, ThoughtController
 from coconav.model.navigator import Navigator
 from coconav.trace import TraceController, persistent_reads, trace_steps
 
@@ -39,19 +42,23 @@ class CoconavModel:
     fixed_thoughts: int | None = None  # a navigator checkpoint's base count (its COCONUT model's last stage)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> CoconavModel:
-        """Load a checkpoint folder, or a run folder's latest checkpoint (weights through safetensors)."""
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device | None = None,
+                        dtype: str | torch.dtype | None = None) -> CoconavModel:
+        """Load a checkpoint folder, or a run folder's latest checkpoint (weights through safetensors), frozen
+        and in eval mode. `device`: 'cpu', 'cuda', 'cuda:N' (None: CUDA when available, else the CPU);
+        `dtype`: 'float32', 'bfloat16', 'float16' (None: the dtype the checkpoint was saved in)."""
+        device = device if isinstance(device, torch.device) else resolve_device(device)
+        dtype = dtype if isinstance(dtype, torch.dtype) or dtype is None else resolve_dtype(dtype)
         folder = latest_checkpoint(directory)
         meta = checkpoint_meta(folder)
         if "config" not in meta or "train_state" not in meta:
             raise CheckpointError(f"{folder}: metadata lacks the run config (not written by coconav train)")
         cfg = from_dict(RunConfig, meta["config"])
-        lm = LatentLM.from_pretrained(folder)
-        lm.eval()
+        lm = LatentLM.from_pretrained(folder, dtype=dtype).to(device).eval()
         navigator, fixed = None, None
         stage = int(meta["train_state"].get("stage", 0))
         if cfg.navigator is not None:
-            navigator = load_module(folder, "navigator", Navigator(lm.hidden_size, cfg.navigator)).to(lm.device).eval()
+            navigator = load_module(folder, "navigator", Navigator(lm.hidden_size, cfg.navigator)).to(device).eval()
             fixed = meta.get("metrics", {}).get("base_thoughts")
         return cls(lm=lm, config=cfg, stage=stage, navigator=navigator, fixed_thoughts=fixed)
 
@@ -65,10 +72,36 @@ class CoconavModel:
             return int(self.fixed_thoughts)
         return self.config.eval_thoughts(self.stage)
 
+    def plan(self, num_thoughts: int | None = None, use_navigator: bool = True, steer: bool = True,
+             controller: ThoughtController | None = None) -> ThoughtPlan:
+        """How questions think: the navigator (greedy; `steer=False` keeps its halting only) unless
+        `num_thoughts` is given or `use_navigator` is off, else a fixed count (default: the last stage's).
+        A `controller` replaces the default navigator controller (e.g. one that records more per thought)."""
+        if num_thoughts is not None and num_thoughts < 0:
+            raise InputError(f"--num-thoughts must be >= 0, got {num_thoughts}")
+        if use_navigator and self.navigator is not None and num_thoughts is None:
+            controller = controller or NavigatorController(self.navigator, sample=False, steer=steer)
+            return ThoughtPlan("coconut", 0, controller, self.navigator.cfg.max_thoughts)
+        count = num_thoughts if num_thoughts is not None else self.default_thoughts()
+        if controller is not None:
+            return ThoughtPlan("coconut", 0, controller, count)
+        return ThoughtPlan(self.mode, count)
+
+    @torch.no_grad()
+    def answer(self, questions: list[str], plan: ThoughtPlan | None = None, max_new_tokens: int | None = None,
+               return_thoughts: bool = False) -> GenerationOutput:
+        """Generate answers to `questions` following `plan` (default: `self.plan()`)."""
+        if not questions or any(not isinstance(q, str) or not q.strip() for q in questions):
+            raise InputError("every question must be a non-empty string")
+        plan = plan or self.plan()
+        prompts = question_prompts(self.lm, questions, plan)
+        return generate_answers(self.lm, prompts, plan, max_new_tokens or self.config.eval.max_new_tokens,
+                                return_thoughts=return_thoughts)
+
     @torch.no_grad()
     def generate(self, questions: str | list[str], num_thoughts: int | None = None, max_new_tokens: int | None = None,
                  use_navigator: bool = True, return_trajectories: bool = False, top_k: int = 5,
-                 return_states: bool = False):
+                 return_states: bool = False, controller: ThoughtController | None = None):
         """Answers for one question (a string) or a list; with return_trajectories, dicts with the
         thought count, halting probabilities and values per thought step (navigator only), passes, and
         the thought trace (coconav/trace.py): `steps` (per step t = 0..n: top_k tokens under the LM head,
@@ -77,38 +110,32 @@ class CoconavModel:
         `states`, the hidden states h_0..h_n as a tensor [n+1, D]."""
         single = isinstance(questions, str)
         items = [questions] if single else list(questions)
-        if not items or any(not isinstance(q, str) or not q.strip() for q in items):
-            raise InputError("every question must be a non-empty string")
-        lm = self.lm
-        navigate = use_navigator and self.navigator is not None and num_thoughts is None
-        thoughts = 0 if navigate else (num_thoughts if num_thoughts is not None else self.default_thoughts())
-        prompts = [build_prompt(encode_question(lm.tokenizer, q), self.mode, thoughts, lm.special) for q in items]
-        longest = max(len(p) for p in prompts)
-        if longest >= lm.context_length:
-            raise InputError(f"a question has {longest} tokens, longer than the model's context of {lm.context_length}")
-        controller = NavigatorController(self.navigator, sample=False) if navigate else None
+        plan = self.plan(num_thoughts, use_navigator, controller=controller)
         tracer = None
-        if return_trajectories:  # the tracer decides exactly as the plain path does (tested)
-            counts = torch.full((len(items),), thoughts if self.mode == "coconut" else 0, dtype=torch.long)
-            tracer = TraceController(controller, None if navigate else counts)
-        max_thoughts = self.navigator.cfg.max_thoughts if navigate else (int(counts.max()) if tracer is not None else None)
-        out = lm.generate(prompts, num_thoughts=thoughts if self.mode == "coconut" else 0,
-                          controller=tracer if tracer is not None else controller, max_thoughts=max_thoughts,
-                          max_new_tokens=max_new_tokens or self.config.eval.max_new_tokens)
+        if return_trajectories and (plan.controller is not None or plan.mode == "coconut"):
+            # the tracer decides exactly as the plan does (tested); other modes have no thought phase
+            fixed = None if plan.controller is not None else torch.full((len(items),), plan.num_thoughts, dtype=torch.long)
+            tracer = TraceController(plan.controller, fixed)
+            room = plan.max_thoughts if plan.controller is not None else plan.num_thoughts
+            plan = ThoughtPlan("coconut", 0, tracer, room)
+        out = self.answer(items, plan, max_new_tokens)
         if not return_trajectories:
             return out.texts[0] if single else out.texts
-        steps = trace_steps(lm, tracer, out.num_thoughts, top_k)
-        reads = persistent_reads(tracer, len(items))
+        empty = [[] for _ in items]
+        steps = trace_steps(self.lm, tracer, out.num_thoughts, top_k) if tracer is not None else empty
+        reads = persistent_reads(tracer, len(items)) if tracer is not None else empty
         records = []
         for i, text in enumerate(out.texts):
             n = int(out.num_thoughts[i])
             record = {"answer": text, "num_thoughts": n, "new_tokens": int(out.new_tokens[i]),
                       "forward_passes": int(out.forward_passes[i])}
-            if controller is not None:
-                record["halt_probs"] = [float(p[i]) for p in controller.halt_probs[: n + 1]]
-                record["values"] = [float(v[i]) for v in controller.values[: n + 1]]
+            navigator = tracer.inner if tracer is not None else None
+            if isinstance(navigator, NavigatorController):
+                record["halt_probs"] = [float(p[i]) for p in navigator.halt_probs[: n + 1]]
+                record["values"] = [float(v[i]) for v in navigator.values[: n + 1]]
             record["steps"], record["memory_reads"] = steps[i], reads[i]
             if return_states:
-                record["states"] = tracer.states()[i, : n + 1].cpu() if tracer.hidden else torch.zeros(0, lm.hidden_size)
+                record["states"] = (tracer.states()[i, : n + 1].cpu() if tracer is not None and tracer.hidden
+                                    else torch.zeros(0, self.lm.hidden_size))
             records.append(record)
         return records[0] if single else records

@@ -23,13 +23,13 @@ import torch
 import torch.nn.functional as F
 
 from coconav.model.controller import NavigatorController
-from coconav.model.latent_lm import LatentLM, ThoughtDecision
+from coconav.model.latent_lm import LatentLM, ThoughtController, ThoughtDecision
 
 
 class TraceController:
     """Records h_t and the steering offset at each thought step; decides like `inner` (or a fixed count)."""
 
-    def __init__(self, inner: NavigatorController | None, num_thoughts: torch.Tensor | None = None) -> None:
+    def __init__(self, inner: ThoughtController | None, num_thoughts: torch.Tensor | None = None) -> None:
         if inner is None and num_thoughts is None:
             raise ValueError("a TraceController without a navigator needs the fixed thought counts")
         self.inner, self.num_thoughts = inner, num_thoughts
@@ -72,7 +72,7 @@ def trace_steps(lm: LatentLM, tracer: TraceController, num_thoughts: torch.Tenso
     offsets = torch.stack(tracer.offsets, dim=1).norm(dim=-1)  # [B, S]
     cosines = F.cosine_similarity(states[:, 1:], states[:, :-1], dim=-1)  # [B, S-1]
     norms = states.norm(dim=-1)  # [B, S]
-    nav = tracer.inner
+    nav = tracer.inner if isinstance(tracer.inner, NavigatorController) else None
     reads = nav.navigator.memory_reads(states, states[:, 0]) if nav is not None else None
     rows = []
     for b, n in enumerate(int(x) for x in num_thoughts):
@@ -96,7 +96,7 @@ def trace_steps(lm: LatentLM, tracer: TraceController, num_thoughts: torch.Tenso
 def persistent_reads(tracer: TraceController, batch: int) -> list[list[dict]]:
     """Per row, the persistent-memory entries the navigator read (keyed by the question's state at <bot>):
     bank slot, read weight and the return the stored trajectory earned. Empty without a bank or entries."""
-    nav = tracer.inner
+    nav = tracer.inner if isinstance(tracer.inner, NavigatorController) else None
     reads = None
     if nav is not None and tracer.hidden:
         states = tracer.states()

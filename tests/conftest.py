@@ -110,3 +110,70 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, _cli_imports: None) -> Pa
     assert rc == 0
     assert (out / "results.json").is_file()
     return out
+
+
+# -- checkpoints in other shapes: LoRA adapters over a 'pretrained' base, bf16 weights ----------------
+
+BASE_WORDS = ["<pad>", "<eos>", "<unk>"] + [str(i) for i in range(10)] + "+ - * = << >> ? ###".split()
+
+
+def save_pretrained_base(path: Path, arch: str = "llama") -> Path:
+    """A tiny 'pretrained' model folder whose tokenizer lacks the latent tokens (like a hub model).
+    arch 'gpt2' keeps GPT-2's default dropout of 0.1 (embeddings, residuals, attention)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(BASE_WORDS)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+    torch.manual_seed(0)
+    if arch == "gpt2":
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4, n_positions=256,
+                                           eos_token_id=1, bos_token_id=1, pad_token_id=0))
+        assert model.config.resid_pdrop == 0.1
+    else:
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                                             tie_word_embeddings=False, eos_token_id=1, bos_token_id=1, pad_token_id=0))
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def coconut_checkpoint(path: Path, model: dict, dtype: torch.dtype = torch.float32, train_steps: int = 3) -> Path:
+    """A COCONUT checkpoint as `coconav train` writes one (stage 2, one thought per step), built from the
+    `model` section given (e.g. a base folder with LoRA), trained `train_steps` SGD steps so LoRA's B is
+    non-zero, then cast to `dtype`."""
+    from coconav.checkpoint import TrainState, save_checkpoint
+    from coconav.config import RunConfig, from_dict, to_dict
+    from coconav.model.build import build_latent_lm
+
+    cfg = from_dict(RunConfig, {"model": model, "data": {"task": "arithmetic"},
+                                "curriculum": {"mode": "coconut", "thoughts_per_step": 1, "max_stage": 2}})
+    lm = build_latent_lm(cfg.model)
+    s = lm.special
+    ids = torch.tensor([[3, 4, 13, 5, s.bot, s.thought, s.thought, s.eot, 16, 6, 1]])
+    params = [p for p in lm.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=0.5)
+    for _ in range(train_steps):
+        lm(ids, torch.ones_like(ids), labels=ids).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    lm.to(dtype)
+    save_checkpoint(path, lm, TrainState(stage=2, step=1, global_step=1), to_dict(cfg))
+    return path
+
+
+@pytest.fixture
+def lora_coconut(tmp_path: Path) -> Path:
+    """A LoRA COCONUT checkpoint (adapters on q_proj/v_proj, latent-token rows trained) over a Llama base."""
+    base = save_pretrained_base(tmp_path / "base")
+    return coconut_checkpoint(tmp_path / "coconut", {"name_or_path": str(base),
+                                                     "lora": {"r": 2, "alpha": 4, "target_modules": ["q_proj", "v_proj"]}})
+
+
+@pytest.fixture
+def bf16_coconut(tmp_path: Path) -> Path:
+    """A full (non-LoRA) COCONUT checkpoint stored in bfloat16."""
+    base = save_pretrained_base(tmp_path / "base")
+    return coconut_checkpoint(tmp_path / "coconut_bf16", {"name_or_path": str(base)}, dtype=torch.bfloat16)

@@ -169,7 +169,7 @@ def test_training_continues_identically_after_load(saved) -> None:
     original.load_state_dict(lm.state_dict())
     opt1 = torch.optim.AdamW(original.parameters())
     opt1.load_state_dict(opt.state_dict())
-    loaded = LatentLM.from_pretrained(folder)
+    loaded = LatentLM.from_pretrained(folder, trainable=True)  # loading to train on
     opt2 = torch.optim.AdamW(loaded.parameters())
     load_trainer_state(folder, opt2, restore_rng=False)
     one_step(original, opt1)

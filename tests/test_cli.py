@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from coconav.checkpoint import list_checkpoints
 from coconav.data.curriculum import build_prompt, encode_question
@@ -353,3 +354,39 @@ def test_fresh_train_does_not_mix_with_stale_metrics(cli, tmp_path: Path, tiny_o
         return
     steps = metric_steps(run)
     assert steps == sorted(steps), steps
+
+
+# -- device, dtype and answer length of eval / generate --------------------------------------------
+
+
+def test_eval_honours_max_new_tokens(cli, tiny_run: Path) -> None:
+    """--max-new-tokens used to be read by --zero-shot only and silently ignored for a checkpoint."""
+    full = json.loads(cli("eval", "--checkpoint", tiny_run, "--data", "test").out)
+    assert full["mean_new_tokens"] > 2  # the tiny model's answers use more than 2 of eval.max_new_tokens=8
+    res = cli("eval", "--checkpoint", tiny_run, "--data", "test", "--max-new-tokens", "2")
+    assert res.rc == 0, res.err
+    assert 0 < json.loads(res.out)["mean_new_tokens"] <= 2
+
+
+@pytest.mark.parametrize("command", ["eval", "generate"])
+@pytest.mark.parametrize("flag, value, message", [
+    ("--dtype", "float7", "unknown dtype 'float7' (use one of float32, bfloat16, float16)"),
+    ("--device", "gpu", "unknown device 'gpu' (use cpu, cuda, cuda:N or mps)"),
+])
+def test_bad_device_or_dtype_is_a_one_line_error(cli, tiny_run: Path, command: str, flag: str, value: str,
+                                                 message: str) -> None:
+    args = ["--data", "test"] if command == "eval" else [a_question()]
+    assert cli(command, "--checkpoint", tiny_run, *args, flag, value).error() == message
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_without_cuda_is_a_one_line_error(cli, tiny_run: Path) -> None:
+    assert cli("generate", "--checkpoint", tiny_run, a_question(), "--device", "cuda").error() == \
+        "device 'cuda' asked for, but CUDA is not available here (use --device cpu)"
+
+
+def test_generate_with_device_and_dtype(cli, tiny_run: Path) -> None:
+    res = cli("generate", "--checkpoint", tiny_run, a_question(), "--device", "cpu", "--dtype", "bfloat16",
+              "--show-thoughts")
+    assert res.rc == 0, res.err
+    assert f"thoughts: {LAST_STAGE}" in res.out

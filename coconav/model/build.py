@@ -45,7 +45,7 @@ def load_pretrained(name_or_path: str, cfg: ModelConfig):
     path = resolve_source(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[cfg.dtype], use_safetensors=True,
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[cfg.dtype or "float32"], use_safetensors=True,
                                                      attn_implementation=cfg.attn_implementation)
     except OSError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -86,7 +86,7 @@ def build_latent_lm(cfg: ModelConfig, tokenizer=None) -> LatentLM:
     if cfg.name_or_path in SCRATCH:
         if tokenizer is None:
             raise ConfigError(f"model.name_or_path={cfg.name_or_path} needs a tokenizer: use a built-in task")
-        model = scratch_model(cfg, tokenizer).to(DTYPES[cfg.dtype])
+        model = scratch_model(cfg, tokenizer).to(DTYPES[cfg.dtype or "float32"])
         new_ids = add_latent_tokens(model, tokenizer)
     else:
         model, tokenizer = load_pretrained(cfg.name_or_path, cfg)

@@ -37,6 +37,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import DynamicCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 
+from coconav.common import DTYPE_NAMES
 from coconav.tokens import LATENT_TOKENS, SpecialTokens
 from coconav.errors import CheckpointError, ConfigError, InputError
 from coconav.model.cache import PassCache
@@ -484,9 +485,15 @@ class LatentLM(nn.Module):
 
     # -- saving and loading ------------------------------------------------------------------
 
+    @property
+    def weight_dtype(self) -> torch.dtype:
+        """The dtype of the backbone's stored weights (a LoRA model: its base's, not its adapters')."""
+        return self.causal_lm.get_input_embeddings().weight.dtype
+
     def metadata(self, extra: dict | None = None) -> dict:
         return {"format_version": FORMAT_VERSION, "special_tokens": asdict(self.special), "thought_norm": self.thought_norm,
-                "autocast": "bfloat16" if self.autocast_dtype is not None else "none", **(extra or {})}
+                "autocast": "bfloat16" if self.autocast_dtype is not None else "none",
+                "dtype": str(self.weight_dtype).removeprefix("torch."), **(extra or {})}
 
     def save_pretrained(self, directory: str | Path, extra_metadata: dict | None = None) -> None:
         """Write the backbone and tokenizer in Hugging Face format (safetensors) plus coconav.json.
@@ -497,38 +504,63 @@ class LatentLM(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         if self.model is not self.causal_lm:  # a PEFT adapter: the new token rows live in the adapter itself,
-            self.model.save_pretrained(directory, safe_serialization=True, save_embedding_layers=False)  # not a
-        else:                                                                                       # full embedding copy
+            self.model.save_pretrained(directory, safe_serialization=True, save_embedding_layers=False,  # not a full
+                                       selected_adapters=["default"])  # embedding copy; a frozen PPO reference
+        else:                                                          # adapter is not part of the model
             self.model.save_pretrained(directory, safe_serialization=True)
         self.tokenizer.save_pretrained(directory)
         (directory / META_FILE).write_text(json.dumps(self.metadata(extra_metadata), indent=2), encoding="utf-8")
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, dtype: torch.dtype = torch.float32, **overrides) -> LatentLM:
-        """Load a folder written by `save_pretrained` (weights through safetensors only)."""
+    def from_pretrained(cls, directory: str | Path, dtype: torch.dtype | None = None, trainable: bool = False,
+                        **overrides) -> LatentLM:
+        """Load a folder written by `save_pretrained` (weights through safetensors only).
+
+        `dtype` None keeps the checkpoint's own weight dtype (recorded in coconav.json). A LoRA checkpoint
+        loads with frozen adapters (inference) unless `trainable`: then its adapters, and the latent-token
+        rows stored with them, train again as when the run started. The module comes back in eval mode
+        unless `trainable`.
+        """
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         directory = Path(directory)
         meta = read_metadata(directory)
+        dtype = dtype if dtype is not None else checkpoint_dtype(meta)
         try:
             tokenizer = AutoTokenizer.from_pretrained(directory)
             if (directory / "adapter_config.json").is_file():
                 from peft import AutoPeftModelForCausalLM
 
-                model = AutoPeftModelForCausalLM.from_pretrained(directory, dtype=dtype, use_safetensors=True)
+                model = AutoPeftModelForCausalLM.from_pretrained(directory, dtype=dtype, use_safetensors=True,
+                                                                 is_trainable=trainable)
+                lora = ((meta.get("config") or {}).get("model") or {}).get("lora") or {}
+                if lora.get("adapter_dtype") == "bfloat16":  # PEFT upcasts stored bf16 adapters: back as trained
+                    for name, param in model.named_parameters():
+                        if "lora_" in name or "trainable_tokens" in name:
+                            param.data = param.data.to(torch.bfloat16)
             else:
                 model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, use_safetensors=True)
+                model.requires_grad_(trainable)
         except (OSError, ValueError, RuntimeError, SafetensorError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise CheckpointError(f"{directory}: cannot load the model weights ({first})") from None
         kwargs = {"thought_norm": meta.get("thought_norm", "none"), "autocast": meta.get("autocast", "none"), **overrides}
-        return cls(model, tokenizer, **kwargs)
+        return cls(model, tokenizer, **kwargs).train(trainable)
 
 
 def _hf_checkpointing(model: nn.Module) -> bool:
     """Whether transformers' own gradient checkpointing switch is on (it would drop the cache)."""
     return any(getattr(m, "gradient_checkpointing", False) and not isinstance(m, GradientCheckpointingLayer)
                for m in model.modules())
+
+
+def checkpoint_dtype(meta: dict) -> torch.dtype:
+    """The weight dtype a checkpoint was saved in: coconav.json's 'dtype', else its run config's model.dtype
+    (checkpoints written before the field existed), else float32."""
+    name = meta.get("dtype") or (meta.get("config") or {}).get("model", {}).get("dtype") or "float32"
+    if name not in DTYPE_NAMES:
+        raise CheckpointError(f"unknown weight dtype {name!r} in the checkpoint metadata (known: {', '.join(DTYPE_NAMES)})")
+    return DTYPE_NAMES[name]
 
 
 def read_metadata(directory: Path) -> dict:

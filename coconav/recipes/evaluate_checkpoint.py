@@ -3,9 +3,12 @@
     coconav eval --checkpoint runs/demo/coconut --data test --out runs/demo/coconut_test.json
     coconav eval --checkpoint RUN/checkpoints/stage-4 --data ../shared/data/gsm8k/test.jsonl
     coconav generate --checkpoint runs/demo/coconut "3 + 4 * 2 - 1 ?" --show-thoughts
+    coconav eval --checkpoint RUN --device cuda --dtype bfloat16 --max-new-tokens 128
 
 The mode and thought count come from the checkpoint's config and stage (the last stage's fixed
-count) unless --num-thoughts says otherwise; never from the test example's own steps.
+count) unless --num-thoughts says otherwise; never from the test example's own steps. The model runs
+on CUDA when available (else the CPU), in the checkpoint's own dtype, unless --device / --dtype say
+otherwise.
 """
 
 from __future__ import annotations
@@ -15,34 +18,30 @@ from pathlib import Path
 import torch
 
 from coconav.checkpoint import latest_checkpoint
+from coconav.common import resolve_device, resolve_dtype
 from coconav.config import EvalConfig, ModelConfig
-from coconav.data.curriculum import build_prompt, encode_question
 from coconav.data.readers import load_examples
 from coconav.data.splits import load_splits
 from coconav.errors import InputError
 from coconav.evaluate import chat_prompts, evaluate, evaluate_navigator
 from coconav.inference import CoconavModel
 from coconav.model.build import build_latent_lm
-from coconav.model.controller import NavigatorController
 from coconav.model.latent_lm import LatentLM
 
 
-def thoughts_for(model: CoconavModel, num_thoughts: int | None) -> int:
-    """The fixed thought count to evaluate with (unless the navigator decides)."""
-    if num_thoughts is not None and num_thoughts < 0:
-        raise InputError(f"--num-thoughts must be >= 0, got {num_thoughts}")
-    return num_thoughts if num_thoughts is not None else model.default_thoughts()
-
-
 def run(checkpoint: str | Path, data: str = "test", num_thoughts: int | None = None, max_questions: int | None = None,
-        batch_size: int | None = None, steer: bool = True, memory: bool = True) -> dict:
+        batch_size: int | None = None, steer: bool = True, memory: bool = True, max_new_tokens: int | None = None,
+        device: str | None = None, dtype: str | None = None) -> dict:
     """Evaluate; returns the JSON report (aggregates and per-question records).
 
     For a navigator checkpoint, ``steer=False`` keeps its halting but feeds plain COCONUT thoughts back
     (the steering ablation) and ``memory=False`` switches its episodic and persistent memory off.
+    ``max_new_tokens`` replaces the checkpoint's eval.max_new_tokens.
     """
+    if max_new_tokens is not None and max_new_tokens < 1:
+        raise InputError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
     folder = latest_checkpoint(checkpoint)
-    model = CoconavModel.from_pretrained(folder)
+    model = CoconavModel.from_pretrained(folder, device=resolve_device(device), dtype=resolve_dtype(dtype))
     cfg = model.config
     if data in ("test", "validation"):
         examples = getattr(load_splits(cfg.data, cfg.seed), data)
@@ -51,32 +50,38 @@ def run(checkpoint: str | Path, data: str = "test", num_thoughts: int | None = N
     if not examples:
         raise InputError(f"no examples to evaluate in {data!r}")
     eval_cfg = EvalConfig(**{**cfg.eval.__dict__, "max_questions": max_questions or cfg.eval.max_questions,
-                             "batch_size": batch_size or cfg.eval.batch_size})
+                             "batch_size": batch_size or cfg.eval.batch_size,
+                             "max_new_tokens": max_new_tokens or cfg.eval.max_new_tokens})
     if not (steer and memory) and (model.navigator is None or num_thoughts is not None):
         flag = "--no-steering" if not steer else "--no-memory"
         raise InputError(f"{flag} needs a navigator checkpoint and no --num-thoughts ({folder} "
                          + ("has no navigator)" if model.navigator is None else "would run with a fixed thought count)"))
-    thoughts = thoughts_for(model, num_thoughts)
-    if model.navigator is not None and num_thoughts is None:
+    plan = model.plan(num_thoughts, steer=steer)
+    if plan.controller is not None:
         result = evaluate_navigator(model.lm, model.navigator, examples, eval_cfg, steer=steer, persistent_memory=memory,
                                     episodic_memory=memory, seed=cfg.seed, show_progress=True)
         how = {"mode": "coconut", "navigator": True, "max_thoughts": model.navigator.cfg.max_thoughts,
                "steering": steer, "memory": memory}
     else:
-        result = evaluate(model.lm, examples, model.mode, thoughts, eval_cfg, seed=cfg.seed, show_progress=True)
-        how = {"mode": model.mode, "navigator": False, "num_thoughts": thoughts}
+        result = evaluate(model.lm, examples, plan.mode, plan.num_thoughts, eval_cfg, seed=cfg.seed, show_progress=True)
+        how = {"mode": plan.mode, "navigator": False, "num_thoughts": plan.num_thoughts}
     return {"checkpoint": str(folder), "data": data, "stage": model.stage, **how, **result.to_json()}
 
 
 def run_zero_shot(model: str, data: str, max_questions: int | None = None, batch_size: int = 32,
-                  max_new_tokens: int = 256) -> dict:
+                  max_new_tokens: int = 256, device: str | None = None, dtype: str | None = None) -> dict:
     """An untouched pretrained model, zero-shot with its chat template and a step-by-step instruction."""
+    torch_device = resolve_device(device)
+    if dtype is not None:
+        resolve_dtype(dtype)
+        if dtype not in ("float32", "bfloat16"):
+            raise InputError(f"--zero-shot loads float32 or bfloat16 weights, not {dtype!r}")
     examples = load_examples(data)
     if max_questions:
         examples = examples[:max_questions]
     if not examples:
         raise InputError(f"no examples to evaluate in {data!r}")
-    lm = build_latent_lm(ModelConfig(name_or_path=model))
+    lm = build_latent_lm(ModelConfig(name_or_path=model, dtype=dtype)).to(torch_device)
     prompts = chat_prompts(lm.tokenizer, [ex.question for ex in examples])
     cfg = EvalConfig(max_new_tokens=max_new_tokens, batch_size=batch_size)
     result = evaluate(lm, examples, "cot", 0, cfg, prompts=prompts, show_progress=True)
@@ -85,27 +90,20 @@ def run_zero_shot(model: str, data: str, max_questions: int | None = None, batch
 
 
 def generate_text(checkpoint: str | Path, question: str, num_thoughts: int | None = None, show_thoughts: bool = False,
-                  top_k: int = 5, max_new_tokens: int | None = None) -> str:
+                  top_k: int = 5, max_new_tokens: int | None = None, device: str | None = None,
+                  dtype: str | None = None) -> str:
     """The answer to one question; with `show_thoughts`, each thought's nearest tokens under the LM head."""
     if not question or not question.strip():
         raise InputError("the question is empty")
-    model = CoconavModel.from_pretrained(checkpoint)
-    lm, cfg = model.lm, model.config
-    navigate = model.navigator is not None and num_thoughts is None
-    thoughts = 0 if navigate else thoughts_for(model, num_thoughts)
-    prompt = build_prompt(encode_question(lm.tokenizer, question), model.mode, thoughts, lm.special)
-    if len(prompt) >= lm.context_length:
-        raise InputError(f"the question has {len(prompt)} tokens, longer than the model's context of {lm.context_length}")
-    controller = NavigatorController(model.navigator, sample=False) if navigate else None
-    out = lm.generate([prompt], num_thoughts=thoughts if model.mode == "coconut" else 0, controller=controller,
-                      max_thoughts=model.navigator.cfg.max_thoughts if navigate else None,
-                      max_new_tokens=max_new_tokens or cfg.eval.max_new_tokens, return_thoughts=show_thoughts)
+    model = CoconavModel.from_pretrained(checkpoint, device=resolve_device(device), dtype=resolve_dtype(dtype))
+    plan = model.plan(num_thoughts)
+    out = model.answer([question], plan, max_new_tokens, return_thoughts=show_thoughts)
     if not show_thoughts:
         return out.texts[0]
-    lines = [f"answer: {out.texts[0]}", f"mode: {model.mode}{' + navigator' if navigate else ''}, "
+    lines = [f"answer: {out.texts[0]}", f"mode: {plan.mode}{' + navigator' if plan.controller is not None else ''}, "
              f"thoughts: {int(out.num_thoughts[0])}, forward passes: {int(out.forward_passes[0])}"]
     if out.thoughts is not None:
-        lines += probe_thoughts(lm, out.thoughts[0, : int(out.num_thoughts[0])], top_k)
+        lines += probe_thoughts(model.lm, out.thoughts[0, : int(out.num_thoughts[0])], top_k)
     return "\n".join(lines)
 
 

@@ -26,7 +26,7 @@ import torch
 from accelerate import Accelerator
 
 from coconav.checkpoint import TrainState, latest_checkpoint, list_checkpoints, load_trainer_state, save_checkpoint
-from coconav.common import MetricLogger, print0, progress, seed_everything, set_threads, write_json_atomic
+from coconav.common import DTYPE_NAMES, MetricLogger, print0, progress, seed_everything, set_threads, write_json_atomic
 from coconav.config import RunConfig, save_config, to_dict
 from coconav.data.curriculum import TokenizedExample, build_sequence, collate, tokenize_examples
 from coconav.data.splits import batch_indices, data_vocabulary, load_splits
@@ -66,10 +66,13 @@ def check_run_folder(out_dir: Path, resume: bool) -> None:
 
 def build_model(cfg: RunConfig, splits: Splits, resume_from: Path | None) -> LatentLM:
     """The latent LM: from a checkpoint to resume, from `init_from`, or freshly built."""
-    if resume_from is not None:
-        return LatentLM.from_pretrained(resume_from, thought_norm=cfg.model.thought_norm, autocast=cfg.model.autocast)
-    if cfg.init_from:
-        return LatentLM.from_pretrained(cfg.init_from, thought_norm=cfg.model.thought_norm, autocast=cfg.model.autocast)
+    if resume_from is not None or cfg.init_from:  # trainable: a LoRA checkpoint's adapters and latent-token rows
+        dtype = DTYPE_NAMES[cfg.model.dtype] if cfg.model.dtype is not None else None  # None: the checkpoint's
+        lm = LatentLM.from_pretrained(resume_from or cfg.init_from, dtype=dtype, trainable=True,
+                                      thought_norm=cfg.model.thought_norm, autocast=cfg.model.autocast)
+        if cfg.model.gradient_checkpointing:
+            lm.gradient_checkpointing_enable()
+        return lm
     tokenizer = None
     if cfg.model.name_or_path in SCRATCH:
         if cfg.data.task != "files":

@@ -20,19 +20,23 @@ minibatches with early stop on approx KL; (6) write good trajectories to the per
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 from coconav.checkpoint import TrainState, latest_checkpoint, list_checkpoints, load_trainer_state, save_checkpoint
-from coconav.common import MetricLogger, print0, progress, seed_everything, set_threads, write_json_atomic
+from coconav.common import (DTYPE_NAMES, MetricLogger, print0, progress, resolve_device, seed_everything, set_threads,
+                            write_json_atomic)
 from coconav.config import RunConfig, save_config, to_dict
 from coconav.data.splits import load_splits
 from coconav.data.tasks import Splits
-from coconav.errors import ConfigError
+from coconav.errors import CheckpointError, ConfigError
 from coconav.evaluate import EvalResult, evaluate, evaluate_navigator, spearman
 from coconav.inference import CoconavModel
 from coconav.model.latent_lm import LatentLM
@@ -40,6 +44,8 @@ from coconav.model.navigator import Navigator
 from coconav.ppo import compute_gae, explained_variance, normalize_advantages, ppo_loss
 from coconav.rewards import correctness, format_ok, step_rewards
 from coconav.rollout import Trajectories, replay, roll_out
+
+REFERENCE_ADAPTER = "reference"
 
 
 @dataclass
@@ -52,6 +58,7 @@ class NavRun:
     logger: MetricLogger
     out_dir: Path
     base_thoughts: int  # the COCONUT checkpoint's fixed thought count (its last stage)
+    reference_adapter: str | None = None  # train_lm on a LoRA checkpoint: the frozen copy of its adapter (KL reference)
 
 
 # 1-2. setup and build ---------------------------------------------------------------------------
@@ -63,30 +70,32 @@ def build(cfg: RunConfig, resume: str | None) -> tuple[NavRun, int]:
     out_dir = Path(resume or cfg.out_dir)
     if resume is None and list_checkpoints(out_dir):
         raise ConfigError(f"{out_dir} already holds checkpoints: pass --resume {out_dir} to continue it, or choose another out_dir")
+    ckpt = latest_checkpoint(out_dir) if resume is not None else None
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_dir / "config.yaml")
     logger = MetricLogger(out_dir, cfg.log.tensorboard, cfg.log.wandb, cfg.log.wandb_project, to_dict(cfg),
                           fresh=resume is None)
-    base = Path(cfg.init_from)
-    base_model = CoconavModel.from_pretrained(base)
+    base = latest_checkpoint(cfg.init_from)
+    # model.dtype when set, else the checkpoint's own dtype (a bf16 COCONUT model stays bf16)
+    dtype = DTYPE_NAMES[cfg.model.dtype] if cfg.model.dtype is not None else None
+    base_model = CoconavModel.from_pretrained(base, device=resolve_device(None), dtype=dtype)
     if base_model.navigator is not None:
         raise ConfigError(f"init_from={base} already holds a navigator: point it at the COCONUT checkpoint")
-    lm = base_model.lm
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    lm.to(device).eval()
-    for p in lm.parameters():
-        p.requires_grad_(False)
+    lm = base_model.lm.eval()  # eval mode throughout: rollouts and replays run without dropout
+    lm.requires_grad_(False)
+    reference = None
     if cfg.ppo.train_lm:
-        lm = enable_lm_training(lm, cfg)
-    navigator = Navigator(lm.hidden_size, cfg.navigator).to(device)
+        lm, reference = enable_lm_training(lm, cfg, base)
+        if ckpt is not None:  # the adapters trained so far, not fresh ones
+            load_adapter_weights(lm, ckpt)
+    navigator = Navigator(lm.hidden_size, cfg.navigator).to(lm.device)
     groups = [{"params": [p for p in navigator.parameters() if p.requires_grad], "lr": cfg.ppo.lr}]
     lm_params = [p for p in lm.parameters() if p.requires_grad]
     if lm_params:
         groups.append({"params": lm_params, "lr": cfg.ppo.lm_lr})
     optimizer = torch.optim.Adam(groups, eps=1e-5)
     first = 0
-    if resume is not None:
-        ckpt = latest_checkpoint(out_dir)
+    if ckpt is not None:
         state = load_trainer_state(ckpt, optimizer, modules={"navigator": navigator})
         first = state.global_step
         print0(f"resuming from {ckpt} at update {first}")
@@ -94,18 +103,61 @@ def build(cfg: RunConfig, resume: str | None) -> tuple[NavRun, int]:
     base_thoughts = base_model.default_thoughts()
     print0(f"coconav navigator: base {base} ({base_thoughts} thoughts), budget {cfg.navigator.max_thoughts}, "
            f"{sum(p.numel() for p in navigator.parameters()) / 1e3:.0f}k navigator parameters, out_dir={out_dir}")
-    return NavRun(cfg, lm, navigator, optimizer, splits, logger, out_dir, base_thoughts), first
+    return NavRun(cfg, lm, navigator, optimizer, splits, logger, out_dir, base_thoughts, reference), first
 
 
-def enable_lm_training(lm: LatentLM, cfg: RunConfig) -> LatentLM:
-    """Wrap the LM with LoRA adapters (cfg.model.lora) so the policy gradient can also train it."""
+def enable_lm_training(lm: LatentLM, cfg: RunConfig, base: Path) -> tuple[LatentLM, str | None]:
+    """Make the LM's LoRA adapters trainable for the policy gradient; returns (lm, reference adapter name).
+
+    A full COCONUT model gets fresh adapters (cfg.model.lora; zero update, so the policy starts as the
+    model) and its reference is the model with the adapters disabled. A LoRA COCONUT checkpoint keeps
+    training its own adapter ('default', latent-token rows included); a frozen copy loaded as adapter
+    'reference' is the KL reference, so the reference is the COCONUT policy as loaded, never the bare base.
+    """
     from coconav.model.build import apply_lora
 
+    if lm.model is not lm.causal_lm:  # already a PEFT model: the COCONUT adapter itself
+        lm.model.load_adapter(str(base), adapter_name=REFERENCE_ADAPTER, is_trainable=False)
+        lm.model.set_adapter("default")  # active, and trainable (PEFT's set_adapter), the reference frozen
+        return lm.eval(), REFERENCE_ADAPTER
     if cfg.model.lora is None:
         raise ConfigError("ppo.train_lm=true needs model.lora settings (the LM is trained through LoRA adapters)")
     model = apply_lora(lm.model, cfg.model, [])
-    return LatentLM(model, lm.tokenizer, thought_norm=lm.thought_norm,
-                    autocast="bfloat16" if lm.autocast_dtype is not None else "none").to(lm.device)
+    trained = LatentLM(model, lm.tokenizer, thought_norm=lm.thought_norm,
+                       autocast="bfloat16" if lm.autocast_dtype is not None else "none").to(lm.device)
+    return trained.eval(), None
+
+
+def load_adapter_weights(lm: LatentLM, ckpt: Path) -> None:
+    """Load the trained adapter ('default') saved in a navigator checkpoint into `lm` (--resume)."""
+    from peft import set_peft_model_state_dict
+
+    path = ckpt / "adapter_model.safetensors"
+    if not path.is_file():
+        raise CheckpointError(f"{ckpt}: {path.name} is missing (was this run trained with ppo.train_lm=true?)")
+    try:
+        result = set_peft_model_state_dict(lm.model, load_file(str(path), device=str(lm.device)), adapter_name="default")
+    except (SafetensorError, RuntimeError) as err:
+        raise CheckpointError(f"{path}: cannot load ({str(err).strip().splitlines()[0][:200]})") from None
+    if result.unexpected_keys:
+        raise CheckpointError(f"{path}: adapter weights do not match model.lora ({result.unexpected_keys[0]} ...)")
+
+
+@contextlib.contextmanager
+def reference_policy(run: NavRun):
+    """The KL reference in place of the policy LM: the adapters disabled, or the frozen reference adapter."""
+    if run.reference_adapter is None:
+        with run.lm.model.disable_adapter():
+            yield
+        return
+    flags = [(p, p.requires_grad) for p in run.lm.model.parameters()]
+    run.lm.model.set_adapter(run.reference_adapter)
+    try:
+        yield
+    finally:
+        run.lm.model.set_adapter("default")
+        for p, flag in flags:  # set_adapter toggles requires_grad: put every flag back as it was
+            p.requires_grad_(flag)
 
 
 def temperature_at(cfg: RunConfig, update: int) -> float:
@@ -117,12 +169,18 @@ def temperature_at(cfg: RunConfig, update: int) -> float:
 
 # 3-5. one PPO update ----------------------------------------------------------------------------
 
-def reference_kl(run: NavRun, traj: Trajectories, mb: torch.Tensor, answer_logprobs: torch.Tensor,
-                 temperature: float) -> torch.Tensor:
-    """k3 estimate of KL(policy || frozen reference) on the sampled answers (train_lm only)."""
-    with torch.no_grad(), run.lm.model.disable_adapter():
-        ref = replay(run.lm, run.navigator, traj, mb, temperature).answer_logprobs
-    log_ratio = ref - answer_logprobs
+def reference_logprobs(run: NavRun, traj: Trajectories, mb: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Log-probabilities of the sampled answers under the frozen reference (train_lm only). Shape: [b].
+
+    Computed before the policy's replay of the minibatch: switching adapters must not happen between
+    a forward pass and its backward."""
+    with torch.no_grad(), reference_policy(run):
+        return replay(run.lm, run.navigator, traj, mb, temperature).answer_logprobs
+
+
+def reference_kl(ref_logprobs: torch.Tensor, answer_logprobs: torch.Tensor) -> torch.Tensor:
+    """k3 estimate of KL(policy || reference) on the sampled answers."""
+    log_ratio = ref_logprobs - answer_logprobs
     return (log_ratio.exp() - log_ratio - 1).mean()
 
 
@@ -130,6 +188,7 @@ def ppo_update(run: NavRun, traj: Trajectories, rewards: torch.Tensor, temperatu
     """Old log-probs by replay, GAE, then epochs of clipped updates over shuffled minibatches."""
     cfg, ppo = run.cfg, run.cfg.ppo
     B, device = len(traj), run.lm.device
+    run.lm.eval()  # no dropout: replays must reproduce the rollout's distribution (first ratios exactly 1)
     g = torch.Generator().manual_seed(cfg.seed * 100_003 + update)
     minibatches = list(torch.randperm(B, generator=g).chunk(ppo.num_minibatches))
     # 3. old log-probs and values, on the first epoch's minibatches (so its first ratio is exactly 1)
@@ -153,6 +212,7 @@ def ppo_update(run: NavRun, traj: Trajectories, rewards: torch.Tensor, temperatu
         stop = False
         for i, mb in enumerate(minibatches):
             mbd = mb.to(device)
+            ref = reference_logprobs(run, traj, mb, temperature) if ppo.train_lm and ppo.beta > 0 else None
             rep = replay(run.lm, run.navigator, traj, mb, temperature, ppo.answer_in_policy)
             advantages = adv.advantages[mbd]
             if ppo.norm_adv:
@@ -160,10 +220,10 @@ def ppo_update(run: NavRun, traj: Trajectories, rewards: torch.Tensor, temperatu
             out = ppo_loss(rep.logprobs, old_logprobs[mbd], advantages, rep.values, old_values[mbd], adv.returns[mbd],
                            rep.entropy, valid[mbd], ppo.epsilon, ppo.vf_coef, ppo.ent_coef, ppo.clip_value)
             loss = out.loss
-            if ppo.train_lm and ppo.beta > 0:
-                kl = reference_kl(run, traj, mb, rep.answer_logprobs, temperature)
+            if ref is not None:
+                kl = reference_kl(ref, rep.answer_logprobs)
                 loss = loss + ppo.beta * kl
-                stats["kl_ref"].append(float(kl))
+                stats["kl_ref"].append(float(kl.detach()))
             run.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, ppo.max_grad_norm)
@@ -203,6 +263,7 @@ def train(cfg: RunConfig, resume: str | None = None) -> dict:
         temperature = temperature_at(cfg, update)
         # 1. roll out
         run.navigator.eval()
+        run.lm.eval()
         gen = torch.Generator(device=run.lm.device).manual_seed(cfg.seed * 1_000_003 + update)
         traj = roll_out(run.lm, run.navigator, sample_questions(run, update), num_trajectories=ppo.num_trajectories,
                         sample=True, temperature=temperature, max_new_tokens=cfg.eval.max_new_tokens, generator=gen)

@@ -14,7 +14,8 @@ import pytest
 import torch
 import yaml
 
-from coconav.config import RunConfig, from_dict
+from coconav.checkpoint import TrainState, save_checkpoint
+from coconav.config import RunConfig, from_dict, to_dict
 from coconav.recipes import train_navigator
 from coconav.rewards import step_rewards
 from coconav.rollout import roll_out
@@ -34,11 +35,16 @@ def final_checkpoint(run: Path) -> Path:
 
 def nav_config(tiny_run: Path, out_dir: Path, **ppo) -> dict:
     """A tiny navigator run on the tiny COCONUT checkpoint (plain data: build it with from_dict or dump it)."""
+    return nav_settings(final_checkpoint(tiny_run), out_dir, **ppo)
+
+
+def nav_settings(init_from: Path, out_dir: Path, **ppo) -> dict:
+    """A tiny navigator run on the COCONUT checkpoint `init_from`."""
     return {
         "out_dir": str(out_dir),
         "seed": 0,
         "threads": 1,
-        "init_from": str(final_checkpoint(tiny_run)),
+        "init_from": str(init_from),
         "data": {"task": "arithmetic", "train_size": 32, "validation_size": 4, "test_size": 4,
                  "min_difficulty": 1, "max_difficulty": 6},
         "eval": {"max_new_tokens": 6, "batch_size": 8},
@@ -246,4 +252,128 @@ def test_train_lm_updates_lora_adapters_with_a_kl_penalty(tiny_run, tmp_path):
     assert "ppo/kl_ref" in stats and math.isfinite(stats["ppo/kl_ref"]) and stats["ppo/kl_ref"] >= 0
     assert any(not torch.equal(p, lora[n]) for n, p in run.lm.named_parameters() if n in lora)
     assert all(torch.equal(p, base[n]) for n, p in run.lm.named_parameters() if n in base)
+    run.logger.close()
+
+
+# -- the LM under ppo.train_lm: its adapters, the KL reference, resume, dropout, dtype ----------------
+
+
+def lm_logits(lm, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return lm(ids, torch.ones_like(ids), return_logits=True).logits
+
+
+def probe_ids(lm) -> torch.Tensor:
+    s = lm.special
+    return torch.tensor([[3, 13, 4, 16, s.bot, s.thought, s.thought, s.eot, 17, 5, 1]])
+
+
+def test_train_lm_on_a_lora_checkpoint_keeps_training_its_adapter(lora_coconut, tmp_path):
+    """ppo.train_lm on a LoRA COCONUT checkpoint trains that adapter (it used to be wrapped a second time under
+    the name 'default', which reset lora_B); the KL reference is the COCONUT policy as loaded, not the bare base."""
+    from coconav.inference import CoconavModel
+
+    coconut = CoconavModel.from_pretrained(lora_coconut, device="cpu")
+    ids = probe_ids(coconut.lm)
+    loaded = lm_logits(coconut.lm, ids)
+    saved_b = {n: p.detach().clone() for n, p in coconut.lm.named_parameters() if "lora_B" in n}
+    assert saved_b and all(float(p.abs().sum()) > 0 for p in saved_b.values())
+    run, _ = train_navigator.build(from_dict(RunConfig, nav_settings(lora_coconut, tmp_path / "nav", train_lm=True,
+                                                                     beta=0.1, lm_lr=1e-1)), resume=None)
+    b_now = {n: p for n, p in run.lm.named_parameters() if "lora_B.default" in n}
+    assert b_now.keys() == saved_b.keys() and all(torch.equal(b_now[n], saved_b[n]) for n in saved_b)
+    trainable = {n: p.detach().clone() for n, p in run.lm.named_parameters() if p.requires_grad}
+    assert trainable and all(".default" in n for n in trainable), sorted(trainable)
+    torch.testing.assert_close(lm_logits(run.lm, ids), loaded, atol=0, rtol=0)  # the policy starts as COCONUT
+    with train_navigator.reference_policy(run):
+        torch.testing.assert_close(lm_logits(run.lm, ids), loaded, atol=0, rtol=0)
+    traj, rewards = rollout_with_mixed_rewards(run)
+    run.navigator.train()
+    stats = train_navigator.ppo_update(run, traj, rewards, temperature=1.0, update=0)
+    assert stats["ppo/ratio_first"] == 1.0 and math.isfinite(stats["ppo/kl_ref"])
+    assert any(not torch.equal(p, trainable[n]) for n, p in run.lm.named_parameters() if n in trainable)
+    assert {n for n, p in run.lm.named_parameters() if p.requires_grad} == trainable.keys()  # flags restored
+    assert not torch.equal(lm_logits(run.lm, ids), loaded)  # the policy moved ...
+    with train_navigator.reference_policy(run):  # ... the reference did not
+        torch.testing.assert_close(lm_logits(run.lm, ids), loaded, atol=0, rtol=0)
+    # the navigator checkpoint holds the trained adapter only (not the reference) and reloads to the policy
+    save_checkpoint(tmp_path / "nav_ckpt", run.lm, TrainState(0, 1, 1), to_dict(run.cfg),
+                    modules={"navigator": run.navigator}, metrics={"base_thoughts": run.base_thoughts})
+    assert not (tmp_path / "nav_ckpt" / "reference").exists()
+    again = CoconavModel.from_pretrained(tmp_path / "nav_ckpt", device="cpu")
+    torch.testing.assert_close(lm_logits(again.lm, ids), lm_logits(run.lm, ids), atol=0, rtol=0)
+    run.logger.close()
+
+
+@pytest.mark.parametrize("base", ["full", "lora"])
+def test_resume_with_train_lm_reloads_the_trained_adapters(cli, request, tmp_path, base):
+    """--resume used to rebuild fresh adapters (lora_B = 0) while restoring the optimizer's moments. 'full': a
+    full COCONUT model with fresh adapters; 'lora': a LoRA COCONUT checkpoint whose own adapter trains."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    if base == "full":
+        data = nav_config(request.getfixturevalue("tiny_run"), tmp_path / "nav", train_lm=True, lm_lr=1e-2, updates=1)
+        data["model"] = {"lora": {"r": 2, "alpha": 4, "target_modules": ["q_proj", "v_proj"]}}
+    else:
+        data = nav_settings(request.getfixturevalue("lora_coconut"), tmp_path / "nav", train_lm=True, lm_lr=1e-2,
+                            updates=1)
+    cfg_path = tmp_path / "nav.yaml"
+    cfg_path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    assert cli("train", "--config", cfg_path).rc == 0
+    last = tmp_path / "nav" / "checkpoints" / "last"
+    saved = load_file(str(last / "adapter_model.safetensors"))
+    assert any("lora_B" in k and float(v.abs().sum()) > 0 for k, v in saved.items())
+    data["ppo"]["updates"] = 2
+    run, first = train_navigator.build(from_dict(RunConfig, data), resume=str(tmp_path / "nav"))
+    assert first == 1
+    loaded = get_peft_model_state_dict(run.lm.model, adapter_name="default", save_embedding_layers=False)
+    assert loaded.keys() == saved.keys()
+    for key, value in saved.items():
+        assert torch.equal(loaded[key], value), key
+    assert all(p.requires_grad for n, p in run.lm.named_parameters() if "lora_" in n and ".default" in n)
+    run.logger.close()
+
+
+def test_rollouts_and_replays_run_without_dropout(tmp_path, monkeypatch):
+    """GPT-2 keeps dropout 0.1: with train_lm the LM used to stay in train mode after the first validation,
+    so two no-grad replays of one minibatch differed and the first PPO ratios were not 1."""
+    from conftest import coconut_checkpoint, save_pretrained_base
+    from coconav.rollout import replay
+
+    base = save_pretrained_base(tmp_path / "gpt2", arch="gpt2")
+    ckpt = coconut_checkpoint(tmp_path / "coconut", {"name_or_path": str(base)}, train_steps=0)
+    data = nav_settings(ckpt, tmp_path / "nav", train_lm=True, beta=0.1, lm_lr=1e-2)
+    data["model"] = {"lora": {"r": 2, "alpha": 4, "target_modules": ["c_attn"]}}
+    run, _ = train_navigator.build(from_dict(RunConfig, data), resume=None)
+    train_navigator.validate(run, 1)  # the old code left the LM in train mode from here on
+    traj, rewards = rollout_with_mixed_rewards(run)
+    idx = torch.arange(len(traj))
+    with torch.no_grad():
+        first, second = replay(run.lm, run.navigator, traj, idx), replay(run.lm, run.navigator, traj, idx)
+    assert torch.equal(first.logprobs, second.logprobs) and torch.equal(first.answer_logprobs, second.answer_logprobs)
+    calls = []
+    real_loss = train_navigator.ppo_loss
+
+    def spy(new, old, *args, **kwargs):
+        calls.append((new.detach().clone(), old.clone()))
+        return real_loss(new, old, *args, **kwargs)
+
+    monkeypatch.setattr(train_navigator, "ppo_loss", spy)
+    run.navigator.train()
+    stats = train_navigator.ppo_update(run, traj, rewards, temperature=1.0, update=0)
+    assert torch.equal(*calls[0]) and stats["ppo/ratio_first"] == 1.0
+    assert not run.lm.training
+    run.logger.close()
+
+
+def test_navigator_keeps_the_checkpoint_dtype(bf16_coconut, tmp_path):
+    """model.dtype unset: the COCONUT checkpoint's bf16 weights stay bf16 (the old load gave fp32), and a
+    PPO update runs on them."""
+    run, _ = train_navigator.build(from_dict(RunConfig, nav_settings(bf16_coconut, tmp_path / "nav")), resume=None)
+    assert run.lm.causal_lm.dtype == torch.bfloat16
+    traj, rewards = rollout_with_mixed_rewards(run)
+    run.navigator.train()
+    stats = train_navigator.ppo_update(run, traj, rewards, temperature=1.0, update=0)
+    assert math.isfinite(stats["ppo/policy_loss"])
     run.logger.close()

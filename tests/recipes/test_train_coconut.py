@@ -1,0 +1,63 @@
+"""The COCONUT recipe (coconav/recipes/train_coconut.py) continuing from a checkpoint: `init_from` and
+`--resume` of a LoRA checkpoint train its adapters (and latent-token rows), in the checkpoint's dtype."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from coconav.config import RunConfig, from_dict
+from coconav.recipes import train_coconut
+
+
+def continue_config(init_from: Path, out_dir: Path, **model) -> RunConfig:
+    """A two-step COCONUT run on the arithmetic task starting from `init_from`."""
+    return from_dict(RunConfig, {
+        "out_dir": str(out_dir), "threads": 1, "init_from": str(init_from), "model": model,
+        "data": {"task": "arithmetic", "train_size": 16, "validation_size": 2, "test_size": 2, "max_difficulty": 2},
+        "curriculum": {"mode": "coconut", "thoughts_per_step": 1, "max_stage": 2, "start_stage": 2},
+        "train": {"batch_size": 4, "final_stage_steps": 2, "warmup_steps": 1},
+        "eval": {"max_new_tokens": 4}, "log": {"progress": False},
+    })
+
+
+def test_init_from_a_lora_checkpoint_trains_its_adapters(lora_coconut: Path, tmp_path: Path):
+    """The command the Llama-3-8B preset prints (init_from=<LoRA checkpoint>) used to end in 'element 0 of
+    tensors does not require grad': the reload had no trainable parameter."""
+    run, state = train_coconut.build_run(continue_config(lora_coconut, tmp_path / "run"))
+    trainable = {n: p.detach().clone() for n, p in run.lm.named_parameters() if p.requires_grad}
+    assert any("lora_B" in n for n in trainable) and any("trainable_tokens" in n for n in trainable)
+    stats = train_coconut.train_step(run, state.stage, 0)
+    assert torch.isfinite(torch.tensor(stats["loss"]))
+    changed = {n for n, p in run.lm.named_parameters() if n in trainable and not torch.equal(p, trainable[n])}
+    assert any("lora_B" in n for n in changed) and any("trainable_tokens" in n for n in changed), changed
+    run.logger.close()
+
+
+def test_resume_of_a_lora_run_trains_its_adapters(lora_coconut: Path, tmp_path: Path):
+    """--resume reloads the run's last checkpoint through the same path: trainable adapters, not frozen."""
+    out = tmp_path / "run"
+    cfg = continue_config(lora_coconut, out)
+    train_coconut.train(cfg)
+    run, state = train_coconut.build_run(cfg, resume=str(out))
+    assert state.stage_done
+    assert any("lora_B" in n for n, p in run.lm.named_parameters() if p.requires_grad)
+    assert run.lm.training
+    run.logger.close()
+
+
+def test_init_from_and_resume_keep_the_checkpoint_dtype(bf16_coconut: Path, tmp_path: Path):
+    """model.dtype unset: a bf16 checkpoint continues in bf16 (init_from, then --resume); set: it is honoured."""
+    out = tmp_path / "run"
+    cfg = continue_config(bf16_coconut, out)
+    run, _ = train_coconut.build_run(cfg)
+    assert run.lm.causal_lm.dtype == torch.bfloat16
+    run.logger.close()
+    train_coconut.train(cfg)
+    resumed, _ = train_coconut.build_run(cfg, resume=str(out))
+    assert resumed.lm.causal_lm.dtype == torch.bfloat16
+    resumed.logger.close()
+    upcast, _ = train_coconut.build_run(continue_config(bf16_coconut, tmp_path / "run32", dtype="float32"))
+    assert upcast.lm.causal_lm.dtype == torch.float32
+    upcast.logger.close()
