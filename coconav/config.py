@@ -102,11 +102,14 @@ class DataConfig:
     task: str = "arithmetic"
     """A built-in task ('arithmetic', 'graph') or 'files' to read train/validation/test below."""
     train: str | None = None
-    """Training data spec when task='files': a path (.jsonl GSM8K, .txt GSM8k-Aug, .json COCONUT) or hub id."""
+    """Training data spec when task='files': a hub id 'owner/name:split' loaded through `datasets` (GSM8K rows
+    'openai/gsm8k:train', GSM8k-Aug rows 'whynlp/gsm8k-aug:train'), or a local file (.jsonl GSM8K, .txt GSM8k-Aug,
+    .json COCONUT; 'gsm8k:PATH', 'gsm8k_aug:PATH', 'coconut:PATH' force the format). Relative paths are from the
+    working directory."""
     validation: str | None = None
-    """Validation data spec when task='files' (None: hold out `validation_size` training rows)."""
+    """Validation data spec when task='files', as `train` (None: hold out `validation_size` training rows)."""
     test: str | None = None
-    """Test data spec when task='files'."""
+    """Test data spec when task='files', as `train` (e.g. 'openai/gsm8k:test' or a local test.jsonl)."""
     gsm8k_steps: Literal["notes", "lines"] = "notes"
     """How GSM8K rationales become steps: one per calculator note (GSM8k-Aug style) or one per line."""
     train_size: int = 50000

@@ -1,7 +1,9 @@
 """Every preset in configs/ loads and runs two steps per stage on CPU with the model swapped for a tiny one.
 
-Presets that read GSM8k-Aug's training file (not shipped) read ../shared/data/gsm8k/train.jsonl
-instead; presets that start from a checkpoint start from this session's tiny run.
+GSM8K presets name hub data sets (openai/gsm8k, whynlp/gsm8k-aug); here they read the local copies under
+$COCONAV_TEST_DATA instead (GSM8k-Aug's training set is not there: GSM8K train stands in). Presets that
+start from a checkpoint start from this session's tiny run. No preset, docstring or benchmark may point
+outside the repository.
 """
 
 from __future__ import annotations
@@ -12,9 +14,13 @@ from pathlib import Path
 import pytest
 
 from coconav.config import load_config
+from conftest import real_data_path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
+# The local copy (under $COCONAV_TEST_DATA) of each hub split a preset names.
+LOCAL_COPIES = {"openai/gsm8k:train": "gsm8k/train.jsonl", "openai/gsm8k:test": "gsm8k/test.jsonl",
+                "whynlp/gsm8k-aug:train": "gsm8k/train.jsonl", "whynlp/gsm8k-aug:validation": "gsm8k_aug/valid.txt",
+                "whynlp/gsm8k-aug:test": "gsm8k_aug/test.txt"}
 PRESETS = sorted(p for p in (ROOT / "configs").glob("*.yaml"))
 TINY_MODEL = ["model.name_or_path=scratch-llama", "model.hidden_size=16", "model.num_layers=1", "model.num_heads=2",
               "model.intermediate_size=32", "model.max_position_embeddings=1024"]
@@ -45,10 +51,11 @@ def test_preset_runs_two_steps(preset: Path, cli, tiny_run: Path, tmp_path: Path
     else:
         overrides += TINY_MODEL + ["init_from=null"]
     if cfg.data.task == "files":
-        if not SHARED.is_dir():
-            pytest.skip(f"{SHARED} not found (the shared GSM8K data)")
-        train = cfg.data.train if cfg.data.train and (ROOT / cfg.data.train).is_file() else SHARED / "gsm8k/train.jsonl"
-        overrides += [f"data.train={train}"]
+        for split in ("train", "validation", "test"):
+            spec = getattr(cfg.data, split)
+            if spec is not None:
+                assert spec in LOCAL_COPIES, f"{preset.name}: data.{split}={spec} has no local copy for this test"
+                overrides.append(f"data.{split}={real_data_path(LOCAL_COPIES[spec])}")
     result = cli("train", "--config", preset, *overrides)
     assert result.rc == 0, result.err[-2000:]
     results = json.loads((tmp_path / "run" / "results.json").read_text())
@@ -59,3 +66,21 @@ def test_preset_runs_two_steps(preset: Path, cli, tiny_run: Path, tmp_path: Path
         assert results["test"]["num_questions"] == 4
         steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
         assert max(steps) == 2 * len(cfg.curriculum.stages())  # two optimizer steps in every stage
+
+
+def test_gsm8k_presets_use_hub_ids() -> None:
+    # A fresh clone has no data beside it: GSM8K presets name hub splits, overridable with local files.
+    for preset in PRESETS:
+        cfg = load_config(preset)
+        if cfg.data.task == "files":
+            specs = [s for s in (cfg.data.train, cfg.data.validation, cfg.data.test) if s is not None]
+            assert specs and all(s in LOCAL_COPIES for s in specs), (preset.name, specs)
+
+
+def test_nothing_points_outside_the_repository() -> None:
+    files = [*PRESETS, *(ROOT / "coconav").rglob("*.py"), *(ROOT / "coconav").rglob("*.yaml"),
+             *(ROOT / "benchmarks").glob("*.py"), ROOT / "benchmarks" / "README.md"]
+    offenders = [f"{path.relative_to(ROOT)}:{number}" for path in files
+                 for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+                 if "../shared" in line or "..\\shared" in line]
+    assert not offenders, f"paths outside the repository: {offenders}"
