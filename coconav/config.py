@@ -593,7 +593,10 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 
 def read_yaml(path: str | Path) -> dict:
-    """Read a YAML mapping; syntax errors become one-line ConfigErrors with the line number."""
+    """Read a YAML mapping; syntax errors become one-line ConfigErrors with the line number.
+
+    An empty file (or one with only comments) and a top level that is not a mapping are errors
+    naming the file: training silently on the defaults would hide a wrong path or a bad save."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -606,8 +609,8 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigError(f"{path}{where}: YAML syntax error: {problem}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not valid UTF-8 text") from None
-    if data is None:
-        return {}
+    if data is None:  # an empty file, or only comments: almost certainly the wrong file
+        raise ConfigError(f"{path}: the config file is empty (expected a mapping of config sections such as 'model:')")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of config sections")
     return data

@@ -251,7 +251,7 @@ def test_generate_question_that_leaves_no_room_for_thoughts(cli, tiny_run: Path)
 
 def test_generate_negative_thoughts(cli, tiny_run: Path) -> None:
     assert cli("generate", "--checkpoint", tiny_run, "1 + 2 ?", "--num-thoughts", "-1").error() == \
-        "--num-thoughts must be >= 0, got -1"
+        "--num-thoughts must be >= 0, got -1 (see 'coconav generate --help')"
 
 
 def test_generate_prints_the_answer(cli, tiny_run: Path) -> None:
@@ -353,3 +353,69 @@ def test_fresh_train_does_not_mix_with_stale_metrics(cli, tmp_path: Path, tiny_o
         return
     steps = metric_steps(run)
     assert steps == sorted(steps), steps
+
+
+# -- flags: ranges, help, version -----------------------------------------------------------------
+
+RANGE_CASES = [  # (argv after the command, flag, the smallest allowed value, the value given)
+    (["eval", "--checkpoint", "RUN", "--batch-size", "0"], "--batch-size", 1, "0"),
+    (["eval", "--checkpoint", "RUN", "--batch-size", "-3"], "--batch-size", 1, "-3"),
+    (["eval", "--checkpoint", "RUN", "--max-questions", "0"], "--max-questions", 1, "0"),
+    (["eval", "--checkpoint", "RUN", "--num-thoughts", "-1"], "--num-thoughts", 0, "-1"),
+    (["eval", "--zero-shot", "M", "--data", "d.jsonl", "--max-new-tokens", "0"], "--max-new-tokens", 1, "0"),
+    (["generate", "--checkpoint", "RUN", "q", "--max-new-tokens", "0"], "--max-new-tokens", 1, "0"),
+    (["generate", "--checkpoint", "RUN", "q", "--top-k", "0"], "--top-k", 1, "0"),
+    (["generate", "--checkpoint", "RUN", "q", "--num-thoughts", "-2"], "--num-thoughts", 0, "-2"),
+    (["demo", "--seed", "-1"], "--seed", 0, "-1"),
+]
+
+
+@pytest.mark.parametrize(("argv", "flag", "low", "value"), RANGE_CASES, ids=[f"{c[0][0]}{c[1]}{c[3]}" for c in RANGE_CASES])
+def test_numeric_flags_out_of_range(cli, argv: list[str], flag: str, low: int, value: str) -> None:
+    # 0 used to be read as "the default" (eval --batch-size 0 exited 0 and wrote a report).
+    assert cli(*argv).error() == f"{flag} must be >= {low}, got {value} (see 'coconav {argv[0]} --help')"
+
+
+def test_numeric_flag_not_an_integer(cli) -> None:
+    assert cli("eval", "--checkpoint", "RUN", "--batch-size", "eight").error() == \
+        "--batch-size must be an integer >= 1, got 'eight' (see 'coconav eval --help')"
+
+
+def test_argparse_errors_are_one_line(cli) -> None:
+    assert cli("generate", "--checkpoint", "RUN").error() == \
+        "the following arguments are required: question (see 'coconav generate --help')"
+    assert cli("eval", "--bogus").error() == "unrecognized arguments: --bogus (see 'coconav --help')"
+
+
+def test_eval_batch_size_zero_writes_no_report(cli, tiny_run: Path, tmp_path: Path) -> None:
+    report = tmp_path / "r.json"
+    assert cli("eval", "--checkpoint", tiny_run, "--batch-size", "0", "--out", report).error().startswith("--batch-size")
+    assert not report.exists()
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    import coconav
+    from coconav.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out == f"coconav {coconav.__version__}\n"
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "generate", "demo"])
+def test_command_help_shows_defaults_and_an_example(capsys: pytest.CaptureFixture[str], command: str) -> None:
+    from coconav.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    text = capsys.readouterr().out
+    assert info.value.code == 0
+    example = text.split("example:\n", 1)[1].strip()
+    assert example.startswith(f"coconav {command} "), text
+    text = " ".join(text.split())  # help lines wrap with the terminal width
+    if command == "eval":
+        assert "(default: 256)" in text and "(default: test)" in text
+    if command == "generate":
+        assert "(default: 5)" in text
+    if command == "demo":
+        assert "(default: runs/demo)" in text and "(default: 0)" in text
