@@ -46,7 +46,9 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text:
+        # `is`, not `in`: 0 == False, and a default of 0 is worth showing.
+        hidden = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if action.option_strings and not hidden and "%(default)" not in text:
             text += " (default: %(default)s)"
         return text
 
