@@ -200,6 +200,13 @@ def _quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
 
 
+def _close_progress_bars() -> None:
+    """A bar left open by the exception would otherwise share its line with the error message."""
+    from coconav.common import close_progress_bars
+
+    close_progress_bars()
+
+
 COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "generate": _cmd_generate, "demo": _cmd_demo}
 
 
@@ -210,9 +217,11 @@ def main(argv: list[str] | None = None) -> int:
         _quiet_transformers()
         return COMMANDS[args.command](args)
     except CoconavError as err:
+        _close_progress_bars()
         print(f"coconav: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _close_progress_bars()
         print("coconav: interrupted (completed checkpoints are kept; continue with --resume)", file=sys.stderr)
         return 130
 

@@ -419,3 +419,45 @@ def test_command_help_shows_defaults_and_an_example(capsys: pytest.CaptureFixtur
         assert "(default: 5)" in text
     if command == "demo":
         assert "(default: runs/demo)" in text and "(default: 0)" in text
+
+
+def test_error_under_a_progress_bar_stands_on_its_own_line(cli, tiny_run: Path, tmp_path: Path) -> None:
+    # A 100,000-token question fails inside the evaluation loop, while its progress bar is drawn.
+    long_question = " ".join(["1"] * 100_000) + " ?"
+    data = tmp_path / "long.json"
+    data.write_text(json.dumps([{"question": long_question, "steps": ["1 + 2 = 3"], "answer": "3"}]), encoding="utf-8")
+    res = cli("eval", "--checkpoint", tiny_run, "--data", data)
+    assert res.rc == 2 and "Traceback" not in res.err
+    assert "eval:" in res.err  # the bar was drawn (it is what this test is about)
+    before, error = res.err.split("coconav: error: ")
+    # The bar was closed (and, left=False, wiped) before the error: nothing of it is left on the error's line.
+    assert before.endswith(("\r", "\n")), repr(before[-120:])
+    assert not re.split(r"[\r\n]", before[:-1])[-1].strip(), repr(before[-120:])
+    assert error.endswith("\n") and "\r" not in error and "tokens" in error, error
+
+
+@pytest.mark.parametrize("interrupt", [False, True], ids=["error", "ctrl-c"])
+def test_error_in_training_closes_the_bar_first(cli, tmp_path: Path, tiny_overrides: list[str],
+                                                monkeypatch: pytest.MonkeyPatch, interrupt: bool) -> None:
+    # The stage bar is a local of train_stage: the traceback keeps it open after the exception, so
+    # without closing it the message was printed right after "stage 0:  50%|#####  | 1/2 [...]".
+    from coconav.errors import DataError
+    from coconav.recipes import train_coconut
+
+    real_step, calls = train_coconut.train_step, []
+
+    def failing_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt if interrupt else DataError("bad.jsonl:7: a question of 100000 tokens")
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_coconut, "train_step", failing_step)
+    overrides = [o for o in tiny_overrides if not o.startswith("log.progress")] + ["log.progress=true"]
+    res = cli("train", "--config", DEMO_PRESET, *overrides, f"out_dir={tmp_path / 'run'}")
+    marker = "coconav: interrupted" if interrupt else "coconav: error: bad.jsonl:7: a question of 100000 tokens"
+    assert res.rc == (130 if interrupt else 2) and marker in res.err
+    before = res.err[: res.err.index(marker)]
+    assert "stage 0:" in before  # the bar was drawn
+    assert before.endswith(("\r", "\n")), repr(before[-120:])  # the message starts its own line ...
+    assert not re.split(r"[\r\n]", before[:-1])[-1].strip(), repr(before[-120:])  # ... and the bar was wiped
