@@ -461,3 +461,32 @@ def test_error_in_training_closes_the_bar_first(cli, tmp_path: Path, tiny_overri
     assert "stage 0:" in before  # the bar was drawn
     assert before.endswith(("\r", "\n")), repr(before[-120:])  # the message starts its own line ...
     assert not re.split(r"[\r\n]", before[:-1])[-1].strip(), repr(before[-120:])  # ... and the bar was wiped
+
+
+# -- words the built-in tokenizer does not know ----------------------------------------------------
+
+UNKNOWN = ("words this model does not know: 'what', 'is', 'plus' (its vocabulary holds only the words of its task "
+           "or training data; in the question 'what is 3 plus 4?')")
+
+
+def test_generate_names_unknown_words(cli, tiny_run: Path) -> None:
+    # They used to become <unk> silently, and the question was answered.
+    assert cli("generate", "--checkpoint", tiny_run, "what is 3 plus 4?").error() == UNKNOWN
+
+
+def test_python_api_names_unknown_words(tiny_run: Path) -> None:
+    from coconav import CoconavModel
+    from coconav.errors import InputError
+
+    model = CoconavModel.from_pretrained(tiny_run)
+    with pytest.raises(InputError) as info:
+        model.generate(["3 + 4 ?", "what is 3 plus 4?"])
+    assert str(info.value) == UNKNOWN
+    assert isinstance(model.generate("3 + 4 ?"), str)
+
+
+def test_eval_data_file_with_unknown_words(cli, tiny_run: Path, tmp_path: Path) -> None:
+    data = tmp_path / "d.jsonl"
+    data.write_text(GOOD_GSM8K, encoding="utf-8")  # an English word problem for an arithmetic-task model
+    msg = cli("eval", "--checkpoint", tiny_run, "--data", data).error()
+    assert msg.startswith("words this model does not know: 'Tom', 'has', 'apples', 'and', 'buys', 'How', 'many'"), msg
