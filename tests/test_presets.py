@@ -84,3 +84,21 @@ def test_nothing_points_outside_the_repository() -> None:
                  for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
                  if "../shared" in line or "..\\shared" in line]
     assert not offenders, f"paths outside the repository: {offenders}"
+
+
+# The demo presets have one source: coconav/recipes/ (package data, so that `coconav demo` finds them after a
+# non-editable install). configs/ keeps byte-identical copies so that every preset is listed (and
+# trainable with --config) in one folder; plain files rather than symlinks, which Windows checkouts and
+# some archive tools turn into one-line text files.
+@pytest.mark.parametrize("name", ["demo.yaml", "demo_navigator.yaml"])
+def test_demo_preset_copies_are_in_sync(name: str) -> None:
+    source, copy = ROOT / "coconav" / "recipes" / name, ROOT / "configs" / name
+    assert copy.read_bytes() == source.read_bytes(), \
+        f"configs/{name} differs from its source coconav/recipes/{name}: edit the source, then cp it to configs/"
+
+
+def test_package_ships_its_demo_presets() -> None:
+    import tomllib
+
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["package-data"]
+    assert "recipes/*.yaml" in package_data["coconav"]
