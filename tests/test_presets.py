@@ -87,14 +87,16 @@ def test_nothing_points_outside_the_repository() -> None:
 
 
 # The demo presets have one source: coconav/recipes/ (package data, so that `coconav demo` finds them after a
-# non-editable install). configs/ keeps byte-identical copies so that every preset is listed (and
-# trainable with --config) in one folder; plain files rather than symlinks, which Windows checkouts and
-# some archive tools turn into one-line text files.
+# non-editable install). configs/demo*.yaml are symlinks to them, so that every preset is listed (and
+# trainable with --config) in one folder without a second copy to keep in sync. A checkout without
+# symlinks (Windows without core.symlinks) gets a one-line text file instead: this test then fails.
 @pytest.mark.parametrize("name", ["demo.yaml", "demo_navigator.yaml"])
 def test_demo_preset_copies_are_in_sync(name: str) -> None:
     source, copy = ROOT / "coconav" / "recipes" / name, ROOT / "configs" / name
     assert copy.read_bytes() == source.read_bytes(), \
-        f"configs/{name} differs from its source coconav/recipes/{name}: edit the source, then cp it to configs/"
+        f"configs/{name} differs from its source coconav/recipes/{name}: make it a symlink again " \
+        f"(ln -sf ../coconav/recipes/{name} configs/{name})"
+    assert source.is_file() and not source.is_symlink()  # the package holds the real file
 
 
 def test_package_ships_its_demo_presets() -> None:
