@@ -101,7 +101,8 @@ def _parser() -> argparse.ArgumentParser:
                    "(hub id, folder or smollm2-135m), prompted zero-shot with its chat template")
     p.add_argument("--max-new-tokens", type=POSITIVE, default=256, help="answer tokens at most (zero-shot)")
     p.add_argument("--data", default="test", help="'test' or 'validation' (the checkpoint's task splits), "
-                   "or a data file / hub id (.jsonl GSM8K, .txt GSM8k-Aug, .json COCONUT, openai/gsm8k:test)")
+                   "or a data file / hub id (.jsonl GSM8K, .txt GSM8k-Aug, .json COCONUT, openai/gsm8k:test, "
+                   "whynlp/gsm8k-aug:test)")
     p.add_argument("--num-thoughts", type=NON_NEGATIVE, default=None, help="thoughts per question (default: the last stage's)")
     p.add_argument("--max-questions", type=POSITIVE, default=None, help="evaluate only the first N questions (default: all)")
     p.add_argument("--batch-size", type=POSITIVE, default=None,
