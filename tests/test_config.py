@@ -71,6 +71,13 @@ def test_yaml_top_level_not_a_mapping(cli, tmp_path: Path, text: str) -> None:
     assert cli("train", "--config", cfg).error() == f"{cfg}: the top level must be a mapping of config sections"
 
 
+@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n", "---\n"], ids=["empty", "blank", "comment", "document"])
+def test_empty_config_file_is_an_error(cli, tmp_path: Path, text: str) -> None:
+    cfg = write(tmp_path / "empty.yaml", text)
+    assert cli("train", "--config", cfg).error() == \
+        f"{cfg}: the config file is empty (expected a mapping of config sections such as 'model:')"
+
+
 def test_invalid_utf8_config(cli, tmp_path: Path) -> None:
     cfg = tmp_path / "latin1.yaml"
     cfg.write_bytes(b"seed: 1\n# caf\xe9\n")

@@ -27,6 +27,7 @@ import torch
 
 from coconav.config import CurriculumConfig
 from coconav.data.records import Example
+from coconav.data.tokenizer import unknown_words
 from coconav.tokens import SpecialTokens
 from coconav.errors import InputError
 
@@ -95,8 +96,20 @@ def _encode(tokenizer, text: str, special: bool = False) -> list[int]:
 
 
 def encode_question(tokenizer, question: str) -> list[int]:
-    """Token ids of a question as every prompt starts (with the tokenizer's BOS, ending in a newline)."""
-    return _encode(tokenizer, question.strip() + "\n", special=True)
+    """Token ids of a question as every prompt starts (with the tokenizer's BOS, ending in a newline).
+
+    A word-level tokenizer (built-in tasks) has no id for a word it never saw: InputError naming the
+    words, rather than a silent ``<unk>`` and a confident answer to a different question."""
+    ids = _encode(tokenizer, question.strip() + "\n", special=True)
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is not None and unk in ids:
+        words = unknown_words(tokenizer, question)
+        if words:
+            shown = ", ".join(repr(word) for word in words[:10]) + (f" and {len(words) - 10} more" if len(words) > 10 else "")
+            short = question.strip() if len(question.strip()) <= 60 else question.strip()[:57] + "..."
+            raise InputError(f"words this model does not know: {shown} (its vocabulary holds only the words of its "
+                             f"task or training data; in the question {short!r})")
+    return ids
 
 
 def tokenize_example(example: Example, tokenizer) -> TokenizedExample:

@@ -11,7 +11,8 @@ evaluation and the RL reward can never disagree::
     from coconav.data.gsm8k import extract_answer, is_correct, read_gsm8k_jsonl
     extract_answer("... so she makes $18.00 a day. #### 18")   # -> "18"
     is_correct("The answer is 1,000.", "1000")                  # -> True
-    examples = read_gsm8k_jsonl("../shared/data/gsm8k/test.jsonl", steps="notes")
+    examples = read_gsm8k_jsonl("data/gsm8k/test.jsonl", steps="notes")   # a local copy
+    examples = load_gsm8k_hub("openai/gsm8k", split="test")          # the same rows, from the hub
 """
 
 from __future__ import annotations
@@ -295,44 +296,68 @@ def read_gsm8k_jsonl(
     return read_records(path, parse, limit)
 
 
+def load_hub_rows(name: str, split: str, config: str | None = None):
+    """The rows (a ``datasets.Dataset``) of one split of a Hugging Face hub data set.
+
+    Any failure to load (offline without a cached copy, unknown id, split or config) becomes a
+    one-line DataError that says how to go on: connect once to fill the cache, or give a file.
+    """
+    # Imported here: `datasets` is slow to import and only the hub loaders need it.
+    import datasets
+
+    where = f"{name}:{split}"
+    try:
+        return datasets.load_dataset(name, config, split=split)
+    except Exception as exc:  # the hub raises many unrelated types; all mean "could not load"
+        detail = (str(exc).strip().splitlines() or [""])[0][:200]
+        offline = bool(getattr(datasets.config, "HF_HUB_OFFLINE", False))
+        hint = (
+            "; HF_HUB_OFFLINE is set and no cached copy was found: load it once online, or give a "
+            "local file instead (e.g. data.train=path/to/train.jsonl or --data path/to/test.jsonl)"
+            if offline
+            else ""
+        )
+        raise DataError(
+            f"{where}: cannot load from the Hugging Face hub (config {config!r}): "
+            f"{type(exc).__name__}: {detail}{hint}"
+        ) from None
+
+
+def examples_from_rows(
+    rows: Any, where: str, parse: Callable[[Any, str], Example], limit: int | None
+) -> list[Example]:
+    """``parse(row, "name:split[i]")`` for each hub row (at most ``limit``); errors name the row."""
+    examples: list[Example] = []
+    for index, row in enumerate(rows):
+        if limit is not None and index >= limit:
+            break
+        try:
+            examples.append(parse(row, f"{where}[{index}]"))
+        except DataError as exc:
+            raise DataError(f"{where}: row {index}: {exc}") from None
+    if not examples and limit != 0:
+        raise DataError(f"{where}: no records")
+    return examples
+
+
 def load_gsm8k_hub(
     name: str = "openai/gsm8k",
     split: str = "test",
-    config: str = "main",
+    config: str | None = "main",
     steps: StepStyle = "notes",
     limit: int | None = None,
 ) -> list[Example]:
-    """Examples of a GSM8K-format data set on the Hugging Face hub, via ``datasets``.
+    """Examples of a GSM8K-format data set (``question``, ``answer`` columns) on the hub, via ``datasets``.
 
     ``load_gsm8k_hub("openai/gsm8k", "test")`` downloads (or reuses the cache of) the same
-    rows as ``gsm8k/test.jsonl``. Any failure to load (offline, unknown id or split) becomes a
-    one-line DataError.
+    rows as GSM8K's ``test.jsonl``. Any failure to load becomes a one-line DataError.
     """
     if steps not in STEP_STYLES:
         raise ConfigError(
             f"unknown steps style {steps!r} (expected one of {', '.join(STEP_STYLES)})"
         )
     check_limit(limit)
-    # Imported here: `datasets` is slow to import and only this loader needs it.
-    import datasets
-
-    where = f"{name}:{split}"
-    try:
-        rows = datasets.load_dataset(name, config, split=split)
-    except Exception as exc:  # the hub raises many unrelated types; all mean "could not load"
-        detail = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise DataError(
-            f"{where}: cannot load from the Hugging Face hub (config {config!r}): "
-            f"{type(exc).__name__}: {detail}"
-        ) from exc
-    examples: list[Example] = []
-    for index, row in enumerate(rows):
-        if limit is not None and index >= limit:
-            break
-        try:
-            examples.append(gsm8k_example(row, steps, f"{where}[{index}]"))
-        except DataError as exc:
-            raise DataError(f"{where}: row {index}: {exc}") from None
-    if not examples and limit != 0:
-        raise DataError(f"{where}: no records")
-    return examples
+    rows = load_hub_rows(name, split, config)
+    return examples_from_rows(
+        rows, f"{name}:{split}", lambda row, source: gsm8k_example(row, steps, source), limit
+    )

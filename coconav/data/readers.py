@@ -6,15 +6,19 @@ Formats (arXiv 2412.06769 §4; github.com/facebookresearch/coconut):
     github.com/da03/Internalize_CoT_Step_by_Step), the equation-only steps COCONUT trains on;
   * the COCONUT JSON list ``[{"question", "steps", "answer"}, ...]`` (``.json``), used for
     ProsQA, ProntoQA and the preprocessed GSM8k-Aug; extra keys (the ProsQA graph) go to
-    ``Example.meta``.
+    ``Example.meta``;
+  * Hugging Face hub data sets through ``datasets``: GSM8K rows ``{"question", "answer"}``
+    (``openai/gsm8k``) and GSM8k-Aug rows ``{"question", "steps": [...], "answer"}``
+    (``whynlp/gsm8k-aug``), told apart by their columns.
 
 Every malformed input raises a one-line DataError naming the file and the line (line formats)
 or the 0-based record index into the JSON list (``test.json: record 3: ...``)::
 
     from coconav.data.readers import load_examples
-    load_examples("../shared/data/prosqa/test.json")        # COCONUT JSON, by extension
-    load_examples("gsm8k_aug:../shared/data/gsm8k_aug/valid.txt", limit=10)
-    load_examples("openai/gsm8k:test")                      # Hugging Face hub id
+    load_examples("openai/gsm8k:test")                      # Hugging Face hub id, GSM8K rows
+    load_examples("whynlp/gsm8k-aug:validation", limit=10)  # hub id, GSM8k-Aug rows
+    load_examples("data/prosqa/test.json")                  # a local COCONUT JSON file, by extension
+    load_examples("gsm8k_aug:data/gsm8k_aug/valid.txt")     # a local file, format forced
 """
 
 from __future__ import annotations
@@ -30,8 +34,10 @@ from coconav.data.gsm8k import (
     STEP_STYLES,
     StepStyle,
     check_limit,
+    examples_from_rows,
+    gsm8k_example,
+    load_hub_rows,
     read_records,
-    load_gsm8k_hub,
     parse_number,
     parse_reference,
     read_gsm8k_jsonl,
@@ -43,6 +49,8 @@ from coconav.errors import ConfigError, DataError
 FORMATS: tuple[str, ...] = ("gsm8k", "gsm8k_aug", "coconut")
 _EXTENSIONS: dict[str, str] = {".jsonl": "gsm8k", ".txt": "gsm8k_aug", ".json": "coconut"}
 # A Hugging Face repo id (owner/name, the characters the hub allows) with an optional split.
+# Hub data sets that need a config name; any other id loads its default config.
+HUB_CONFIGS: dict[str, str] = {"openai/gsm8k": "main"}
 _HUB_ID_RE = re.compile(r"(?P<name>[A-Za-z0-9][\w.-]*/[\w.-]+)(?::(?P<split>[\w.-]+))?")
 
 
@@ -74,6 +82,50 @@ def read_gsm8k_aug(path: str | Path, limit: int | None = None) -> list[Example]:
         return example
 
     return read_records(path, parse, limit)
+
+
+def aug_row_example(record: Any, source: str) -> Example:
+    """An Example from one GSM8k-Aug hub row ``{"question", "steps": ["<<eq>>", ...], "answer"}``.
+
+    As in the text files, a row may have no steps (answer-only problems); the answer must be
+    one number. Raises DataError without location.
+    """
+    if not isinstance(record, dict):
+        raise DataError(f"expected a row with columns question, steps, answer, got {type(record).__name__}")
+    for name in ("question", "steps", "answer"):
+        if record.get(name) is None:  # a Dataset fills a column missing from one row with None
+            raise DataError(f"column {name!r} missing")
+    question, steps, answer = record["question"], record["steps"], record["answer"]
+    if not isinstance(question, str) or not question.strip():
+        raise DataError("column 'question' must be a non-empty string")
+    if not isinstance(steps, list) or not all(isinstance(step, str) and step.strip() for step in steps):
+        raise DataError("column 'steps' must be a list of non-empty strings")
+    number = parse_number(str(answer)) if isinstance(answer, (str, int, float)) else None
+    if number is None or isinstance(answer, bool):
+        raise DataError(f"column 'answer' is not a number: {str(answer)[:40]!r}")
+    return Example(question=question.strip(), steps=tuple(s.strip() for s in steps), answer=number,
+                   answer_type="number", meta={"source": source})
+
+
+def load_hub(
+    name: str, split: str = "test", fmt: str | None = None, steps: StepStyle = "notes",
+    limit: int | None = None,
+) -> list[Example]:
+    """Examples of one split of a hub data set: GSM8K rows, or GSM8k-Aug rows (a ``steps`` column).
+
+    ``fmt`` ("gsm8k" or "gsm8k_aug") forces the row format; None tells them apart by the
+    columns. The config is ``HUB_CONFIGS[name]`` ("main" for openai/gsm8k) or the default.
+    """
+    check_limit(limit)
+    rows = load_hub_rows(name, split, HUB_CONFIGS.get(name))
+    if fmt is None:
+        fmt = "gsm8k_aug" if "steps" in (getattr(rows, "column_names", None) or ()) else "gsm8k"
+    if fmt == "gsm8k_aug":
+        parse = aug_row_example
+    else:
+        def parse(row: Any, source: str) -> Example:
+            return gsm8k_example(row, steps, source)
+    return examples_from_rows(rows, f"{name}:{split}", parse, limit)
 
 
 def _coconut_example(record: Any) -> Example:
@@ -159,7 +211,8 @@ def load_examples(
     * ``path.jsonl`` GSM8K original, ``path.txt`` GSM8k-Aug, ``path.json`` COCONUT JSON;
     * ``gsm8k:PATH``, ``gsm8k_aug:PATH``, ``coconut:PATH`` force the format;
     * ``owner/name`` or ``owner/name:split`` (default split "test"), when no such file exists,
-      loads a GSM8K-format set from the Hugging Face hub (``openai/gsm8k:test``).
+      loads a hub data set through ``datasets``: GSM8K rows (``openai/gsm8k:train``) or GSM8k-Aug
+      rows (``whynlp/gsm8k-aug:validation``), told apart by the columns (see :func:`load_hub`).
     ``steps`` ("notes" or "lines") applies to GSM8K original data only: GSM8k-Aug steps are
     always the notes and COCONUT JSON carries its own.
     """
@@ -190,8 +243,8 @@ def load_examples(
         return read_coconut_json(path, limit=limit)
     hub = _HUB_ID_RE.fullmatch(location)
     # "data/x.jsonl" is also owner/name-shaped; a data-file extension means a missing file.
-    if hub and fmt in (None, "gsm8k") and Path(hub.group("name")).suffix.lower() not in _EXTENSIONS:
-        return load_gsm8k_hub(
-            hub.group("name"), split=hub.group("split") or "test", steps=steps, limit=limit
+    if hub and fmt != "coconut" and Path(hub.group("name")).suffix.lower() not in _EXTENSIONS:
+        return load_hub(
+            hub.group("name"), split=hub.group("split") or "test", fmt=fmt, steps=steps, limit=limit
         )
     raise DataError(f"{location}: no such file")

@@ -8,12 +8,16 @@ WordLevel vocabulary: whitespace separates words and runs of punctuation are the
 Decoding joins tokens with spaces and then removes the space before ``.``/``?``/``,``, so a
 decoded graph answer reads exactly like the original (``Sally is a sterpus.``).
 
+A word outside the vocabulary would silently become ``<unk>`` (and "what is 3 plus 4?" would still get
+an answer); :func:`unknown_words` finds such words so that encoding user text can refuse them.
+
 Usage::
 
-    from coconav.data.tokenizer import task_tokenizer
+    from coconav.data.tokenizer import task_tokenizer, unknown_words
     tok = task_tokenizer("arithmetic")
     tok("<< 2 = 7 + 5 >>")["input_ids"]   # 6 ids
     tok.save_pretrained(path)             # AutoTokenizer.from_pretrained(path) restores it
+    unknown_words(tok, "what is 3 plus 4 ?")  # ['what', 'is', 'plus']
 """
 
 from __future__ import annotations
@@ -81,3 +85,21 @@ def build_word_tokenizer(words: Iterable[str]) -> PreTrainedTokenizerFast:
 def task_tokenizer(task_name: str) -> PreTrainedTokenizerFast:
     """The word-level tokenizer covering every word the built-in task ``task_name`` can produce."""
     return build_word_tokenizer(get_task(task_name).vocabulary())
+
+
+def unknown_words(tokenizer, text: str) -> list[str]:
+    """The words of ``text`` that a word-level tokenizer encodes as ``<unk>`` (first-seen order, no repeats).
+
+    Only WordLevel vocabularies (the built-in tasks', and those built from a data set's words) have
+    unknown words; any other tokenizer (byte-level BPE, SentencePiece) gives [].
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not isinstance(backend.model, models.WordLevel):
+        return []
+    unk_id = backend.token_to_id(backend.model.unk_token)
+    encoding = backend.encode(text, add_special_tokens=False)
+    words: dict[str, None] = {}
+    for token_id, (start, end) in zip(encoding.ids, encoding.offsets, strict=True):
+        if token_id == unk_id:
+            words.setdefault(text[start:end], None)
+    return list(words)

@@ -1,7 +1,7 @@
 """Evaluate a checkpoint on a data set, or answer one question with it.
 
     coconav eval --checkpoint runs/demo/coconut --data test --out runs/demo/coconut_test.json
-    coconav eval --checkpoint RUN/checkpoints/stage-4 --data ../shared/data/gsm8k/test.jsonl
+    coconav eval --checkpoint RUN/checkpoints/stage-4 --data openai/gsm8k:test
     coconav generate --checkpoint runs/demo/coconut "3 + 4 * 2 - 1 ?" --show-thoughts
     coconav eval --checkpoint RUN --device cuda --dtype bfloat16 --max-new-tokens 128
 

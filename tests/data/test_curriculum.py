@@ -138,3 +138,15 @@ def test_prompts():
     assert build_prompt(q, "coconut", 6, SPECIAL) == q + [SPECIAL.bot]
     assert build_prompt(q, "pause", 2, SPECIAL) == q + [SPECIAL.bot, SPECIAL.pause, SPECIAL.pause, SPECIAL.eot]
     assert build_prompt(q, "cot", 0, SPECIAL) == build_prompt(q, "no_cot", 0, SPECIAL) == q + [SPECIAL.bot, SPECIAL.eot]
+
+
+def test_encode_question_refuses_unknown_words():
+    from coconav.data.curriculum import encode_question
+    from coconav.errors import InputError
+
+    tok = task_tokenizer("arithmetic")
+    assert tok.unk_token_id not in encode_question(tok, "3 + 4 ?")
+    with pytest.raises(InputError) as info:
+        encode_question(tok, "what is 3 plus 4?")
+    assert str(info.value) == ("words this model does not know: 'what', 'is', 'plus' (its vocabulary holds only the "
+                               "words of its task or training data; in the question 'what is 3 plus 4?')")

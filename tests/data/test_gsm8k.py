@@ -1,6 +1,6 @@
 """Tests of coconav.data.gsm8k: the GSM8K answer rule, step extraction and the GSM8K readers.
 
-Real rows come from ``../shared/data/gsm8k`` (skipped when absent); malformed inputs are
+Real rows come from ``$COCONAV_TEST_DATA/gsm8k`` (skipped when the variable is unset); malformed inputs are
 written to ``tmp_path``. The hub loader is tested offline by replacing
 ``datasets.load_dataset`` with a function returning real rows.
 """
@@ -24,9 +24,8 @@ from coconav.data.gsm8k import (  # noqa: E402
     steps_from_rationale,
 )
 from coconav.errors import ConfigError, DataError  # noqa: E402
+from conftest import real_data_path  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
-GSM8K = DATA / "gsm8k"
 
 # The first row of GSM8K test, verbatim.
 JANET_QUESTION = (
@@ -47,10 +46,8 @@ NO_NOTE_ANSWER = (
 )
 
 
-def need(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"real data not available: {path} (expected ../shared/data next to the repo)")
-    return path
+def need(relative: str) -> Path:
+    return real_data_path(relative)  # skips when COCONAV_TEST_DATA is unset
 
 
 # --- extract_answer ----------------------------------------------------------------------
@@ -189,7 +186,7 @@ def test_steps_unknown_style() -> None:
 
 
 def test_read_first_real_row() -> None:
-    (example,) = read_gsm8k_jsonl(need(GSM8K / "test.jsonl"), limit=1)
+    (example,) = read_gsm8k_jsonl(need("gsm8k/test.jsonl"), limit=1)
     assert example.question == JANET_QUESTION
     assert example.answer == "18"
     assert example.steps == ("<<16-3-4=9>>", "<<9*2=18>>")
@@ -203,16 +200,16 @@ def test_read_full_real_files(split: str, rows: int, fallbacks: int) -> None:
     # Row counts from the GSM8K release; `fallbacks` = rationales with no calculator note
     # (counted independently by scanning the raw answers for "<<"), whose "notes" steps are
     # therefore whole lines.
-    examples = read_gsm8k_jsonl(need(GSM8K / f"{split}.jsonl"))
+    examples = read_gsm8k_jsonl(need(f"gsm8k/{split}.jsonl"))
     assert len(examples) == rows
     assert sum(not e.steps[0].startswith("<<") for e in examples) == fallbacks
     # Every reference is a canonical number, and every rationale scores as its own answer.
-    raw = [json.loads(line) for line in (GSM8K / f"{split}.jsonl").read_text("utf-8").splitlines()]
+    raw = [json.loads(line) for line in need(f"gsm8k/{split}.jsonl").read_text("utf-8").splitlines()]
     assert all(is_correct(r["answer"], e.answer) for r, e in zip(raw, examples, strict=True))
 
 
 def test_read_lines_style_real() -> None:
-    (example,) = read_gsm8k_jsonl(need(GSM8K / "test.jsonl"), steps="lines", limit=1)
+    (example,) = read_gsm8k_jsonl(need("gsm8k/test.jsonl"), steps="lines", limit=1)
     assert example.steps[0] == "Janet sells 16 - 3 - 4 = 9 duck eggs a day."
 
 
@@ -300,7 +297,7 @@ def test_limit_stops_early(tmp_path: Path) -> None:
 
 
 def real_rows(count: int) -> list[dict[str, str]]:
-    lines = need(GSM8K / "test.jsonl").read_text("utf-8").splitlines()[:count]
+    lines = need("gsm8k/test.jsonl").read_text("utf-8").splitlines()[:count]
     return [json.loads(line) for line in lines]
 
 

@@ -1,6 +1,6 @@
 """Tests of coconav.data.readers: GSM8k-Aug and COCONUT JSON readers and load_examples.
 
-Real files come from ``../shared/data`` (skipped when absent); every malformed case is written
+Real files come from ``$COCONAV_TEST_DATA`` (skipped when the variable is unset); every malformed case is written
 to ``tmp_path`` and must raise a one-line DataError naming the file and line or record.
 """
 
@@ -17,15 +17,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from coconav.data import readers  # noqa: E402
 from coconav.data.readers import load_examples, read_coconut_json, read_gsm8k_aug  # noqa: E402
 from coconav.errors import ConfigError, DataError  # noqa: E402
+from conftest import real_data_path  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 
 
 def need(relative: str) -> Path:
-    path = DATA / relative
-    if not path.exists():
-        pytest.skip(f"real data not available: {path} (expected ../shared/data next to the repo)")
-    return path
+    return real_data_path(relative)  # skips when COCONAV_TEST_DATA is unset
 
 
 def write(tmp_path: Path, name: str, text: str | bytes) -> Path:
@@ -244,25 +241,81 @@ def test_unknown_extension_and_missing_file(tmp_path: Path) -> None:
         load_examples("  ")
 
 
-def test_hub_ids_go_to_the_hub(monkeypatch: pytest.MonkeyPatch) -> None:
+GSM8K_ROW = {"question": "Q?", "answer": "1+1=<<1+1=2>>2\n#### 2"}
+# A row of whynlp/gsm8k-aug (the hub copy of GSM8k-Aug): steps are the calculator notes.
+AUG_ROW = {"question": "Q?", "steps": ["<<600*30/100=180>>", "<<180*2=360>>"], "answer": "360"}
+
+
+def patch_hub(monkeypatch: pytest.MonkeyPatch, rows: list[dict]) -> list[tuple]:
+    """Make datasets.load_dataset return `rows` in memory; returns the list of calls it records."""
+    import datasets
+
     calls: list[tuple] = []
 
-    def fake_hub(name, split="test", config="main", steps="notes", limit=None):
-        calls.append((name, split, steps, limit))
-        return []
+    def fake_load_dataset(name, config=None, split=None):
+        calls.append((name, config, split))
+        return datasets.Dataset.from_list(rows)
 
-    monkeypatch.setattr(readers, "load_gsm8k_hub", fake_hub)
-    load_examples("openai/gsm8k:train", steps="lines", limit=5)
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    return calls
+
+
+def test_hub_ids_go_to_the_hub(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = patch_hub(monkeypatch, [GSM8K_ROW] * 3)
+    assert len(load_examples("openai/gsm8k:train", steps="lines", limit=2)) == 2
     load_examples("openai/gsm8k")  # split defaults to test
     load_examples("gsm8k:openai/gsm8k:test")  # the gsm8k prefix is compatible with the hub
-    assert calls == [
-        ("openai/gsm8k", "train", "lines", 5),
-        ("openai/gsm8k", "test", "notes", None),
-        ("openai/gsm8k", "test", "notes", None),
-    ]
-    # The hub only serves GSM8K-format data here; other formats need a local file.
+    # openai/gsm8k needs its "main" config; other ids load their default config.
+    assert calls == [("openai/gsm8k", "main", "train"), ("openai/gsm8k", "main", "test"),
+                     ("openai/gsm8k", "main", "test")]
+    # The hub serves GSM8K and GSM8k-Aug rows here; COCONUT JSON needs a local file.
     with pytest.raises(DataError, match="no such file"):
         load_examples("coconut:owner/prosqa")
+
+
+def test_gsm8k_aug_hub_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    no_steps = {"question": "Answer only?", "steps": [], "answer": "9"}  # as in GSM8k-Aug's text files
+    calls = patch_hub(monkeypatch, [AUG_ROW, no_steps])
+    first, second = load_examples("whynlp/gsm8k-aug:validation")
+    assert calls == [("whynlp/gsm8k-aug", None, "validation")]
+    assert first.steps == ("<<600*30/100=180>>", "<<180*2=360>>") and first.answer == "360"
+    assert first.answer_type == "number" and first.meta["source"] == "whynlp/gsm8k-aug:validation[0]"
+    assert second.steps == () and second.answer == "9"
+    # The steps column decides the row format; "gsm8k_aug:" forces it.
+    assert load_examples("gsm8k_aug:whynlp/gsm8k-aug:test")[0].steps == first.steps
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [({"question": "Q?", "steps": ["<<1=1>>"], "answer": "many"}, "column 'answer' is not a number: 'many'"),
+     ({"question": " ", "steps": [], "answer": "1"}, "column 'question' must be a non-empty string"),
+     ({"question": "Q?", "steps": ["<<1=1>>", ""], "answer": "1"}, "column 'steps' must be a list of non-empty strings"),
+     ({"question": "Q?", "steps": ["<<1=1>>"]}, "column 'answer' missing")],
+    ids=["answer", "question", "steps", "no-answer"],
+)
+def test_gsm8k_aug_hub_bad_rows(monkeypatch: pytest.MonkeyPatch, row: dict, message: str) -> None:
+    patch_hub(monkeypatch, [AUG_ROW, row])
+    with pytest.raises(DataError) as info:
+        load_examples("gsm8k_aug:whynlp/gsm8k-aug:train")
+    assert str(info.value) == f"whynlp/gsm8k-aug:train: row 1: {message}"
+
+
+def test_hub_id_offline_without_cache_is_one_line_error(tmp_path: Path) -> None:
+    """The real datasets call, offline with an empty cache: one clear line, no traceback, no retries."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
+           "HF_DATASETS_CACHE": str(tmp_path / "hf" / "datasets"), "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    code = ("import sys\nfrom coconav.data.readers import load_examples\nfrom coconav.errors import DataError\n"
+            "try:\n    load_examples('openai/gsm8k:test')\nexcept DataError as err:\n    print(err)\n    sys.exit(2)\n")
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr
+    (line,) = res.stdout.splitlines()
+    assert line.startswith("openai/gsm8k:test: cannot load from the Hugging Face hub (config 'main'): ")
+    assert line.endswith("; HF_HUB_OFFLINE is set and no cached copy was found: load it once online, or give a "
+                         "local file instead (e.g. data.train=path/to/train.jsonl or --data path/to/test.jsonl)")
 
 
 def test_hub_id_through_patched_datasets(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
@@ -10,8 +9,8 @@ from coconav.data.readers import read_coconut_json
 from coconav.data.records import Example
 from coconav.data.scoring import extract_final_text, is_correct_text, score
 from coconav.errors import DataError
+from conftest import real_data_path
 
-DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 
 
 @pytest.mark.parametrize(
@@ -66,10 +65,7 @@ def test_score_unknown_answer_type() -> None:
 
 
 def test_score_real_prosqa_reference_against_itself() -> None:
-    path = DATA / "prosqa" / "test.json"
-    if not path.exists():
-        pytest.skip(f"real data not available: {path}")
-    examples = read_coconut_json(path)
+    examples = read_coconut_json(real_data_path("prosqa/test.json"))  # skips when COCONAV_TEST_DATA is unset
     # Each answer, emitted the way COCONUT does ("### " + answer), scores as right. The answer
     # of the next example (another entity or category) scores as wrong: only 1 of the 499
     # neighbouring pairs of the real file shares an answer, so well under 10 match.

@@ -16,7 +16,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from coconav.data.tasks import make_splits
-from coconav.data.tokenizer import EOS, PAD, UNK, build_word_tokenizer, task_tokenizer
+from coconav.data.tokenizer import EOS, PAD, UNK, build_word_tokenizer, task_tokenizer, unknown_words
 from coconav.errors import ConfigError
 from coconav.tokens import BOT, EOT, LATENT_TOKENS, PAUSE, THOUGHT
 
@@ -128,3 +128,24 @@ def test_build_word_tokenizer_dedupes_and_validates():
         build_word_tokenizer(["wumpus."])
     with pytest.raises(ConfigError, match="non-empty"):
         build_word_tokenizer([""])
+
+
+def test_unknown_words_are_named_once_in_order(arithmetic_tok):
+    assert unknown_words(arithmetic_tok, "what is 3 plus 4 ? what") == ["what", "is", "plus"]
+    assert unknown_words(arithmetic_tok, "3 + 4 * 2 ?") == []
+
+
+def test_unknown_words_survive_save_and_reload(tmp_path, arithmetic_tok):
+    arithmetic_tok.save_pretrained(tmp_path)
+    assert unknown_words(AutoTokenizer.from_pretrained(tmp_path), "3 plus 4 ?") == ["plus"]
+
+
+def test_a_bpe_tokenizer_has_no_unknown_words():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE(vocab={"a": 0, "<unk>": 1}, merges=[], unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>")
+    assert set(tok("zzz")["input_ids"]) == {1}  # it does map to <unk> ...
+    assert unknown_words(tok, "zzz") == []  # ... but only word-level vocabularies are checked
