@@ -85,12 +85,8 @@ def test_build_freezes_the_lm_and_owns_the_navigator(nav_run):
     assert nav_run.base_thoughts == 6
 
 
-def test_one_ppo_update_trains_the_navigator_only(nav_run, monkeypatch):
-    run = nav_run
-    traj, rewards = rollout_with_mixed_rewards(run)
-    assert int(traj.num_thoughts.max()) > 0, "no thought was steered: U would get no gradient"
-    nav_before = {n: p.detach().clone() for n, p in run.navigator.named_parameters()}
-    lm_before = {n: p.detach().clone() for n, p in run.lm.named_parameters()}
+def spy_on_ppo_loss(monkeypatch) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Record (new, old) log-probs of every ppo_loss call the recipe makes."""
     calls = []
     real_loss = train_navigator.ppo_loss
 
@@ -99,6 +95,16 @@ def test_one_ppo_update_trains_the_navigator_only(nav_run, monkeypatch):
         return real_loss(new, old, *args, **kwargs)
 
     monkeypatch.setattr(train_navigator, "ppo_loss", spy)
+    return calls
+
+
+def test_one_ppo_update_trains_the_navigator_only(nav_run, monkeypatch):
+    run = nav_run
+    traj, rewards = rollout_with_mixed_rewards(run)
+    assert int(traj.num_thoughts.max()) > 0, "no thought was steered: U would get no gradient"
+    nav_before = {n: p.detach().clone() for n, p in run.navigator.named_parameters()}
+    lm_before = {n: p.detach().clone() for n, p in run.lm.named_parameters()}
+    calls = spy_on_ppo_loss(monkeypatch)
     run.navigator.train()
     stats = train_navigator.ppo_update(run, traj, rewards, temperature=1.0, update=0)
     # 2 epochs x 2 minibatches (target_kl off)
@@ -352,14 +358,7 @@ def test_rollouts_and_replays_run_without_dropout(tmp_path, monkeypatch):
     with torch.no_grad():
         first, second = replay(run.lm, run.navigator, traj, idx), replay(run.lm, run.navigator, traj, idx)
     assert torch.equal(first.logprobs, second.logprobs) and torch.equal(first.answer_logprobs, second.answer_logprobs)
-    calls = []
-    real_loss = train_navigator.ppo_loss
-
-    def spy(new, old, *args, **kwargs):
-        calls.append((new.detach().clone(), old.clone()))
-        return real_loss(new, old, *args, **kwargs)
-
-    monkeypatch.setattr(train_navigator, "ppo_loss", spy)
+    calls = spy_on_ppo_loss(monkeypatch)
     run.navigator.train()
     stats = train_navigator.ppo_update(run, traj, rewards, temperature=1.0, update=0)
     assert torch.equal(*calls[0]) and stats["ppo/ratio_first"] == 1.0
