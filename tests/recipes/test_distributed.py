@@ -106,3 +106,38 @@ def test_fsdp_run_equals_ddp_and_its_checkpoint_reloads_and_evaluates_in_one_pro
                       cfg.eval, seed=cfg.seed).summary()
     for key in ("accuracy", "mean_thoughts", "mean_new_tokens", "mean_forward_passes", "num_questions"):
         assert result[key] == recorded[key], key
+
+
+@pytest.mark.parametrize("train_lm", [False, True])
+def test_navigator_ppo_on_two_ranks_keeps_identical_navigators_and_splits_the_global_batch(tiny_run, tmp_path, train_lm):
+    import yaml
+
+    from tests.recipes.test_train_navigator import nav_config
+
+    out = tmp_path / "nav"
+    cfg = nav_config(tiny_run, out, updates=3, eval_every=3, target_kl=0.01)  # the KL early stop must agree too
+    if train_lm:  # the LM's LoRA adapters train too: their gradients are averaged with the navigator's
+        cfg["ppo"].update(train_lm=True, beta=0.1, lm_lr=1e-2)
+        cfg["model"] = {"lora": {"r": 2, "alpha": 4, "target_modules": ["q_proj", "v_proj"]}}
+    (tmp_path / "nav.yaml").write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(ROOT / "tests/recipes/nav_worker.py"), str(tmp_path / "nav.yaml"), str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("navigator done") == 2, proc.stdout
+    a, b = load_file(out / "nav-rank-0.safetensors"), load_file(out / "nav-rank-1.safetensors")
+    assert a.keys() == b.keys() and "bank.keys" in a
+    assert any(k.startswith("lm.") and "lora_" in k for k in a) == train_lm
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=0, rtol=0, msg=name)
+    assert int(a["bank.count"]) == 3 * cfg["ppo"]["rollout_batch"]  # every rank remembered the whole global batch
+    # the navigator trained (its steering started at zero) and rank 0 alone wrote the checkpoint
+    assert float(a["up.weight"].abs().sum()) > 0
+    saved = load_file(out / "checkpoints" / "last" / "navigator.safetensors")
+    torch.testing.assert_close(saved["up.weight"], a["up.weight"], atol=0, rtol=0)
+    # each rank rolled out its own half of each update's global batch
+    q0 = json.loads((out / "questions-rank-0.json").read_text())
+    q1 = json.loads((out / "questions-rank-1.json").read_text())
+    assert len(q0) == len(q1) == 3 and all(len(x) == len(y) == cfg["ppo"]["rollout_batch"] // 2 for x, y in zip(q0, q1))
+    assert q0 != q1
