@@ -106,6 +106,13 @@ def test_fsdp_run_equals_ddp_and_its_checkpoint_reloads_and_evaluates_in_one_pro
                       cfg.eval, seed=cfg.seed).summary()
     for key in ("accuracy", "mean_thoughts", "mean_new_tokens", "mean_forward_passes", "num_questions"):
         assert result[key] == recorded[key], key
+    # a sharded resume from stage 1 takes its slice of the saved full optimizer state and ends where DDP did
+    resumed = tmp_path / "resumed"
+    shutil.copytree(tmp_path, resumed, ignore=shutil.ignore_patterns("resumed"))
+    for name in ("stage-2", LAST):
+        shutil.rmtree(resumed / "checkpoints" / name)
+    launch(resumed, [*EQUAL, *TWO_RANKS, "train.fsdp=true"], resume=True)
+    assert_same(weights(resumed), weights(ddp_run))
 
 
 @pytest.mark.parametrize("train_lm", [False, True])
