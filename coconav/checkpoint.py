@@ -157,3 +157,17 @@ def latest_checkpoint(run_dir: str | Path) -> Path:
             raise CheckpointError(f"{run_dir} is not a coconav checkpoint: {META_FILE} is missing")
         raise CheckpointError(f"no complete checkpoint under {run_dir / 'checkpoints'}")
     return found[-1]
+
+
+def read_optimizer_state(directory: str | Path) -> dict | None:
+    """The optimizer state_dict a checkpoint holds (None when it holds none), without an optimizer
+    to load it into: a sharded run (coconav/distributed.py) loads its slice of it."""
+    directory = Path(directory)
+    try:
+        tensors = load_file(str(directory / STATE_TENSORS))
+        structure = json.loads((directory / STATE_JSON).read_text(encoding="utf-8"))
+    except (FileNotFoundError, SafetensorError, json.JSONDecodeError, OSError) as err:
+        raise CheckpointError(f"{directory}: trainer state missing or corrupt ({type(err).__name__})") from None
+    if structure.get("optimizer") is None:
+        return None
+    return _unflatten_optimizer(tensors, structure["optimizer"])

@@ -240,6 +240,8 @@ class TrainConfig:
     """Steps between mid-stage checkpoints for resuming (0: only at stage ends)."""
     eval_each_stage: bool = True
     """Evaluate on the validation split at the end of each stage."""
+    fsdp: bool = False
+    """Shard weights, gradients and optimizer state over the processes (torch FSDP2; full fine-tuning, 2+ processes)."""
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")

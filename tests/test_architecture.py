@@ -12,7 +12,8 @@ LAYERS = [
     {"coconav.data"},
     {"coconav.model"},
     {"coconav.rollout", "coconav.rewards", "coconav.ppo", "coconav.fusion"},
-    {"coconav.evaluate", "coconav.checkpoint", "coconav.inference", "coconav.plots", "coconav.trace"},
+    {"coconav.evaluate", "coconav.checkpoint", "coconav.distributed", "coconav.inference", "coconav.plots",
+     "coconav.trace"},
     {"coconav.recipes"},
     {"coconav.cli", "coconav.__main__", "coconav"},
 ]

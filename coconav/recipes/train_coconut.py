@@ -10,8 +10,12 @@ epochs (data files); an optional thought loss (curriculum.thought_loss_weight) i
     coconav train --config configs/demo.yaml                       # a tiny model on 2 CPU cores
     accelerate launch --config_file configs/accelerate/ddp.yaml -m coconav train --config configs/gsm8k_gpt2_coconut.yaml
 
-Multi-process data parallel runs through accelerate (DDP, FSDP or DeepSpeed from its config) or
-torchrun; each rank takes its share of every global batch.
+Several processes run through torchrun or accelerate launch; each rank takes its share of every
+global batch (train.batch_size per rank). By default the ranks are data parallel (DDP); with
+train.fsdp=true the LM is sharded with torch FSDP2 (coconav/distributed.py), and checkpoints and
+evaluations gather the full weights on every rank for rank 0 to write and evaluate:
+
+    torchrun --standalone --nproc_per_node 2 -m coconav train --config configs/demo.yaml train.fsdp=true
 """
 
 from __future__ import annotations
@@ -25,13 +29,16 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from coconav.checkpoint import TrainState, latest_checkpoint, list_checkpoints, load_trainer_state, save_checkpoint
+from coconav.checkpoint import (TrainState, latest_checkpoint, list_checkpoints, load_trainer_state, read_optimizer_state,
+                                save_checkpoint)
 from coconav.common import DTYPE_NAMES, MetricLogger, print0, progress, seed_everything, set_threads, write_json_atomic
 from coconav.config import RunConfig, save_config, to_dict
 from coconav.data.curriculum import TokenizedExample, build_sequence, collate, tokenize_examples
 from coconav.data.splits import batch_indices, data_vocabulary, load_splits
 from coconav.data.tasks import Splits, get_task
 from coconav.data.tokenizer import build_word_tokenizer
+from coconav.distributed import (OptimizerState, check_engine, gather_model_state, gather_optimizer_state, is_sharded,
+                                 load_optimizer_state, shard_lm, unsharded_lm)
 from coconav.errors import ConfigError
 from coconav.evaluate import EvalResult, evaluate
 from coconav.model.build import SCRATCH, build_latent_lm
@@ -127,8 +134,9 @@ def train_step(run: Run, stage: int, global_step: int) -> dict[str, float]:
     world, rank = acc.num_processes, acc.process_index
     indices = batch_indices(len(run.train_examples), cfg.train.batch_size * world, global_step, cfg.seed)
     indices = indices[rank * cfg.train.batch_size:(rank + 1) * cfg.train.batch_size]
-    rng = random.Random(f"{cfg.seed}-mix-{global_step}-{rank}")
-    seqs = [build_sequence(run.train_examples[i], stage, cfg.curriculum, run.lm.special, rng) for i in indices]
+    # one stream per example of the global batch: the curriculum's mixing does not depend on the number of ranks
+    rngs = [random.Random(f"{cfg.seed}-mix-{global_step}-{rank * cfg.train.batch_size + j}") for j in range(len(indices))]
+    seqs = [build_sequence(run.train_examples[i], stage, cfg.curriculum, run.lm.special, rng) for i, rng in zip(indices, rngs)]
     if cfg.train.group_by_length:  # micro-batches of similar length waste less compute on padding
         seqs.sort(key=lambda seq: len(seq.ids))
     micro = cfg.train.micro_batch_size
@@ -161,16 +169,45 @@ def eval_mode(cfg: RunConfig, stage: int) -> tuple[str, int]:
     return cfg.curriculum.mode, cfg.eval_thoughts(stage)
 
 
-def run_eval(run: Run, examples, stage: int) -> EvalResult:
+def run_eval(run: Run, lm: LatentLM, examples, stage: int) -> EvalResult:
+    """Evaluate `lm` (rank 0's full model, see `snapshot`) on `examples` as trained up to `stage`."""
     mode, thoughts = eval_mode(run.cfg, stage)
-    return evaluate(run.lm, examples, mode, thoughts, run.cfg.eval, seed=run.cfg.seed, show_progress=run.cfg.log.progress)
+    return evaluate(lm, examples, mode, thoughts, run.cfg.eval, seed=run.cfg.seed, show_progress=run.cfg.log.progress)
 
 
-def checkpoint(run: Run, name: str, state: TrainState, metrics: dict | None = None) -> None:
+@dataclass
+class Snapshot:
+    """The full model and optimizer state on rank 0 (None on the other ranks)."""
+
+    lm: LatentLM | None
+    optimizer: torch.optim.Optimizer | OptimizerState | None
+
+
+def snapshot(run: Run) -> Snapshot:
+    """Collective, every rank calls it: the full weights for rank 0 to save or evaluate.
+
+    Data parallel ranks each hold the full model already; sharded (train.fsdp) weights are
+    gathered from every rank into a plain module on rank 0.
+    """
     run.accelerator.wait_for_everyone()
+    if not is_sharded(run.model):
+        if not run.accelerator.is_main_process:
+            return Snapshot(None, None)
+        return Snapshot(run.accelerator.unwrap_model(run.model), run.optimizer)
+    weights = gather_model_state(run.model)
+    optimizer = gather_optimizer_state(run.model, run.optimizer)
+    if not run.accelerator.is_main_process:
+        return Snapshot(None, None)
+    return Snapshot(unsharded_lm(run.lm, weights).to(run.accelerator.device), OptimizerState(optimizer))
+
+
+def checkpoint(run: Run, name: str, state: TrainState, metrics: dict | None = None,
+               snap: Snapshot | None = None) -> None:
+    """Collective: every rank calls it (with the same `snap` when one was taken), rank 0 writes."""
+    snap = snap if snap is not None else snapshot(run)
     if run.accelerator.is_main_process:
-        save_checkpoint(run.out_dir / "checkpoints" / name, run.accelerator.unwrap_model(run.model), state,
-                        to_dict(run.cfg), run.optimizer, metrics=metrics)
+        save_checkpoint(run.out_dir / "checkpoints" / name, snap.lm, state, to_dict(run.cfg), snap.optimizer,
+                        metrics=metrics)
     run.accelerator.wait_for_everyone()
 
 
@@ -181,6 +218,7 @@ def build_run(cfg: RunConfig, resume: str | None = None) -> tuple[Run, TrainStat
     # 1. setup
     set_threads(cfg.threads)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), gradient_accumulation_steps=cfg.train.grad_accum)
+    check_engine(accelerator)
     out_dir = Path(resume or cfg.out_dir)
     check_run_folder(out_dir, resume is not None)
     resume_from = latest_checkpoint(out_dir) if resume else None
@@ -191,10 +229,12 @@ def build_run(cfg: RunConfig, resume: str | None = None) -> tuple[Run, TrainStat
     lm = build_model(cfg, splits, resume_from)
     lm.train()
     train_examples = tokenize_train(splits.train, lm, cfg.data.max_length)
+    if cfg.train.fsdp:
+        shard_lm(lm.to(accelerator.device))  # before the optimizer, which must hold the sharded parameters
     optimizer = make_optimizer(cfg, lm)
     state = TrainState(stage=cfg.curriculum.stages()[0])
     if resume_from is not None:
-        state = load_trainer_state(resume_from, optimizer)
+        state = resume_state(resume_from, lm, optimizer)
     out_dir.mkdir(parents=True, exist_ok=True)
     if accelerator.is_main_process:
         save_config(cfg, out_dir / "config.yaml")
@@ -203,10 +243,24 @@ def build_run(cfg: RunConfig, resume: str | None = None) -> tuple[Run, TrainStat
     print0(f"coconav train: mode={cfg.curriculum.mode} stages={cfg.curriculum.stages()} out_dir={out_dir}")
     if resume_from is not None:
         print0(f"resuming from {resume_from} at stage {state.stage}, step {state.step}")
-    model, optimizer = accelerator.prepare(lm, optimizer)
+    if is_sharded(lm):
+        model, optimizer = lm, accelerator.prepare(optimizer)
+    else:
+        model, optimizer = accelerator.prepare(lm, optimizer)
     print0(f"data: train {len(splits.train)}, validation {len(splits.validation)}, test {len(splits.test)}; "
            f"model: {sum(p.numel() for p in lm.parameters()) / 1e6:.2f}M parameters")
     return Run(cfg, accelerator, lm, model, optimizer, splits, train_examples, logger, out_dir), state
+
+
+def resume_state(resume_from: Path, lm: LatentLM, optimizer: torch.optim.Optimizer) -> TrainState:
+    """Optimizer, RNG and position of a checkpoint; a sharded optimizer takes its slice of the full state."""
+    if not is_sharded(lm):
+        return load_trainer_state(resume_from, optimizer)
+    state = load_trainer_state(resume_from)
+    full = read_optimizer_state(resume_from)
+    if full is not None:
+        load_optimizer_state(lm, optimizer, full)
+    return state
 
 
 def train_run(run: Run, state: TrainState, resumed: bool = False) -> dict:
@@ -230,8 +284,9 @@ def train_run(run: Run, state: TrainState, resumed: bool = False) -> dict:
 
     # 4. final test evaluation
     results = {"stages": stage_results}
+    snap = snapshot(run) if run.splits.test else Snapshot(None, None)
     if accelerator.is_main_process and run.splits.test:
-        test = run_eval(run, run.splits.test, state.stage)
+        test = run_eval(run, snap.lm, run.splits.test, state.stage)
         mode, thoughts = eval_mode(cfg, state.stage)
         results["test"] = {"mode": mode, "num_thoughts": thoughts, "stage": state.stage, **test.summary()}
         write_json_atomic(out_dir / "results.json", results)
@@ -304,13 +359,14 @@ def train_stage(run: Run, stage: int, state: TrainState) -> dict:
     bar.close()
     state.stage_done = True
     result = {"stage": stage, "global_step": state.global_step}
+    snap = snapshot(run)  # every rank: sharded weights are gathered for rank 0 to evaluate and save
     if cfg.train.eval_each_stage and acc.is_main_process and run.splits.validation:
-        val = run_eval(run, run.splits.validation, stage)
+        val = run_eval(run, snap.lm, run.splits.validation, stage)
         mode, thoughts = eval_mode(cfg, stage)
         result.update({"mode": mode, "num_thoughts": thoughts, **val.summary()})
         run.logger.log({"eval/accuracy": val.accuracy, "eval/mean_forward_passes": val.mean_forward_passes,
                         "eval/stage": stage}, state.global_step)
         print0(f"stage {stage}: validation accuracy {val.accuracy:.3f} with {thoughts} thoughts, "
                f"{val.mean_forward_passes:.1f} forward passes")
-    checkpoint(run, f"stage-{stage}", state, metrics=result)
+    checkpoint(run, f"stage-{stage}", state, metrics=result, snap=snap)
     return result

@@ -16,6 +16,14 @@ Per update: (1) roll out a batch of training questions (sampled actions and answ
 (3) old log-probs and values by a no-grad replay; (4) GAE advantages; (5) PPO epochs over shuffled
 minibatches with early stop on approx KL; (6) write good trajectories to the persistent memory;
 (7) log, evaluate, checkpoint.
+
+Several processes (torchrun or accelerate launch, DDP through accelerate): ppo.rollout_batch is the
+global batch, drawn with the shared seed; each rank rolls out its own slice of it with its own
+sampling stream, the navigator (and the LM's adapters under ppo.train_lm) is replayed inside one
+DDP module so gradients are averaged over the ranks, the KL early stop is decided on the ranks'
+mean, every rank writes the whole global batch to its memory bank, and only rank 0 writes files:
+
+    torchrun --standalone --nproc_per_node 2 -m coconav train --config configs/demo_navigator.yaml
 """
 
 from __future__ import annotations
@@ -29,9 +37,10 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
+from accelerate import Accelerator, DistributedDataParallelKwargs
 
 from coconav.checkpoint import TrainState, latest_checkpoint, list_checkpoints, load_trainer_state, save_checkpoint
-from coconav.common import (DTYPE_NAMES, MetricLogger, print0, progress, resolve_device, seed_everything, set_threads,
+from coconav.common import (DTYPE_NAMES, MetricLogger, print0, progress, seed_everything, set_threads,
                             write_json_atomic)
 from coconav.config import RunConfig, save_config, to_dict
 from coconav.data.splits import load_splits
@@ -43,7 +52,7 @@ from coconav.model.latent_lm import LatentLM
 from coconav.model.navigator import Navigator
 from coconav.ppo import compute_gae, explained_variance, normalize_advantages, ppo_loss
 from coconav.rewards import correctness, format_ok, step_rewards
-from coconav.rollout import Trajectories, replay, roll_out
+from coconav.rollout import Replay, Trajectories, replay, roll_out
 
 REFERENCE_ADAPTER = "reference"
 
@@ -59,6 +68,62 @@ class NavRun:
     out_dir: Path
     base_thoughts: int  # the COCONUT checkpoint's fixed thought count (its last stage)
     reference_adapter: str | None = None  # train_lm on a LoRA checkpoint: the frozen copy of its adapter (KL reference)
+    accelerator: Accelerator | None = None
+    policy: torch.nn.Module | None = None  # PolicyReplay, wrapped by DDP when there are several ranks
+
+
+class PolicyReplay(torch.nn.Module):
+    """`replay` as one module call, so that DDP sees one forward per backward and averages the
+    gradients of the navigator and of the LM's trainable adapters over the ranks."""
+
+    def __init__(self, lm: LatentLM, navigator: Navigator) -> None:
+        super().__init__()
+        self.lm, self.navigator = lm, navigator
+
+    def forward(self, traj: Trajectories, idx: torch.Tensor, temperature: float, answer_in_policy: bool) -> Replay:
+        return replay(self.lm, self.navigator, traj, idx, temperature, answer_in_policy)
+
+
+def make_accelerator() -> Accelerator:
+    """accelerate's DDP (one process: a no-op); parameters a minibatch leaves unused (no thought
+    steered, halting off) are allowed."""
+    return Accelerator(cpu=not torch.cuda.is_available(),
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+
+
+def prepare_distributed(run: NavRun, accelerator: Accelerator) -> NavRun:
+    """Wrap the replay in DDP (and the optimizer), after the optimizer and a resume are loaded."""
+    world = accelerator.num_processes
+    if run.cfg.ppo.rollout_batch % world:
+        raise ConfigError(f"ppo.rollout_batch ({run.cfg.ppo.rollout_batch}) must be a multiple of the number of "
+                          f"processes ({world})")
+    run.accelerator = accelerator
+    run.policy, run.optimizer = accelerator.prepare(PolicyReplay(run.lm, run.navigator), run.optimizer)
+    return run
+
+
+def gather_global(run: NavRun, tensor: torch.Tensor) -> torch.Tensor:
+    """The ranks' tensors concatenated in rank order: the global batch's order (itself on one rank)."""
+    if run.accelerator is None or run.accelerator.num_processes == 1:
+        return tensor
+    return run.accelerator.gather(tensor.contiguous().to(run.accelerator.device)).to(tensor.device)
+
+
+def mean_over_ranks(run: NavRun, value: torch.Tensor) -> float:
+    """The mean of a scalar over the ranks, so that every rank takes the same decision."""
+    if run.accelerator is None or run.accelerator.num_processes == 1:
+        return float(value)
+    return float(run.accelerator.reduce(value.detach().float().reshape(1).to(run.accelerator.device), "mean"))
+
+
+def is_writer(run: NavRun) -> bool:
+    """Only rank 0 writes files."""
+    return run.accelerator is None or run.accelerator.is_main_process
+
+
+def barrier(run: NavRun) -> None:
+    if run.accelerator is not None:
+        run.accelerator.wait_for_everyone()
 
 
 # 1-2. setup and build ---------------------------------------------------------------------------
@@ -66,19 +131,21 @@ class NavRun:
 def build(cfg: RunConfig, resume: str | None) -> tuple[NavRun, int]:
     """Load the COCONUT model (frozen), build the navigator and optimizer; returns (run, first update)."""
     set_threads(cfg.threads)
+    accelerator = make_accelerator()
     seed_everything(cfg.seed)
     out_dir = Path(resume or cfg.out_dir)
     if resume is None and list_checkpoints(out_dir):
         raise ConfigError(f"{out_dir} already holds checkpoints: pass --resume {out_dir} to continue it, or choose another out_dir")
     ckpt = latest_checkpoint(out_dir) if resume is not None else None
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out_dir / "config.yaml")
+    if accelerator.is_main_process:
+        save_config(cfg, out_dir / "config.yaml")
     logger = MetricLogger(out_dir, cfg.log.tensorboard, cfg.log.wandb, cfg.log.wandb_project, to_dict(cfg),
                           fresh=resume is None)
     base = latest_checkpoint(cfg.init_from)
     # model.dtype when set, else the checkpoint's own dtype (a bf16 COCONUT model stays bf16)
     dtype = DTYPE_NAMES[cfg.model.dtype] if cfg.model.dtype is not None else None
-    base_model = CoconavModel.from_pretrained(base, device=resolve_device(None), dtype=dtype)
+    base_model = CoconavModel.from_pretrained(base, device=accelerator.device, dtype=dtype)
     if base_model.navigator is not None:
         raise ConfigError(f"init_from={base} already holds a navigator: point it at the COCONUT checkpoint")
     lm = base_model.lm.eval()  # eval mode throughout: rollouts and replays run without dropout
@@ -103,7 +170,8 @@ def build(cfg: RunConfig, resume: str | None) -> tuple[NavRun, int]:
     base_thoughts = base_model.default_thoughts()
     print0(f"coconav navigator: base {base} ({base_thoughts} thoughts), budget {cfg.navigator.max_thoughts}, "
            f"{sum(p.numel() for p in navigator.parameters()) / 1e3:.0f}k navigator parameters, out_dir={out_dir}")
-    return NavRun(cfg, lm, navigator, optimizer, splits, logger, out_dir, base_thoughts, reference), first
+    run = NavRun(cfg, lm, navigator, optimizer, splits, logger, out_dir, base_thoughts, reference)
+    return prepare_distributed(run, accelerator), first
 
 
 def enable_lm_training(lm: LatentLM, cfg: RunConfig, base: Path) -> tuple[LatentLM, str | None]:
@@ -213,7 +281,7 @@ def ppo_update(run: NavRun, traj: Trajectories, rewards: torch.Tensor, temperatu
         for i, mb in enumerate(minibatches):
             mbd = mb.to(device)
             ref = reference_logprobs(run, traj, mb, temperature) if ppo.train_lm and ppo.beta > 0 else None
-            rep = replay(run.lm, run.navigator, traj, mb, temperature, ppo.answer_in_policy)
+            rep = run.policy(traj, mb, temperature, ppo.answer_in_policy)
             advantages = adv.advantages[mbd]
             if ppo.norm_adv:
                 advantages = normalize_advantages(advantages, valid[mbd])
@@ -225,14 +293,14 @@ def ppo_update(run: NavRun, traj: Trajectories, rewards: torch.Tensor, temperatu
                 loss = loss + ppo.beta * kl
                 stats["kl_ref"].append(float(kl.detach()))
             run.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, ppo.max_grad_norm)
+            run.accelerator.backward(loss)  # DDP averages the gradients over the ranks here
+            run.accelerator.clip_grad_norm_(params, ppo.max_grad_norm)
             run.optimizer.step()
             if epoch == 0 and i == 0:
                 stats["ratio_first"].append(float(out.ratio_mean))
             for key in ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac"):
                 stats[key].append(float(getattr(out, key)))
-            if ppo.target_kl is not None and float(out.approx_kl) > ppo.target_kl:
+            if ppo.target_kl is not None and mean_over_ranks(run, out.approx_kl) > ppo.target_kl:  # all ranks stop together
                 stop = True
                 break
         epochs_done = epoch + 1
@@ -247,8 +315,23 @@ def ppo_update(run: NavRun, traj: Trajectories, rewards: torch.Tensor, temperatu
 # 6-7. the loop ------------------------------------------------------------------------------------
 
 def sample_questions(run: NavRun, update: int) -> list:
+    """This rank's slice of the update's global batch (drawn with the shared seed)."""
     rng = random.Random(f"{run.cfg.seed}-rollout-{update}")
-    return [run.splits.train[rng.randrange(len(run.splits.train))] for _ in range(run.cfg.ppo.rollout_batch)]
+    batch = [run.splits.train[rng.randrange(len(run.splits.train))] for _ in range(run.cfg.ppo.rollout_batch)]
+    rank, world = rank_and_world(run)
+    per = len(batch) // world
+    return batch[rank * per:(rank + 1) * per]
+
+
+def rank_and_world(run: NavRun) -> tuple[int, int]:
+    acc = run.accelerator
+    return (0, 1) if acc is None else (acc.process_index, acc.num_processes)
+
+
+def rollout_seed(run: NavRun, update: int) -> int:
+    """The sampling stream of this rank's rollout (one process: the update's seed)."""
+    rank, world = rank_and_world(run)
+    return (run.cfg.seed * 1_000_003 + update) * world + rank
 
 
 def train(cfg: RunConfig, resume: str | None = None) -> dict:
@@ -264,7 +347,7 @@ def train(cfg: RunConfig, resume: str | None = None) -> dict:
         # 1. roll out
         run.navigator.eval()
         run.lm.eval()
-        gen = torch.Generator(device=run.lm.device).manual_seed(cfg.seed * 1_000_003 + update)
+        gen = torch.Generator(device=run.lm.device).manual_seed(rollout_seed(run, update))
         traj = roll_out(run.lm, run.navigator, sample_questions(run, update), num_trajectories=ppo.num_trajectories,
                         sample=True, temperature=temperature, max_new_tokens=cfg.eval.max_new_tokens, generator=gen)
         rollout_seconds = time.perf_counter() - start
@@ -277,13 +360,17 @@ def train(cfg: RunConfig, resume: str | None = None) -> dict:
         # 3-5. PPO
         run.navigator.train()
         stats = ppo_update(run, traj, rewards, temperature, update)
-        # 6. memory: written after the update, so the replays above saw the bank the rollout saw
-        run.navigator.remember(traj.question_keys, traj.thought_means, returns.to(traj.question_keys.device))
-        # 7. log
+        # 6. memory: written after the update, so the replays above saw the bank the rollout saw; every
+        # rank writes the whole global batch, so the banks stay identical
+        keys, means = gather_global(run, traj.question_keys), gather_global(run, traj.thought_means)
+        returns, correct = gather_global(run, returns.to(traj.question_keys.device)), gather_global(run, correct)
+        run.navigator.remember(keys, means, returns)
+        # 7. log (rollout numbers over the global batch)
+        num_thoughts = gather_global(run, traj.num_thoughts)
         seconds = time.perf_counter() - start
         metrics = {"rollout/accuracy": float(correct.mean()), "rollout/reward_mean": float(returns.mean()),
                    "rollout/reward_std": float(returns.std()) if len(returns) > 1 else 0.0,
-                   "rollout/mean_thoughts": float(traj.num_thoughts.float().mean()),
+                   "rollout/mean_thoughts": float(num_thoughts.float().mean()),
                    "rollout/temperature": temperature, "rollout/halt_prob": float(traj.halt_probs[:, 0].mean()),
                    "navigator/steer_norm": float(run.navigator.up.weight.detach().norm()),
                    "navigator/action_std": float(run.navigator.log_std.detach().exp().mean()),
@@ -298,12 +385,16 @@ def train(cfg: RunConfig, resume: str | None = None) -> dict:
         bar.set_postfix(acc=f"{metrics['rollout/accuracy']:.2f}", thoughts=f"{metrics['rollout/mean_thoughts']:.1f}",
                         kl=f"{stats.get('ppo/approx_kl', 0):.3f}")
         if (update + 1) % ppo.eval_every == 0 or update + 1 == ppo.updates:
-            validate(run, update + 1)
-            save_checkpoint(run.out_dir / "checkpoints" / "last", run.lm, TrainState(0, update + 1, update + 1),
-                            to_dict(cfg), run.optimizer, modules={"navigator": run.navigator},
-                            metrics={"base_thoughts": run.base_thoughts})
+            barrier(run)
+            if is_writer(run):
+                validate(run, update + 1)
+                save_checkpoint(run.out_dir / "checkpoints" / "last", run.lm, TrainState(0, update + 1, update + 1),
+                                to_dict(cfg), run.optimizer, modules={"navigator": run.navigator},
+                                metrics={"base_thoughts": run.base_thoughts})
+            barrier(run)
     bar.close()
-    results = final_evaluation(run, curve)
+    results = final_evaluation(run, curve) if is_writer(run) else {"curve": curve, "base_thoughts": run.base_thoughts}
+    barrier(run)
     run.logger.close()
     return results
 
