@@ -1,8 +1,12 @@
-"""Thought memory for the navigator: episodic (this trajectory's earlier thoughts) and persistent.
+"""Thought memory for the navigator: episodic (this trajectory's earlier thoughts), group and persistent.
 
 - ``EpisodicMemory``: at thought step t the navigator attends over the states of steps < t of its
   own trajectory (a learned null slot makes step 0 well defined). Computed for a whole sequence of
   states with a causal mask, so a rollout (step by step) and a replay (all steps at once) agree.
+- ``GroupMemory``: the shared memory of the K trajectories of one question. At step t a trajectory
+  attends over the other trajectories' states at steps <= t that are real (a peer that halted at n
+  has states 0..n), plus a learned null slot; its output projection starts at zero, so an untrained
+  group read adds nothing and K trajectories start out independent.
 - ``PersistentMemory``: a bounded bank of thoughts from past trajectories. Each entry is keyed by
   an encoding of the question (the latent LM's state at <bot>, L2-normalised), holds the mean of
   that trajectory's thought states as its value, and the return it earned. A read takes the top-k
@@ -46,6 +50,42 @@ class EpisodicMemory(nn.Module):
         visible = torch.ones(T, T + 1, dtype=torch.bool, device=x.device)
         visible[:, 1:] = torch.ones(T, T, dtype=torch.bool, device=x.device).tril(-1)
         return scores.masked_fill(~visible, float("-inf")).softmax(-1)
+
+
+class GroupMemory(nn.Module):
+    """Attention of each step over the other trajectories of its group at steps <= t (plus a null slot)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.query = nn.Linear(dim, dim)
+        self.key = nn.Linear(dim, dim)
+        self.value = nn.Linear(dim, dim)
+        self.null_key = nn.Parameter(torch.zeros(dim))
+        self.null_value = nn.Parameter(torch.zeros(dim))
+        self.out = nn.Linear(dim, dim)
+        nn.init.zeros_(self.out.weight)  # untrained: the read adds nothing (trajectories independent)
+        nn.init.zeros_(self.out.bias)
+        self.scale = dim ** -0.5
+
+    def forward(self, x: torch.Tensor, peers: torch.Tensor | None, visible: torch.Tensor | None) -> torch.Tensor:
+        """Readout for every step. Shape: x [B, T, d], peers [B, P, T, d] (encoded states of the other
+        trajectories), visible [B, P, T] (bool: peer state exists) -> [B, T, d]. peers None: null slot only."""
+        B, T, d = x.shape
+        if peers is None or peers.shape[1] == 0:
+            return self.out(self.null_value).expand(B, T, d)
+        v = torch.cat([self.null_value.expand(B, 1, d), self.value(peers).flatten(1, 2)], dim=1)  # [B, 1+P*T, d]
+        return self.out(torch.einsum("bts,bsd->btd", self.attention(x, peers, visible), v))
+
+    def attention(self, x: torch.Tensor, peers: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        """Read weights of each step over [null slot, peer 0 steps 0..T-1, peer 1 ...]. Shape: -> [B, T, 1+P*T]."""
+        B, T, d = x.shape
+        P = peers.shape[1]
+        k = torch.cat([self.null_key.expand(B, 1, d), self.key(peers).flatten(1, 2)], dim=1)
+        scores = torch.einsum("btd,bsd->bts", self.query(x), k) * self.scale
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()  # step t sees peer steps s <= t
+        seen = visible[:, None, :, :] & causal[None, :, None, :]  # [B, T, P, T]
+        seen = torch.cat([torch.ones(B, T, 1, dtype=torch.bool, device=x.device), seen.reshape(B, T, P * T)], dim=-1)
+        return scores.masked_fill(~seen, float("-inf")).softmax(-1)
 
 
 class PersistentMemory(nn.Module):

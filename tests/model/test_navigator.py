@@ -71,8 +71,8 @@ class ScheduledHalt(Navigator):
     def set_schedule(self, keys: torch.Tensor, targets: list[int]) -> None:
         self.keys, self.targets = keys.float(), torch.tensor(targets)
 
-    def forward(self, states, question_keys):
-        out = super().forward(states, question_keys)
+    def forward(self, states, question_keys, *rest):
+        out = super().forward(states, question_keys, *rest)
         target = self.targets[torch.cdist(question_keys.float(), self.keys).argmin(-1)]
         out.halt_logits = torch.where(torch.arange(states.shape[1])[None] >= target[:, None], 8.0, -8.0)
         return out
