@@ -221,7 +221,7 @@ class Navigator(nn.Module):
         if self.cfg.steer_scale == "rms":
             if self.needs_thought_scale:
                 raise ValueError("navigator.steer_scale='rms' needs the thought scale: call set_thought_scale "
-                                 "(coconav.rollout.measure_thought_scale) first")
+                                 "(coconav.model.groups.measure_thought_scale) first")
             offset = offset * self.thought_rms.to(offset.dtype)
         return offset
 
