@@ -230,7 +230,8 @@ def fusion_scores(run: GroupRun, rule: str) -> torch.Tensor:
 
 @torch.no_grad()
 def multi_answers(lm: LatentLM, navigator: Navigator, prompts: list[list[int]], answer_types: list[str],
-                  num_trajectories: int | str, fusion: str, max_new_tokens: int, seed: int = 0) -> MultiAnswers:
+                  num_trajectories: int | str, fusion: str, max_new_tokens: int, seed: int = 0,
+                  steer: bool = True) -> MultiAnswers:
     """K navigator trajectories per prompt (latent prompts ending with <bot>; inference mode), fused into one
     answer per question by `fusion` over the answer keys of `answer_types` (one per prompt)."""
     check_multi(num_trajectories, fusion, navigator.cfg.max_trajectories)
@@ -242,7 +243,7 @@ def multi_answers(lm: LatentLM, navigator: Navigator, prompts: list[list[int]], 
                          f"of {lm.context_length} positions")
     generator = torch.Generator().manual_seed(seed)
     run = run_groups(lm, navigator, prompts, num_trajectories=num_trajectories, sample=False, explore=True,
-                     max_new_tokens=min(max_new_tokens, room), generator=generator)
+                     max_new_tokens=min(max_new_tokens, room), generator=generator, steer=steer)
     texts = [lm.decode_text(seq) for seq in run.answer_ids]
     types = [answer_types[int(g)] for g in run.group]
     fused = fuse(texts, fusion_scores(run, fusion), types, fusion, run.group)
@@ -253,17 +254,19 @@ def multi_answers(lm: LatentLM, navigator: Navigator, prompts: list[list[int]], 
 
 def evaluate_multi(lm: LatentLM, navigator: Navigator, examples: list[Example], cfg: EvalConfig,
                    num_trajectories: int | str, fusion: str = "majority", abstain_below: float = 0.0, seed: int = 0,
-                   show_progress: bool = False) -> EvalResult:
+                   show_progress: bool = False, steer: bool = True, memory: bool = True) -> EvalResult:
     """Evaluate K trajectories per question fused into one answer. Per question, num_thoughts, new_tokens and
     forward_passes count all trajectories. `multi` adds mean_trajectories (by difficulty), agreement, the
     accuracy of trajectory 0 (the greedy one, = K = 1), of any trajectory (oracle) and of all trajectories,
     the accuracy-coverage curve of abstaining below an agreement level, and at `abstain_below` the
-    coverage and the accuracy on the answered questions."""
+    coverage and the accuracy on the answered questions. memory=False switches the episodic, group and
+    persistent memory off; steer=False keeps halting only."""
     if not 0 <= abstain_below <= 1:
         raise InputError(f"--abstain-below must be in [0, 1], got {abstain_below}")
     if cfg.max_questions:
         examples = examples[: cfg.max_questions]
-    saved = navigator.training, lm.training
+    saved = navigator.training, lm.training, navigator.use_persistent, navigator.use_episodic, navigator.use_group
+    navigator.use_persistent = navigator.use_episodic = navigator.use_group = memory
     navigator.eval()
     lm.eval()
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].question))
@@ -276,7 +279,7 @@ def evaluate_multi(lm: LatentLM, navigator: Navigator, examples: list[Example], 
             batch = [examples[i] for i in idx]
             prompts = question_prompts(lm, [ex.question for ex in batch], ThoughtPlan("coconut", 0, None))
             out = multi_answers(lm, navigator, prompts, [ex.answer_type for ex in batch], num_trajectories, fusion,
-                                cfg.max_new_tokens, seed + lo)
+                                cfg.max_new_tokens, seed + lo, steer)
             traj = out.run
             right = [score(text, batch[int(g)]) for text, g in zip(out.texts, traj.group)]
             for j, i in enumerate(idx):
@@ -294,6 +297,7 @@ def evaluate_multi(lm: LatentLM, navigator: Navigator, examples: list[Example], 
     finally:
         navigator.train(saved[0])
         lm.train(saved[1])
+        navigator.use_persistent, navigator.use_episodic, navigator.use_group = saved[2:]
     result = aggregate([r for r in records if r is not None], time.perf_counter() - start)
     result.multi = multi_summary(result.questions, [e for e in extras if e is not None], num_trajectories, fusion,
                                  abstain_below)

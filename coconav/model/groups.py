@@ -175,8 +175,9 @@ def trajectory_counts(navigator: Navigator, num_trajectories: int | str | list[i
 def run_groups(lm: LatentLM, navigator: Navigator, prompts: list[list[int]], *,
                num_trajectories: int | str | list[int] | torch.Tensor = 1, sample: bool = True,
                temperature: float = 1.0, max_new_tokens: int = 32, generator: torch.Generator | None = None,
-               seeds: torch.Tensor | None = None, explore: bool = False) -> GroupRun:
-    """K trajectories for each prompt (ending with <bot>); see the module docstring. `seeds` [B]: per-row streams."""
+               seeds: torch.Tensor | None = None, explore: bool = False, steer: bool = True) -> GroupRun:
+    """K trajectories for each prompt (ending with <bot>); see the module docstring. `seeds` [B]: per-row streams;
+    steer=False: the navigator's halting only (plain COCONUT thoughts)."""
     L, cfg = navigator.cfg.max_thoughts, navigator.cfg
     if navigator.needs_thought_scale:
         measure_thought_scale(lm, navigator, prompts)
@@ -201,7 +202,7 @@ def run_groups(lm: LatentLM, navigator: Navigator, prompts: list[list[int]], *,
                                for k in counts]).to(dev)
     row_seeds = seeds.to(dev) if seeds is not None else None
     controller = NavigatorController(navigator, sample, row_temperature, generator, group=group.to(dev) if multi else None,
-                                     trajectory=trajectory.to(dev), seeds=row_seeds, explore=explore_t)
+                                     trajectory=trajectory.to(dev), seeds=row_seeds, explore=explore_t, steer=steer)
     used, _ = lm.think(state, torch.zeros(B, dtype=torch.long, device=dev), controller=controller, max_thoughts=L)
     answer_ids, new_tokens = lm.decode(state, max_new_tokens, do_sample=sample, generator=generator,
                                        seeds=row_seeds if sample else None)
