@@ -164,9 +164,13 @@ def replay_peers(navigator: Navigator, traj: Trajectories, idx: torch.Tensor) ->
     T = traj.states.shape[1]
     exists = torch.arange(T)[None] <= traj.num_thoughts.cpu()[:, None]
     index = peer_index(traj.group)[idx.cpu()]
-    peers = gather_peers(traj.states.cpu(), index, exists)
+    rows = torch.unique(index[index >= 0])  # only the peers these trajectories read are encoded
+    remap = torch.full((len(traj),), -1, dtype=torch.long)
+    remap[rows] = torch.arange(len(rows))
+    local = torch.where(index >= 0, remap[index.clamp(min=0)], -1)
     device = traj.actions.device
-    return Peers(states=peers.states.to(device), visible=peers.visible.to(device))
+    peers = gather_peers(traj.states[rows].cpu(), local, exists[rows])
+    return Peers(pool=peers.pool.to(device), index=peers.index.to(device), visible=peers.visible.to(device))
 
 
 def replay(lm: LatentLM, navigator: Navigator, traj: Trajectories, idx: torch.Tensor, temperature: float = 1.0,

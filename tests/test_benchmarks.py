@@ -94,3 +94,7 @@ def test_bench_rollout_quick():
     assert check["thought_counts_match"] is True and check["answers_match"] is True
     assert check["answers_matching"] == check["trajectories"] == out["config"]["questions"]
     assert out["config"]["quick"] is True and out["config"]["threads"] == 1
+    # K trajectories side by side (quick: K = 1 and 5)
+    multi = out["multi"]
+    assert_positive_numbers(multi["seconds_per_rollout"], {"1", "5"})
+    assert multi["ratio_vs_k1"]["1"] == 1.0 and multi["ratio_vs_k1"]["5"] > 0

@@ -21,7 +21,7 @@ Its parameters are separate from the LM's and saved with the checkpoint.
 
     nav = Navigator(lm.hidden_size, NavigatorConfig())
     out = nav(states, question_keys)             # states [B, T, D] -> NavigatorOutput
-    out = nav(states, question_keys, trajectory=idx, peers=Peers(states=..., visible=...))
+    out = nav(states, question_keys, trajectory=idx, peers=gather_peers(states, peer_index(group), exists))
     logp, entropy = nav.log_probs(out, actions, halts, masks, temperature)
 """
 
@@ -50,10 +50,13 @@ class NavigatorOutput:
 
 @dataclass
 class Peers:
-    """The other trajectories of each row's group. Shape: states [B, P, T, D] (their h_0..h_{T-1}),
-    visible [B, P, T] (bool: peer p's state at step s exists; False for padding and after it halted)."""
+    """The other trajectories of each row's group, as rows of a pool of trajectories (encoded once, then
+    gathered). Shape: pool [N, T, D] (states h_0..h_{T-1} of N trajectories; may be the batch itself),
+    index [B, P] (row of the pool of each peer, -1 = padding), visible [B, P, T] (bool: peer p's state at
+    step s exists; False for padding and after it halted)."""
 
-    states: torch.Tensor
+    pool: torch.Tensor
+    index: torch.Tensor
     visible: torch.Tensor
 
 
@@ -68,10 +71,9 @@ def peer_index(group: torch.Tensor) -> torch.Tensor:
     return torch.where(order < B, order, -1)
 
 
-def gather_peers(states: torch.Tensor, index: torch.Tensor, exists: torch.Tensor) -> Peers:
-    """Peers of every row. Shape: states [B, T, D], index [B, P] (peer_index), exists [B, T] -> Peers."""
-    safe = index.clamp(min=0)
-    return Peers(states=states[safe], visible=exists[safe] & (index >= 0)[:, :, None])
+def gather_peers(pool: torch.Tensor, index: torch.Tensor, exists: torch.Tensor) -> Peers:
+    """Peers of every row. Shape: pool [N, T, D], index [B, P] (rows of the pool, -1 = none), exists [N, T]."""
+    return Peers(pool=pool, index=index, visible=exists[index.clamp(min=0)] & (index >= 0)[:, :, None])
 
 
 @dataclass
@@ -157,20 +159,28 @@ class Navigator(nn.Module):
         """Trunk features. Shape: states [B, T, D], question_keys [B, D], trajectory [B] (index in the group,
         None = 0), peers (the group's other trajectories, None = none) -> [B, T, d]."""
         B, T, _ = states.shape
-        x = self.embed_states(states)
+        x = embedded = self.embed_states(states)
         if trajectory is not None:
             x = x + self.trajectory_embedding(trajectory.to(x.device))[:, None]
         if self.episodic is not None and self.use_episodic:
             x = x + self.episodic(x)
         if self.group is not None and self.use_group:
-            encoded = self.embed_states(peers.states.flatten(0, 1)).unflatten(0, peers.states.shape[:2]) if peers is not None else None
-            x = x + self.group(x, encoded, peers.visible if peers is not None else None)
+            x = x + self.group(x, self.encode_peers(peers, states, embedded), peers.visible if peers is not None else None)
         if self.bank is not None and self.use_persistent:
             readout, has = self.bank.read(question_keys.float())
             recalled = self.recall(readout)[:, None].expand(B, T, -1)
             gate = torch.sigmoid(self.gate(torch.cat([x, recalled], dim=-1)))
             x = x + gate * recalled * has[:, None, None].to(x.dtype)
         return self.trunk(x)
+
+    def encode_peers(self, peers: Peers | None, states: torch.Tensor, embedded: torch.Tensor) -> torch.Tensor | None:
+        """The peers' encoded states (embed_states, no trajectory index), each pool row encoded once.
+        Shape: -> [B, P, T, d] (None without peers). A pool that is `states` itself reuses `embedded`
+        (= embed_states(states))."""
+        if peers is None:
+            return None
+        pool = embedded if peers.pool is states else self.embed_states(peers.pool)
+        return pool[peers.index.clamp(min=0)]
 
     def embed_states(self, states: torch.Tensor) -> torch.Tensor:
         """Each step's input features: the state, its change since the previous step, the step index.
