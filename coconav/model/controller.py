@@ -69,7 +69,7 @@ class NavigatorController:
         peers = None
         if self.peers is not None and nav.group is not None and nav.use_group:
             peers = gather_peers(states, self.peers.to(states.device), torch.stack(self.alive, dim=1))
-        out = nav(states, states[:, 0], self.trajectory, peers)
+        out = nav(states, states[:, 0], self.trajectory, peers, last_only=True)
         mean, halt_logit = out.mean[:, -1], out.halt_logits[:, -1]  # [B, A], [B]
         self.halt_probs.append(torch.sigmoid(halt_logit))
         self.values.append(out.values[:, -1])

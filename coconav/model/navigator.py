@@ -155,32 +155,35 @@ class Navigator(nn.Module):
             nn.init.zeros_(head.bias)
 
     def features(self, states: torch.Tensor, question_keys: torch.Tensor, trajectory: torch.Tensor | None = None,
-                 peers: Peers | None = None) -> torch.Tensor:
+                 peers: Peers | None = None, last_only: bool = False) -> torch.Tensor:
         """Trunk features. Shape: states [B, T, D], question_keys [B, D], trajectory [B] (index in the group,
-        None = 0), peers (the group's other trajectories, None = none) -> [B, T, d]."""
+        None = 0), peers (the group's other trajectories, None = none) -> [B, T, d] ([B, 1, d] with
+        `last_only`: the last step's, what a rollout step needs; earlier steps still serve as memory)."""
         B, T, _ = states.shape
+        start = T - 1 if last_only else 0
         x = embedded = self.embed_states(states)
         if trajectory is not None:
             x = x + self.trajectory_embedding(trajectory.to(x.device))[:, None]
         if self.episodic is not None and self.use_episodic:
-            x = x + self.episodic(x)
+            x = x[:, start:] + self.episodic(x, start)
+        else:
+            x = x[:, start:]
         if self.group is not None and self.use_group:
-            x = x + self.group(x, self.encode_peers(peers, states, embedded), peers.visible if peers is not None else None)
+            if peers is None:
+                x = x + self.group(x, None, None, None, start)
+            else:
+                x = x + self.group(x, self.encode_peers(peers, states, embedded), peers.index, peers.visible, start)
         if self.bank is not None and self.use_persistent:
             readout, has = self.bank.read(question_keys.float())
-            recalled = self.recall(readout)[:, None].expand(B, T, -1)
+            recalled = self.recall(readout)[:, None].expand(B, x.shape[1], -1)
             gate = torch.sigmoid(self.gate(torch.cat([x, recalled], dim=-1)))
             x = x + gate * recalled * has[:, None, None].to(x.dtype)
         return self.trunk(x)
 
-    def encode_peers(self, peers: Peers | None, states: torch.Tensor, embedded: torch.Tensor) -> torch.Tensor | None:
-        """The peers' encoded states (embed_states, no trajectory index), each pool row encoded once.
-        Shape: -> [B, P, T, d] (None without peers). A pool that is `states` itself reuses `embedded`
-        (= embed_states(states))."""
-        if peers is None:
-            return None
-        pool = embedded if peers.pool is states else self.embed_states(peers.pool)
-        return pool[peers.index.clamp(min=0)]
+    def encode_peers(self, peers: Peers, states: torch.Tensor, embedded: torch.Tensor) -> torch.Tensor:
+        """The peers' pool encoded (embed_states, no trajectory index), each pool row once. Shape: -> [N, T, d].
+        A pool that is `states` itself reuses `embedded` (= embed_states(states))."""
+        return embedded if peers.pool is states else self.embed_states(peers.pool)
 
     def embed_states(self, states: torch.Tensor) -> torch.Tensor:
         """Each step's input features: the state, its change since the previous step, the step index.
@@ -201,9 +204,10 @@ class Navigator(nn.Module):
         return MemoryReads(episodic=episodic, persistent=persistent)
 
     def forward(self, states: torch.Tensor, question_keys: torch.Tensor, trajectory: torch.Tensor | None = None,
-                peers: Peers | None = None) -> NavigatorOutput:
-        """Heads at every step. Shape: states [B, T, D] (step t = h_t), question_keys [B, D]; see `features`."""
-        z = self.features(states, question_keys, trajectory, peers)
+                peers: Peers | None = None, last_only: bool = False) -> NavigatorOutput:
+        """Heads at every step (the last only with `last_only`: T = 1 in the output). Shape: states [B, T, D]
+        (step t = h_t), question_keys [B, D]; see `features`."""
+        z = self.features(states, question_keys, trajectory, peers, last_only)
         return NavigatorOutput(mean=self.mean_head(z), std=self.log_std.exp(),
                                halt_logits=self.halt_head(z).squeeze(-1), values=self.value_head(z).squeeze(-1),
                                scores=self.scorer_head(z).squeeze(-1))

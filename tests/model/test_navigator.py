@@ -71,10 +71,11 @@ class ScheduledHalt(Navigator):
     def set_schedule(self, keys: torch.Tensor, targets: list[int]) -> None:
         self.keys, self.targets = keys.float(), torch.tensor(targets)
 
-    def forward(self, states, question_keys, *rest):
-        out = super().forward(states, question_keys, *rest)
+    def forward(self, states, question_keys, *rest, **kw):
+        out = super().forward(states, question_keys, *rest, **kw)
         target = self.targets[torch.cdist(question_keys.float(), self.keys).argmin(-1)]
-        out.halt_logits = torch.where(torch.arange(states.shape[1])[None] >= target[:, None], 8.0, -8.0)
+        t = torch.arange(states.shape[1])[None, -out.halt_logits.shape[1]:]  # the last step only with last_only
+        out.halt_logits = torch.where(t >= target[:, None], 8.0, -8.0)
         return out
 
 
@@ -313,10 +314,9 @@ def test_group_memory_off_changes_nothing_but_the_group_read():
     assert not torch.allclose(on.mean, off.mean)
     # on: the features differ from off by exactly the group read, added before the trunk
     x = nav.embed_states(states) + nav.episodic(nav.embed_states(states))
-    encoded = nav.embed_states(states)[peers.index.clamp(min=0)]
     nav.use_group = True
-    torch.testing.assert_close(nav.features(states, states[:, 0], peers=peers),
-                               nav.trunk(x + nav.group(x, encoded, peers.visible)))
+    read = nav.group(x, nav.embed_states(states), peers.index, peers.visible)
+    torch.testing.assert_close(nav.features(states, states[:, 0], peers=peers), nav.trunk(x + read))
 
 
 def test_group_read_sees_only_existing_peer_states_up_to_the_step():
@@ -386,3 +386,19 @@ def test_a_seeded_navigator_initialises_as_before_the_new_parts():
     assert torch.equal(torch.rand(3), after)
     for name, p in no_group.state_dict().items():
         assert torch.equal(p, nav.state_dict()[name]) or name.startswith(("trajectory_embedding", "selector")), name
+
+
+def test_last_only_equals_the_last_step_of_the_full_forward():
+    states, group, peers = group_batch()
+    torch.manual_seed(0)
+    nav = Navigator(32, nav_cfg(memory_topk=2))
+    with torch.no_grad():
+        nav.group.out.weight.normal_(0, 1.0)
+        nav.trajectory_embedding.weight.normal_(0, 1.0)
+    nav.remember(states[:2, 0], torch.randn(2, 32), torch.tensor([1.0, 1.0]))
+    idx = torch.tensor([0, 1, 2, 0, 1])
+    full = nav(states, states[:, 0], idx, peers)
+    last = nav(states, states[:, 0], idx, peers, last_only=True)
+    for name in ("mean", "halt_logits", "values", "scores"):
+        assert getattr(last, name).shape[1] == 1
+        torch.testing.assert_close(getattr(last, name)[:, 0], getattr(full, name)[:, -1], atol=1e-6, rtol=1e-5)
