@@ -488,6 +488,9 @@ class RunConfig:
         _check(self.threads >= 0, f"threads must be >= 0, got {self.threads}")
         if self.navigator is not None:
             _check(self.init_from is not None, "a navigator run needs init_from: the COCONUT checkpoint it steers")
+            _check(self.ppo.num_trajectories <= self.navigator.max_trajectories,
+                   f"ppo.num_trajectories ({self.ppo.num_trajectories}) must be <= navigator.max_trajectories "
+                   f"({self.navigator.max_trajectories})")
 
 
 # ---------------------------------------------------------------------------------------------

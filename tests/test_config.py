@@ -179,8 +179,10 @@ def test_preset_loads(preset: Path) -> None:
      "navigator.temperature_schedule: 'step' is not one of 'linear' | 'cosine' | 'exponential'"),
     ("ppo.num_trajectories=17", "ppo.num_trajectories must be in [1, 16], got 17"),
     ("ppo.num_trajectories=0", "ppo.num_trajectories must be in [1, 16], got 0"),
+    ("navigator.max_trajectories=4", "ppo.num_trajectories (8) must be <= navigator.max_trajectories (4)"),
 ])
 def test_multi_trajectory_settings_are_checked(override: str, message: str) -> None:
     with pytest.raises(ConfigError) as err:
-        load_config(DEMO_PRESET, ["init_from=x", "navigator.hidden=8", override])
+        load_config(DEMO_PRESET, ["init_from=x", "navigator.hidden=8", "ppo.num_trajectories=8", override]
+                    if override.startswith("navigator.max") else ["init_from=x", "navigator.hidden=8", override])
     assert str(err.value) == message
