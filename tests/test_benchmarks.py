@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -98,3 +100,14 @@ def test_bench_rollout_quick():
     multi = out["multi"]
     assert_positive_numbers(multi["seconds_per_rollout"], {"1", "5"})
     assert multi["ratio_vs_k1"]["1"] == 1.0 and multi["ratio_vs_k1"]["5"] > 0
+
+
+def test_bench_steer_scale_quick():
+    out = run_script("bench_steer_scale.py")
+    demo = out["backbones"]["demo_scratch"]
+    assert demo["thoughts"] == out["config"]["questions"] * out["config"]["max_thoughts"]
+    ratios = demo["offset_over_norm"]
+    for scale in ("none", "rms"):
+        assert ratios[scale]["mean"] > 0 and math.isfinite(ratios[scale]["mean"])
+    # steer_scale "rms" multiplies the same offset by the thought RMS
+    assert ratios["rms"]["mean"] / ratios["none"]["mean"] == pytest.approx(demo["thought_rms"], rel=1e-4)
