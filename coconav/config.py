@@ -307,7 +307,7 @@ class NavigatorConfig:
     temperature_final: float = 1.0
     """Temperature at the last update (annealed by temperature_schedule; evaluation uses the mean action)."""
     temperature_schedule: Literal["linear", "cosine", "exponential"] = "linear"
-    """Shape of the annealing from temperature to temperature_final over training (coconav.ppo.anneal)."""
+    """Annealing shape from temperature to temperature_final (coconav.ppo.anneal; train_navigator: linear for now)."""
     max_trajectories: int = 16
     """Most trajectories per question (K, TRL's num_generations); sizes the trajectory-index embedding."""
     temperature_spread: float = 2.0
