@@ -154,7 +154,7 @@ def test_replay_reconstructs_group_reads_trajectory_index_and_temperatures(lm):
     peers = gather_peers(traj.states[:, :1], peer_index(traj.group)[r: r + 1], exists[:, :1])
     out = nav(states, states[:, 0], traj.trajectory[r: r + 1], peers)
     std = out.std * 1.1 * float(traj.temperature_factors[r])
-    want = Normal(out.mean[0, 0], std).log_prob(traj.actions[r, 0]).sum()
+    want = Normal(out.mean[0, 0], std).log_prob(traj.actions[r, 0]).sum().detach()
     halt_part = 0.0
     if nav.cfg.halting and bool(rep.masks.decide[b, 0]):
         p = torch.sigmoid(out.halt_logits[0, 0])

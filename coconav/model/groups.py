@@ -197,7 +197,7 @@ def run_groups(lm: LatentLM, navigator: Navigator, prompts: list[list[int]], *,
     dev = lm.device
     row_temperature = temperature * factors.to(dev) if multi else temperature
     explore_t = None
-    if explore and not sample:
+    if explore and not sample and multi:  # K = 1 everywhere: greedy, exactly as without explore
         explore_t = torch.cat([inference_temperatures(int(k), cfg.inference_temperature, cfg.temperature_spread)
                                for k in counts]).to(dev)
     row_seeds = seeds.to(dev) if seeds is not None else None

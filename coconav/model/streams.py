@@ -30,8 +30,9 @@ def _mix(x: torch.Tensor) -> torch.Tensor:
 
 
 def stream_seeds(generator: torch.Generator | None, n: int) -> torch.Tensor:
-    """n fresh stream seeds in [0, 2^31) from a torch generator (None: the global one). Shape: [n]."""
-    return torch.randint(0, 2**31 - 1, (n,), generator=generator, dtype=torch.long)
+    """n fresh stream seeds in [0, 2^31) from a torch generator (None: the global one) on its device. Shape: [n] (CPU)."""
+    device = generator.device if generator is not None else None
+    return torch.randint(0, 2**31 - 1, (n,), generator=generator, dtype=torch.long, device=device).cpu()
 
 
 def stream_uniform(seeds: torch.Tensor, step: int, size: int, salt: int) -> torch.Tensor:
