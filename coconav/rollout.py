@@ -135,13 +135,19 @@ def roll_out(lm: LatentLM, navigator: Navigator, examples: list[Example], *,
 @dataclass
 class Replay:
     """Recomputed policy quantities for a subset of trajectories. Shape: [b, T] with T = L + 1 steps,
-    answer_logprobs [b]; masks over the same steps."""
+    answer_logprobs [b]; masks over the same steps; final_scores [b] (the fusion scorer's logit at each
+    trajectory's last step, read like the values from detached states: it shares the trunk, not the
+    steering's path through the LM) and
+    success_logits [b] (the K-selector's, from the detached question key), for coconav.ppo.scorer_loss
+    and selector_loss."""
 
     logprobs: torch.Tensor
     entropy: torch.Tensor
     values: torch.Tensor
     answer_logprobs: torch.Tensor
     masks: StepMasks
+    final_scores: torch.Tensor | None = None
+    success_logits: torch.Tensor | None = None
 
 
 def replay_sequences(lm: LatentLM, traj: Trajectories, idx: torch.Tensor) -> list[Sequence]:
@@ -191,7 +197,8 @@ def replay(lm: LatentLM, navigator: Navigator, traj: Trajectories, idx: torch.Te
     peers = replay_peers(navigator, traj, idx)
     nav = navigator(hidden, hidden[:, 0], trajectory, peers)
     # the critic reads the same states without shaping them: the value loss must not train the steering
-    values = navigator(hidden.detach(), hidden[:, 0].detach(), trajectory, peers).values
+    critic = navigator(hidden.detach(), hidden[:, 0].detach(), trajectory, peers)
+    values = critic.values
     num_thoughts = traj.num_thoughts[idx].to(lm.device)
     masks = navigator.step_masks(num_thoughts, T)
     actions_t = F.pad(actions, (0, 0, 0, 1))  # [b, T, A]: no action at the final step
@@ -201,5 +208,6 @@ def replay(lm: LatentLM, navigator: Navigator, traj: Trajectories, idx: torch.Te
     answer_logprobs = lm.sequence_logprobs(out.hidden, batch.labels)
     if answer_in_policy:
         logprobs = logprobs + answer_logprobs[:, None] * masks.halt
+    final_scores = critic.scores.gather(1, num_thoughts[:, None]).squeeze(1)
     return Replay(logprobs=logprobs, entropy=entropy, values=values * masks.valid, answer_logprobs=answer_logprobs,
-                  masks=masks)
+                  masks=masks, final_scores=final_scores, success_logits=navigator.success_logits(hidden[:, 0].detach()))

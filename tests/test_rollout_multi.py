@@ -104,11 +104,14 @@ def test_without_seeds_k_gt_1_draws_per_row_seeds_from_the_generator(lm):
 
 
 def group_reading_navigator(**cfg):
-    """An explorer whose group read is live (the zero-initialised output projection set by hand)."""
+    """An explorer whose group read, trajectory embedding, scorer and K-selector are live (the zero-initialised
+    parts set by hand)."""
     nav = explorer(**cfg)
     with torch.no_grad():
         nav.group.out.weight.normal_(0, 2.0)
         nav.trajectory_embedding.weight.normal_(0, 1.0)
+        nav.scorer_head.weight.normal_(0, 1.0)
+        nav.selector[-1].weight.normal_(0, 1.0)
     return nav
 
 
@@ -145,6 +148,8 @@ def test_replay_reconstructs_group_reads_trajectory_index_and_temperatures(lm):
         rep = replay(lm, nav, traj, idx, temperature=1.1, answer_in_policy=False)
     valid = rep.masks.valid
     torch.testing.assert_close(rep.values[valid], traj.values[idx][valid], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(rep.final_scores, traj.final_scores[idx], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(rep.success_logits, traj.success_logits[idx], atol=1e-4, rtol=1e-4)
     # steering log-prob of step 0 by hand, from the rollout's own mean and the row's temperature
     b = 0 if int(traj.num_thoughts[idx[0]]) > 0 else next(i for i in range(4) if int(traj.num_thoughts[idx[i]]) > 0)
     r = int(idx[b])
@@ -213,3 +218,16 @@ def test_auto_spends_the_budget_by_the_selector(lm):
     assert int(probs.argmin()) == 1
     auto = roll_out(lm, nav, examples, num_trajectories="auto", sample=False, max_new_tokens=2)
     assert int(auto.counts.sum()) == 12 and int(auto.counts.argmax()) == 1
+
+
+def test_scorer_and_selector_losses_reach_their_heads_but_not_the_policy_heads(lm):
+    from coconav.ppo import scorer_loss, selector_loss
+    from coconav.rollout import replay, roll_out
+    nav = group_reading_navigator()
+    traj = roll_out(lm, nav, questions(2), num_trajectories=3, sample=True, max_new_tokens=3, seeds=torch.arange(6))
+    rep = replay(lm, nav, traj, torch.arange(6))
+    correct = torch.tensor([1, 0, 1, 0, 0, 1])
+    (scorer_loss(rep.final_scores, correct) + selector_loss(rep.success_logits, correct, traj.group)).backward()
+    grads = {n for n, p in nav.named_parameters() if p.grad is not None and bool(p.grad.abs().sum() > 0)}
+    assert "scorer_head.weight" in grads and "selector.3.weight" in grads
+    assert not {"up.weight", "mean_head.weight", "halt_head.weight"} & grads  # the policy is not shaped by them
