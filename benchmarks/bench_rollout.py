@@ -13,10 +13,17 @@ Nothing is downloaded.
 - **loop**: the same call once per question (a batch of one), the obvious alternative.
 
 Both run greedy (``sample=False``) so that the check is exact: after timing, the script compares the
-thought counts and answers of the two. Prints one JSON object on stdout (progress on stderr).
+thought counts and answers of the two.
 
-    python benchmarks/bench_rollout.py                 # 64 questions, K = 1
-    python benchmarks/bench_rollout.py --trajectories 4
+Then, side by side in the same run, **K trajectories per question** (issue 8's aim: K = 5 within 1.6x
+the wall time of K = 1): sampled training rollouts (``sample=True``: per-trajectory streams and
+temperatures, group memory on) of the same questions with K = 1, 5 and 16 (``--ks``), interleaved
+repeats, each question prefilled once and its cache expanded K times. ``multi.ratio_vs_k1`` is the
+median seconds of K over those of K = 1; ``mean_thoughts`` says how long the thought phases ran (the
+batch steps until its last trajectory halts). Prints one JSON object on stdout (progress on stderr).
+
+    python benchmarks/bench_rollout.py                 # 64 questions, K = 1; then K = 1, 5, 16
+    python benchmarks/bench_rollout.py --trajectories 4 --ks 1,5
     python benchmarks/bench_rollout.py --quick         # a smoke test (seconds)
 """
 
@@ -40,9 +47,9 @@ from coconav.rollout import Trajectories, roll_out
 
 from common import add_machine_args, add_model_args, fill_defaults, log, print_result
 
-DEFAULTS = {"questions": 64, "trajectories": 1, "max_thoughts": 6, "max_new_tokens": 8, "repeats": 5, "warmup": 1,
+DEFAULTS = {"ks": "1,5,16", "questions": 64, "trajectories": 1, "max_thoughts": 6, "max_new_tokens": 8, "repeats": 5, "warmup": 1,
             "hidden_size": 128, "num_layers": 3, "num_heads": 4, "intermediate_size": 512}
-QUICK = {"questions": 8, "repeats": 1, "warmup": 0, "hidden_size": 32, "num_layers": 2, "intermediate_size": 64}
+QUICK = {"ks": "1,5", "questions": 8, "repeats": 1, "warmup": 0, "hidden_size": 32, "num_layers": 2, "intermediate_size": 64}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -50,6 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="tiny sizes and one repeat (a smoke test, seconds)")
     p.add_argument("--questions", type=int, help=f"questions per rollout (default {DEFAULTS['questions']})")
     p.add_argument("--trajectories", type=int, help=f"trajectories per question, K (default {DEFAULTS['trajectories']})")
+    p.add_argument("--ks", help=f"K values compared side by side, sampled (default {DEFAULTS['ks']}; '' to skip)")
     p.add_argument("--max-thoughts", type=int, help=f"the navigator's thought budget (default {DEFAULTS['max_thoughts']})")
     p.add_argument("--max-new-tokens", type=int, help=f"answer tokens at most (default {DEFAULTS['max_new_tokens']})")
     add_model_args(p, DEFAULTS, kernels=False)
@@ -88,6 +96,38 @@ def loop(lm, nav, questions, args) -> list[Trajectories]:
                      max_new_tokens=args.max_new_tokens) for q in questions]
 
 
+@torch.no_grad()
+def sampled(lm, nav, questions, args, k: int) -> Trajectories:
+    return roll_out(lm, nav, questions, num_trajectories=k, sample=True, max_new_tokens=args.max_new_tokens,
+                    generator=torch.Generator().manual_seed(args.seed))
+
+
+def compare_k(lm, nav, questions, args) -> dict | None:
+    """K trajectories per question vs K = 1, sampled, interleaved repeats."""
+    ks = [int(k) for k in args.ks.split(",") if k.strip()]
+    if not ks:
+        return None
+    seconds: dict[int, list[float]] = {k: [] for k in ks}
+    last: dict[int, Trajectories] = {}
+    for r in range(args.warmup + args.repeats):
+        for k in ks:
+            t0 = time.perf_counter()
+            last[k] = sampled(lm, nav, questions, args, k)
+            s = time.perf_counter() - t0
+            if r >= args.warmup:
+                seconds[k].append(s)
+                log(f"K={k} repeat {r - args.warmup + 1}/{args.repeats}: {s:.3f} s")
+    median = {k: statistics.median(ts) for k, ts in seconds.items()}
+    base = median.get(1)
+    return {"seconds_per_rollout": {str(k): v for k, v in median.items()},
+            "min_seconds_per_rollout": {str(k): min(ts) for k, ts in seconds.items()},
+            "ratio_vs_k1": {str(k): v / base for k, v in median.items()} if base else None,
+            "trajectories_per_second": {str(k): len(last[k]) / v for k, v in median.items()},
+            "mean_thoughts": {str(k): float(last[k].num_thoughts.float().mean()) for k in ks},
+            "thought_phase_steps": {str(k): int(last[k].num_thoughts.max()) for k in ks},
+            "mean_new_tokens": {str(k): float(last[k].new_tokens.float().mean()) for k in ks}}
+
+
 def summary(trajs: list[Trajectories]) -> tuple[list[int], list[str]]:
     thoughts = [int(n) for t in trajs for n in t.num_thoughts]
     return thoughts, [text for t in trajs for text in t.texts]
@@ -109,6 +149,7 @@ def run(args: argparse.Namespace) -> dict:
             if r >= args.warmup:
                 seconds[name].append(s)
                 log(f"{name} repeat {r - args.warmup + 1}/{args.repeats}: {s:.3f} s")
+    multi = compare_k(lm, nav, questions, args)
     (t_b, a_b), (t_l, a_l) = summary(outputs["batched"]), summary(outputs["loop"])
     n = len(questions)
     qps = {name: n / statistics.median(ts) for name, ts in seconds.items()}
@@ -121,7 +162,8 @@ def run(args: argparse.Namespace) -> dict:
         "check": {"thought_counts_match": t_b == t_l, "answers_match": a_b == a_l,
                   "answers_matching": sum(x == y for x, y in zip(a_b, a_l)), "trajectories": len(a_b),
                   "distinct_thought_counts": sorted(set(t_b)), "mean_thoughts": statistics.mean(t_b)},
-        "config": {"questions": n, "trajectories": args.trajectories, "max_thoughts": args.max_thoughts,
+        "multi": multi,
+        "config": {"questions": n, "trajectories": args.trajectories, "ks": args.ks, "max_thoughts": args.max_thoughts,
                    "max_new_tokens": args.max_new_tokens, "hidden_size": args.hidden_size,
                    "num_layers": args.num_layers, "num_heads": args.num_heads,
                    "intermediate_size": args.intermediate_size, "repeats": args.repeats, "warmup": args.warmup,

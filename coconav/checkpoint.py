@@ -109,13 +109,22 @@ def load_trainer_state(directory: str | Path, optimizer: torch.optim.Optimizer |
 
 
 def load_module(directory: str | Path, name: str, module: torch.nn.Module) -> torch.nn.Module:
-    """Load NAME.safetensors of a checkpoint into `module` (strict: every tensor must match)."""
+    """Load NAME.safetensors of a checkpoint into `module` (strict: every tensor must match, except that
+    tensors named by the module's OPTIONAL_KEYS prefixes may be missing: an older checkpoint saved before
+    they existed keeps their initialisation, e.g. the navigator's zero-initialised multi-trajectory parts)."""
     path = Path(directory) / f"{name}.safetensors"
     if not path.is_file():
         raise CheckpointError(f"{directory}: {path.name} is missing")
+    optional = tuple(getattr(module, "OPTIONAL_KEYS", ()))
     try:
         state = load_file(str(path))
-        module.load_state_dict(state)
+        result = module.load_state_dict(state, strict=False)
+        missing = [k for k in result.missing_keys if not k.startswith(optional)]
+        if missing or result.unexpected_keys:
+            what = (f"missing {', '.join(missing[:3])}" if missing else "") + \
+                   ("; " if missing and result.unexpected_keys else "") + \
+                   (f"unexpected {', '.join(result.unexpected_keys[:3])}" if result.unexpected_keys else "")
+            raise RuntimeError(f"the tensors do not match the module: {what}")
     except (SafetensorError, OSError, RuntimeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{path}: cannot load ({first[:200]})") from None

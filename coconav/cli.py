@@ -3,6 +3,7 @@
     coconav demo --out runs/demo                       # the main job: train and compare on a built-in task
     coconav train --config configs/demo.yaml [key.sub=value ...] [--resume RUN]
     coconav eval --checkpoint RUN/checkpoints/stage-7 --data test [--out results.json] [--device cuda --dtype bfloat16]
+    coconav eval --checkpoint RUN/navigator --num-trajectories 5|auto --fusion majority|value|scorer [--abstain-below 0.6]
     coconav generate --checkpoint DIR "3 + 4 * 2 ?" [--show-thoughts] [--device cpu]
     coconav explore --checkpoint DIR [--data test] --port 8765 | --static explorer.html
     coconav --version;  coconav COMMAND --help   (defaults and an example for each command)
@@ -116,7 +117,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=POSITIVE, default=None,
                    help="questions per generation batch (default: the checkpoint's eval.batch_size; 32 zero-shot)")
     p.add_argument("--no-steering", action="store_true", help="navigator checkpoints: halting only, unsteered thoughts")
-    p.add_argument("--no-memory", action="store_true", help="navigator checkpoints: episodic and persistent memory off")
+    p.add_argument("--no-memory", action="store_true",
+                   help="navigator checkpoints: episodic, group and persistent memory off")
+    p.add_argument("--num-trajectories", default=None, metavar="K|auto",
+                   help="navigator checkpoints: K trajectories per question fused into one answer (default 1; "
+                        "auto: the K-selector under navigator.trajectories_budget)")
+    p.add_argument("--fusion", default="majority", help="with K > 1: majority, value or scorer (default majority)")
+    p.add_argument("--abstain-below", type=float, default=0.0, metavar="A",
+                   help="with K > 1: also report coverage and accuracy answering only where >= A of the trajectories agree")
     p.add_argument("--out", help="write the JSON report here (default: print the summary)")
     _device_arguments(p)
 
@@ -181,7 +189,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         report = evaluate_checkpoint.run(args.checkpoint, args.data, num_thoughts=args.num_thoughts,
                                          max_questions=args.max_questions, batch_size=args.batch_size,
                                          steer=not args.no_steering, memory=not args.no_memory,
-                                         max_new_tokens=args.max_new_tokens, device=args.device, dtype=args.dtype)
+                                         max_new_tokens=args.max_new_tokens, device=args.device, dtype=args.dtype,
+                                         num_trajectories=evaluate_checkpoint.parse_trajectories(args.num_trajectories),
+                                         fusion=args.fusion, abstain_below=args.abstain_below)
     else:
         raise CoconavError("eval needs --checkpoint DIR or --zero-shot MODEL")
     if args.out:

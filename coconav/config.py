@@ -310,7 +310,25 @@ class NavigatorConfig:
     temperature: float = 1.0
     """Exploration temperature multiplying the steering std at the start of training."""
     temperature_final: float = 1.0
-    """Temperature at the last update (linear annealing; evaluation uses the mean action)."""
+    """Temperature at the last update (annealed by temperature_schedule; evaluation uses the mean action)."""
+    temperature_schedule: Literal["linear", "cosine", "exponential"] = "linear"
+    """Annealing shape from temperature to temperature_final (coconav.ppo.anneal; train_navigator: linear for now)."""
+    max_trajectories: int = 16
+    """Most trajectories per question (K, TRL's num_generations); sizes the trajectory-index embedding."""
+    temperature_spread: float = 2.0
+    """Per-trajectory exploration: the K trajectories of a question get the scheduled temperature times
+    spread ** linspace(-1, 1, K) (geometric, mean 1 in log space; 1.0 = all alike; K = 1 gets x1)."""
+    inference_temperature: float = 0.5
+    """Inference with K > 1: trajectory 0 takes the mean action (greedy, as K = 1); trajectories 1..K-1
+    sample their steering with this temperature times the spread over K-1 (halting and answers greedy)."""
+    group_memory: bool = True
+    """Cross-communication: each trajectory attends over the other trajectories of its question (their
+    states at steps <= t); off = trajectories are independent (nothing else changes)."""
+    trajectories_budget: float | None = None
+    """K = "auto": the mean number of trajectories per question the K-selector may spend (>= 1, <= max_trajectories)."""
+    steer_scale: Literal["none", "rms"] = "none"
+    """Units of the steering offset: none = U a (as before); rms = U a times the RMS of plain COCONUT thoughts,
+    measured once on the first rollout's questions and saved with the checkpoint (same offset/norm on any backbone)."""
     steering: bool = True
     """Steer thoughts (False: halting only, thoughts are plain COCONUT)."""
     halting: bool = True
@@ -343,6 +361,12 @@ class NavigatorConfig:
         )
         _check(self.memory_size >= 1, f"navigator.memory_size must be >= 1, got {self.memory_size}")
         _check(self.memory_topk >= 1, f"navigator.memory_topk must be >= 1, got {self.memory_topk}")
+        _check(1 <= self.max_trajectories <= 64, f"navigator.max_trajectories must be in [1, 64], got {self.max_trajectories}")
+        _check(self.temperature_spread >= 1, f"navigator.temperature_spread must be >= 1, got {self.temperature_spread}")
+        _check(self.inference_temperature >= 0, f"navigator.inference_temperature must be >= 0, got {self.inference_temperature}")
+        _check(self.trajectories_budget is None or 1 <= self.trajectories_budget <= self.max_trajectories,
+               f"navigator.trajectories_budget must be in [1, max_trajectories={self.max_trajectories}] or null, "
+               f"got {self.trajectories_budget}")
 
 
 @dataclass
@@ -354,7 +378,7 @@ class PPOConfig:
     rollout_batch: int = 64
     """Questions per rollout."""
     num_trajectories: int = 1
-    """Trajectories per question (K); 1 = single-trajectory multi-step."""
+    """Trajectories per question (K; TRL's num_generations); 1 = single-trajectory multi-step; at most 16."""
     epsilon: float = 0.2
     """Clip range of the probability ratio."""
     gamma: float = 1.0
@@ -401,7 +425,7 @@ class PPOConfig:
     def __post_init__(self) -> None:
         _check(self.updates >= 1, f"ppo.updates must be >= 1, got {self.updates}")
         _check(self.rollout_batch >= 1, f"ppo.rollout_batch must be >= 1, got {self.rollout_batch}")
-        _check(1 <= self.num_trajectories <= 5, f"ppo.num_trajectories must be in [1, 5], got {self.num_trajectories}")
+        _check(1 <= self.num_trajectories <= 16, f"ppo.num_trajectories must be in [1, 16], got {self.num_trajectories}")
         _check(self.epsilon > 0, f"ppo.epsilon must be > 0 (the clip range, e.g. 0.2), got {self.epsilon}")
         _check(0 <= self.gamma <= 1, f"ppo.gamma must be in [0, 1], got {self.gamma}")
         _check(0 <= self.lam <= 1, f"ppo.lam must be in [0, 1], got {self.lam}")
@@ -469,6 +493,9 @@ class RunConfig:
         _check(self.threads >= 0, f"threads must be >= 0, got {self.threads}")
         if self.navigator is not None:
             _check(self.init_from is not None, "a navigator run needs init_from: the COCONUT checkpoint it steers")
+            _check(self.ppo.num_trajectories <= self.navigator.max_trajectories,
+                   f"ppo.num_trajectories ({self.ppo.num_trajectories}) must be <= navigator.max_trajectories "
+                   f"({self.navigator.max_trajectories})")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,6 +12,11 @@ token one (the pass over the forced <eot> produces the first answer token).
 
 Every answer (here, in coconav.inference and in `coconav eval` / `coconav generate`) comes from one
 path: a ``ThoughtPlan`` (mode, fixed count or controller) -> ``question_prompts`` -> ``generate_answers``.
+With a navigator and K > 1 (or K = "auto") trajectories per question, the one path is
+``multi_answers``: ``coconav.model.groups.run_groups`` in inference mode (trajectory 0 greedy, the others
+steered at the navigator's inference temperatures, halting and answers greedy), then
+``coconav.fusion.fuse`` by majority, value or learned-scorer vote. Forward passes then count the
+shared prefill once and every thought and answer token of every trajectory.
 """
 
 from __future__ import annotations
@@ -24,12 +29,14 @@ import torch
 
 from coconav.config import EvalConfig
 from coconav.data.curriculum import build_prompt, encode_question
-from coconav.data.records import Example
 from coconav.data.scoring import score
 from coconav.common import progress
 from coconav.model.controller import NavigatorController
 from coconav.errors import InputError
 from coconav.model.latent_lm import GenerationOutput, LatentLM, ThoughtController
+from coconav.data.records import Example
+from coconav.fusion import FUSION_RULES, Fused, accuracy_coverage, fuse
+from coconav.model.groups import GroupRun, run_groups
 from coconav.model.navigator import Navigator
 
 
@@ -97,17 +104,24 @@ class EvalResult:
     num_questions: int
     mean_thoughts_by_difficulty: dict[str, float] = field(default_factory=dict)
     questions: list[QuestionResult] = field(default_factory=list, repr=False)
+    multi: dict | None = field(default=None, repr=False)  # K > 1: trajectories, agreement, fusion (see evaluate_multi)
 
     def summary(self) -> dict:
         """The aggregate numbers (no per-question records), JSON-ready."""
         out = asdict(self)
         out.pop("questions")
+        multi = out.pop("multi")
+        if multi is not None:
+            out.update({k: v for k, v in multi.items() if k != "per_question"})
         return out
 
     def to_json(self, with_questions: bool = True) -> dict:
         out = self.summary()
         if with_questions:
             out["questions"] = [asdict(q) for q in self.questions]
+            if self.multi is not None:
+                for q, extra in zip(out["questions"], self.multi["per_question"]):
+                    q.update(extra)
         return out
 
 
@@ -180,6 +194,139 @@ def evaluate_navigator(lm: LatentLM, navigator: Navigator, examples: list[Exampl
     finally:
         navigator.use_persistent, navigator.use_episodic = saved[0], saved[1]
         navigator.train(saved[2])
+
+
+@dataclass
+class MultiAnswers:
+    """K trajectories per question and their fusion. texts [B] (each trajectory's answer); forward_passes [Q]:
+    the shared prefill once plus every thought and answer token of every trajectory."""
+
+    run: GroupRun
+    texts: list[str]
+    fused: Fused
+    forward_passes: torch.Tensor
+
+
+def check_multi(num_trajectories: int | str, fusion: str, max_trajectories: int) -> None:
+    """One-line InputErrors for K and the fusion rule (names as the CLI flags)."""
+    if fusion not in FUSION_RULES:
+        raise InputError(f"--fusion must be one of {', '.join(FUSION_RULES)}, got {fusion!r}")
+    if isinstance(num_trajectories, str):
+        if num_trajectories != "auto":
+            raise InputError(f"--num-trajectories must be an integer or 'auto', got {num_trajectories!r}")
+    elif not 1 <= num_trajectories <= max_trajectories:
+        raise InputError(f"--num-trajectories must be in [1, navigator.max_trajectories={max_trajectories}], "
+                         f"got {num_trajectories}")
+
+
+def fusion_scores(run: GroupRun, rule: str) -> torch.Tensor:
+    """Each trajectory's vote score for `rule`: ones (majority), final value (value), final scorer logit (scorer)."""
+    if rule == "value":
+        return run.final_values.cpu()
+    if rule == "scorer":
+        return run.final_scores.cpu()
+    return torch.ones(len(run.group))
+
+
+@torch.no_grad()
+def multi_answers(lm: LatentLM, navigator: Navigator, prompts: list[list[int]], answer_types: list[str],
+                  num_trajectories: int | str, fusion: str, max_new_tokens: int, seed: int = 0,
+                  steer: bool = True) -> MultiAnswers:
+    """K navigator trajectories per prompt (latent prompts ending with <bot>; inference mode), fused into one
+    answer per question by `fusion` over the answer keys of `answer_types` (one per prompt)."""
+    check_multi(num_trajectories, fusion, navigator.cfg.max_trajectories)
+    if num_trajectories == "auto" and navigator.cfg.trajectories_budget is None:
+        raise InputError("--num-trajectories auto needs navigator.trajectories_budget in the checkpoint's config")
+    room = lm.context_length - max((len(p) for p in prompts), default=0) - navigator.cfg.max_thoughts - 1
+    if room <= 0:
+        raise InputError(f"a prompt plus {navigator.cfg.max_thoughts} thoughts does not fit the model's context "
+                         f"of {lm.context_length} positions")
+    generator = torch.Generator().manual_seed(seed)
+    run = run_groups(lm, navigator, prompts, num_trajectories=num_trajectories, sample=False, explore=True,
+                     max_new_tokens=min(max_new_tokens, room), generator=generator, steer=steer)
+    texts = [lm.decode_text(seq) for seq in run.answer_ids]
+    types = [answer_types[int(g)] for g in run.group]
+    fused = fuse(texts, fusion_scores(run, fusion), types, fusion, run.group)
+    work = (run.num_thoughts + run.new_tokens).cpu().float()
+    passes = 1 + torch.zeros(len(prompts)).index_add_(0, run.group, work)
+    return MultiAnswers(run=run, texts=texts, fused=fused, forward_passes=passes.long())
+
+
+def evaluate_multi(lm: LatentLM, navigator: Navigator, examples: list[Example], cfg: EvalConfig,
+                   num_trajectories: int | str, fusion: str = "majority", abstain_below: float = 0.0, seed: int = 0,
+                   show_progress: bool = False, steer: bool = True, memory: bool = True) -> EvalResult:
+    """Evaluate K trajectories per question fused into one answer. Per question, num_thoughts, new_tokens and
+    forward_passes count all trajectories. `multi` adds mean_trajectories (by difficulty), agreement, the
+    accuracy of trajectory 0 (the greedy one, = K = 1), of any trajectory (oracle) and of all trajectories,
+    the accuracy-coverage curve of abstaining below an agreement level, and at `abstain_below` the
+    coverage and the accuracy on the answered questions. memory=False switches the episodic, group and
+    persistent memory off; steer=False keeps halting only."""
+    if not 0 <= abstain_below <= 1:
+        raise InputError(f"--abstain-below must be in [0, 1], got {abstain_below}")
+    if cfg.max_questions:
+        examples = examples[: cfg.max_questions]
+    saved = navigator.training, lm.training, navigator.use_persistent, navigator.use_episodic, navigator.use_group
+    navigator.use_persistent = navigator.use_episodic = navigator.use_group = memory
+    navigator.eval()
+    lm.eval()
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].question))
+    records: list[QuestionResult | None] = [None] * len(examples)
+    extras: list[dict | None] = [None] * len(examples)
+    start = time.perf_counter()
+    try:
+        for lo in progress(range(0, len(order), cfg.batch_size), desc="eval", enabled=show_progress):
+            idx = order[lo: lo + cfg.batch_size]
+            batch = [examples[i] for i in idx]
+            prompts = question_prompts(lm, [ex.question for ex in batch], ThoughtPlan("coconut", 0, None))
+            out = multi_answers(lm, navigator, prompts, [ex.answer_type for ex in batch], num_trajectories, fusion,
+                                cfg.max_new_tokens, seed + lo, steer)
+            traj = out.run
+            right = [score(text, batch[int(g)]) for text, g in zip(out.texts, traj.group)]
+            for j, i in enumerate(idx):
+                ex, rows = examples[i], (traj.group == j).nonzero().flatten().tolist()
+                records[i] = QuestionResult(
+                    question=ex.question, reference=ex.answer, completion=out.fused.answers[j],
+                    correct=score(out.fused.answers[j], ex), difficulty=ex.difficulty,
+                    num_thoughts=int(traj.num_thoughts[rows].sum()), new_tokens=int(traj.new_tokens[rows].sum()),
+                    forward_passes=int(out.forward_passes[j]))
+                extras[i] = {"trajectories": len(rows), "agreement": float(out.fused.agreement[j]),
+                             "trajectory_answers": [out.texts[r] for r in rows],
+                             "trajectory_correct": [right[r] for r in rows],
+                             "trajectory_thoughts": [int(traj.num_thoughts[r]) for r in rows],
+                             "fusion_weights": [float(out.fused.weights[r]) for r in rows]}
+    finally:
+        navigator.train(saved[0])
+        lm.train(saved[1])
+        navigator.use_persistent, navigator.use_episodic, navigator.use_group = saved[2:]
+    result = aggregate([r for r in records if r is not None], time.perf_counter() - start)
+    result.multi = multi_summary(result.questions, [e for e in extras if e is not None], num_trajectories, fusion,
+                                 abstain_below)
+    return result
+
+
+def multi_summary(records: list[QuestionResult], extras: list[dict], num_trajectories: int | str, fusion: str,
+                  abstain_below: float) -> dict:
+    """The multi-trajectory aggregates of evaluate_multi (see there)."""
+    n = max(len(records), 1)
+    correct = torch.tensor([r.correct for r in records], dtype=torch.bool)
+    agreement = torch.tensor([e["agreement"] for e in extras], dtype=torch.float)
+    by_diff: dict[int, list[int]] = defaultdict(list)
+    for r, e in zip(records, extras):
+        by_diff[r.difficulty].append(e["trajectories"])
+    answered = agreement >= abstain_below
+    covered = int(answered.sum())
+    all_right = [c for e in extras for c in e["trajectory_correct"]]
+    return {"num_trajectories": num_trajectories, "fusion": fusion,
+            "mean_trajectories": sum(e["trajectories"] for e in extras) / n,
+            "mean_trajectories_by_difficulty": {str(d): sum(ks) / len(ks) for d, ks in sorted(by_diff.items())},
+            "mean_agreement": float(agreement.mean()) if len(extras) else float("nan"),
+            "first_trajectory_accuracy": sum(e["trajectory_correct"][0] for e in extras) / n,
+            "oracle_accuracy": sum(any(e["trajectory_correct"]) for e in extras) / n,
+            "trajectory_accuracy": sum(all_right) / max(len(all_right), 1),
+            "accuracy_coverage": accuracy_coverage(correct, agreement) if len(extras) else [],
+            "abstain_below": abstain_below, "coverage": covered / n,
+            "selective_accuracy": float(correct[answered].float().mean()) if covered else float("nan"),
+            "per_question": extras}
 
 
 def spearman(x: list[float], y: list[float]) -> float:

@@ -7,6 +7,15 @@
     # [{'answer': '### 7', 'num_thoughts': 2, 'halt_probs': [...], 'values': [...], 'forward_passes': 6,
     #   'steps': [{'step': 0, 'top_tokens': [['3', 0.41], ...], 'norm': ..., ...}, ...], 'memory_reads': [...]}, ...]
 
+With a navigator, K trajectories per question fused into one answer:
+    model.generate(["3 + 4 ?"], num_trajectories=5, fusion="majority", return_trajectories=True)
+    # [{'answer': '### 7', 'agreement': 0.8, 'num_trajectories': 5, 'forward_passes': 31, 'fusion': 'majority',
+    #   'trajectories': [{'answer': '### 7', 'num_thoughts': 2, 'halt_probs': [...], 'values': [...],
+    #                     'score': 0.0, 'weight': 0.2, 'thought_norms': [...]}, ...]}]
+Trajectory 0 is the greedy one (the K = 1 answer); the others steer with the navigator's inference
+temperatures (coconav/model/groups.py); `num_trajectories="auto"` lets the K-selector choose K per
+question under navigator.trajectories_budget.
+
 Without a navigator the thought count is the checkpoint's last stage's fixed count (or the
 `num_thoughts` argument); with one, the navigator halts and steers (greedily). The model runs on CUDA
 when available (else the CPU) in the checkpoint's own dtype unless `device` / `dtype` say otherwise:
@@ -24,7 +33,7 @@ from coconav.checkpoint import checkpoint_meta, latest_checkpoint, load_module
 from coconav.common import resolve_device, resolve_dtype
 from coconav.config import RunConfig, from_dict
 from coconav.errors import CheckpointError, InputError
-from coconav.evaluate import ThoughtPlan, generate_answers, question_prompts
+from coconav.evaluate import ThoughtPlan, check_multi, generate_answers, multi_answers, question_prompts
 from coconav.model.controller import NavigatorController
 from coconav.model.latent_lm import GenerationOutput, LatentLM, ThoughtController
 from coconav.model.navigator import Navigator
@@ -101,8 +110,13 @@ class CoconavModel:
     @torch.no_grad()
     def generate(self, questions: str | list[str], num_thoughts: int | None = None, max_new_tokens: int | None = None,
                  use_navigator: bool = True, return_trajectories: bool = False, top_k: int = 5,
-                 return_states: bool = False, controller: ThoughtController | None = None):
-        """Answers for one question (a string) or a list; with return_trajectories, dicts with the
+                 return_states: bool = False, controller: ThoughtController | None = None,
+                 num_trajectories: int | str = 1, fusion: str = "majority", answer_type: str = "number"):
+        """Answers for one question (a string) or a list. With num_trajectories K > 1 or "auto" (a navigator
+        checkpoint): the fused answer of K trajectories, and with return_trajectories a dict per question with
+        the fused answer, agreement, passes and per trajectory its answer, thoughts used, halting probabilities,
+        values, fusion score and weight (see the module docstring); `answer_type` ("number" or "text") is how
+        answers are compared in the vote. With K = 1 and return_trajectories, dicts with the
         thought count, halting probabilities and values per thought step (navigator only), passes, and
         the thought trace (coconav/trace.py): `steps` (per step t = 0..n: top_k tokens under the LM head,
         norm, cosine to the previous state; with a navigator halt prob, value, steering-offset norm and
@@ -110,6 +124,12 @@ class CoconavModel:
         `states`, the hidden states h_0..h_n as a tensor [n+1, D]."""
         single = isinstance(questions, str)
         items = [questions] if single else list(questions)
+        if num_trajectories != 1:
+            records = self._generate_multi(items, num_trajectories, fusion, answer_type, num_thoughts, use_navigator,
+                                           controller, max_new_tokens, return_states)
+            if not return_trajectories:
+                records = [r["answer"] for r in records]
+            return records[0] if single else records
         plan = self.plan(num_thoughts, use_navigator, controller=controller)
         tracer = None
         if return_trajectories and (plan.controller is not None or plan.mode == "coconut"):
@@ -139,3 +159,39 @@ class CoconavModel:
                                     else torch.zeros(0, self.lm.hidden_size))
             records.append(record)
         return records[0] if single else records
+
+    def _generate_multi(self, items: list[str], num_trajectories: int | str, fusion: str, answer_type: str,
+                        num_thoughts: int | None, use_navigator: bool, controller: ThoughtController | None,
+                        max_new_tokens: int | None, return_states: bool) -> list[dict]:
+        """K trajectories per question, fused (generate with num_trajectories != 1)."""
+        if self.navigator is None or not use_navigator or num_thoughts is not None or controller is not None:
+            raise InputError("num_trajectories > 1 needs a navigator checkpoint (and no num_thoughts or controller)")
+        check_multi(num_trajectories, fusion, self.navigator.cfg.max_trajectories)
+        if answer_type not in ("number", "text"):
+            raise InputError(f"answer_type must be 'number' or 'text', got {answer_type!r}")
+        if not items or any(not isinstance(q, str) or not q.strip() for q in items):
+            raise InputError("every question must be a non-empty string")
+        prompts = question_prompts(self.lm, items, ThoughtPlan("coconut", 0, None))
+        out = multi_answers(self.lm, self.navigator, prompts, [answer_type] * len(items), num_trajectories, fusion,
+                            max_new_tokens or self.config.eval.max_new_tokens, seed=self.config.seed)
+        run, ctl = out.run, out.run.controller
+        states = torch.stack(ctl.states, dim=1)  # [B, steps, D]
+        scores = run.final_scores
+        records = []
+        for q in range(len(items)):
+            rows = (run.group == q).nonzero().flatten().tolist()
+            trajectories = []
+            for r in rows:
+                n = int(run.num_thoughts[r])
+                t = {"answer": out.texts[r], "num_thoughts": n, "new_tokens": int(run.new_tokens[r]),
+                     "halt_probs": [float(p[r]) for p in ctl.halt_probs[: n + 1]],
+                     "values": [float(v[r]) for v in ctl.values[: n + 1]],
+                     "score": float(scores[r]), "weight": float(out.fused.weights[r]),
+                     "thought_norms": [float(x) for x in states[r, 1: n + 1].norm(dim=-1)]}
+                if return_states:
+                    t["states"] = states[r, : n + 1].cpu()
+                trajectories.append(t)
+            records.append({"answer": out.fused.answers[q], "agreement": float(out.fused.agreement[q]),
+                            "num_trajectories": len(rows), "forward_passes": int(out.forward_passes[q]),
+                            "fusion": fusion, "trajectories": trajectories})
+        return records

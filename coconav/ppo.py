@@ -4,6 +4,12 @@ Schulman et al., "Proximal Policy Optimization Algorithms" (arXiv 1707.06347), e
 surrogate) and eq. 9 (value + entropy terms); Schulman et al., "High-Dimensional Continuous Control
 Using Generalized Advantage Estimation" (arXiv 1506.02438) for GAE. Names follow cleanrl's ppo.py.
 
+Also the pieces that train multi-trajectory navigation beside PPO: ``anneal`` (the exploration
+temperature over training), ``scorer_loss`` (the fusion scorer: binary cross-entropy of each
+trajectory's final-step score against its correctness) and ``selector_loss`` (the K-selector:
+binary cross-entropy of the question's success logit against the share of its trajectories
+that were right).
+
 An episode is one trajectory's thought steps: step t is the navigator's decision at thought t
 (continue and steer, or halt and answer). Every tensor is [B, T] with a `mask` marking real
 steps; an episode ends at its last real step, where the terminal reward arrives.
@@ -11,9 +17,11 @@ steps; an episode ends at its last real step, where the terminal reward arrives.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 
 class Advantages(NamedTuple):
@@ -136,3 +144,38 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
     if y.numel() < 2 or var_y.item() == 0:
         return float("nan")
     return float(1 - (y - v).var(unbiased=False) / var_y)
+
+
+def anneal(start: float, end: float, progress: float, shape: str = "linear") -> float:
+    """The value at `progress` in [0, 1] (clamped) of a schedule from `start` to `end`.
+
+    linear: straight line; cosine: half a cosine (slow at both ends); exponential: geometric
+    interpolation start * (end / start) ** progress (both must be > 0).
+    """
+    p = min(1.0, max(0.0, float(progress)))
+    if shape == "linear":
+        return start + (end - start) * p
+    if shape == "cosine":
+        return end + (start - end) * 0.5 * (1 + math.cos(math.pi * p))
+    if shape == "exponential":
+        if start <= 0 or end <= 0:
+            raise ValueError(f"an exponential schedule needs start and end > 0, got {start} and {end}")
+        return start * (end / start) ** p
+    raise ValueError(f"unknown schedule shape {shape!r} (expected linear, cosine or exponential)")
+
+
+def scorer_loss(final_scores: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
+    """Fusion scorer: mean binary cross-entropy of each trajectory's final-step logit [B] against its
+    correctness [B] (bool or 0/1)."""
+    return F.binary_cross_entropy_with_logits(final_scores.float(), correct.float())
+
+
+def selector_loss(success_logits: torch.Tensor, correct: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+    """K-selector: binary cross-entropy of each question's success logit against the share of its trajectories
+    that were right (one term per question). Shape: success_logits, correct, group [B] (the logit repeated
+    over a question's rows; its mean over the rows is used, keeping the gradient)."""
+    ids, inverse = torch.unique(group, return_inverse=True)
+    count = torch.zeros(len(ids), device=correct.device).index_add_(0, inverse, torch.ones_like(correct, dtype=torch.float))
+    share = torch.zeros(len(ids), device=correct.device).index_add_(0, inverse, correct.float()) / count
+    logits = torch.zeros(len(ids), device=correct.device).index_add_(0, inverse, success_logits.float()) / count
+    return F.binary_cross_entropy_with_logits(logits, share)

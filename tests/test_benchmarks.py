@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -94,3 +96,18 @@ def test_bench_rollout_quick():
     assert check["thought_counts_match"] is True and check["answers_match"] is True
     assert check["answers_matching"] == check["trajectories"] == out["config"]["questions"]
     assert out["config"]["quick"] is True and out["config"]["threads"] == 1
+    # K trajectories side by side (quick: K = 1 and 5)
+    multi = out["multi"]
+    assert_positive_numbers(multi["seconds_per_rollout"], {"1", "5"})
+    assert multi["ratio_vs_k1"]["1"] == 1.0 and multi["ratio_vs_k1"]["5"] > 0
+
+
+def test_bench_steer_scale_quick():
+    out = run_script("bench_steer_scale.py")
+    demo = out["backbones"]["demo_scratch"]
+    assert demo["thoughts"] == out["config"]["questions"] * out["config"]["max_thoughts"]
+    ratios = demo["offset_over_norm"]
+    for scale in ("none", "rms"):
+        assert ratios[scale]["mean"] > 0 and math.isfinite(ratios[scale]["mean"])
+    # steer_scale "rms" multiplies the same offset by the thought RMS
+    assert ratios["rms"]["mean"] / ratios["none"]["mean"] == pytest.approx(demo["thought_rms"], rel=1e-4)

@@ -175,3 +175,21 @@ def test_preset_loads(preset: Path) -> None:
     cfg = load_config(preset.resolve())  # symlinks followed
     assert isinstance(cfg, RunConfig)
     assert cfg.curriculum.stages()  # something to train
+
+
+@pytest.mark.parametrize("override, message", [
+    ("navigator.max_trajectories=0", "navigator.max_trajectories must be in [1, 64], got 0"),
+    ("navigator.temperature_spread=0.5", "navigator.temperature_spread must be >= 1, got 0.5"),
+    ("navigator.trajectories_budget=20", "navigator.trajectories_budget must be in [1, max_trajectories=16] or null, got 20.0"),
+    ("navigator.steer_scale=norm", "navigator.steer_scale: 'norm' is not one of 'none' | 'rms'"),
+    ("navigator.temperature_schedule=step",
+     "navigator.temperature_schedule: 'step' is not one of 'linear' | 'cosine' | 'exponential'"),
+    ("ppo.num_trajectories=17", "ppo.num_trajectories must be in [1, 16], got 17"),
+    ("ppo.num_trajectories=0", "ppo.num_trajectories must be in [1, 16], got 0"),
+    ("navigator.max_trajectories=4", "ppo.num_trajectories (8) must be <= navigator.max_trajectories (4)"),
+])
+def test_multi_trajectory_settings_are_checked(override: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(DEMO_PRESET, ["init_from=x", "navigator.hidden=8", "ppo.num_trajectories=8", override]
+                    if override.startswith("navigator.max") else ["init_from=x", "navigator.hidden=8", override])
+    assert str(err.value) == message

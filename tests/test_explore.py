@@ -227,7 +227,7 @@ def test_a_busy_port_is_a_clear_error(explorer: explore.Explorer) -> None:
 
 def test_more_than_one_trajectory_is_a_clear_error(cli, tiny_run: Path) -> None:
     message = cli("explore", "--checkpoint", tiny_run, "--num-trajectories", "2", "--static", "x.html").error()
-    assert "multi-trajectory rollouts are not built yet" in message
+    assert "the explorer shows one trajectory per question" in message
     with pytest.raises(InputError):
         explore.build(tiny_run, num_trajectories=3)
 

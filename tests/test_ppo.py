@@ -231,3 +231,35 @@ def test_group_advantages_vanish_when_a_group_agrees(scale):
 def test_group_advantages_reject_unknown_scaling():
     with pytest.raises(ValueError, match="scale_rewards"):
         group_advantages(torch.zeros(2), torch.zeros(2), torch.ones(2, 1), scale_rewards="std")
+
+
+# -- multi-trajectory training pieces: annealing, scorer and K-selector losses -------------------------
+
+
+def test_anneal_shapes_by_hand():
+    from coconav.ppo import anneal
+    assert anneal(2.0, 0.5, 0.0) == 2.0 and anneal(2.0, 0.5, 1.0) == 0.5
+    assert anneal(2.0, 0.5, 0.5, "linear") == pytest.approx(1.25)
+    assert anneal(2.0, 0.5, 0.5, "cosine") == pytest.approx(1.25)
+    assert anneal(2.0, 0.5, 0.25, "cosine") == pytest.approx(0.5 + 1.5 * 0.5 * (1 + math.cos(math.pi / 4)))
+    assert anneal(2.0, 0.5, 0.5, "exponential") == pytest.approx(1.0)
+    assert anneal(2.0, 0.5, 3.0) == 0.5  # progress is clamped
+    with pytest.raises(ValueError, match="unknown schedule shape 'step'"):
+        anneal(1.0, 0.1, 0.5, "step")
+    with pytest.raises(ValueError, match="needs start and end > 0"):
+        anneal(1.0, 0.0, 0.5, "exponential")
+
+
+def test_scorer_and_selector_losses_by_hand():
+    from coconav.ppo import scorer_loss, selector_loss
+    logits, correct = torch.tensor([0.0, 2.0]), torch.tensor([True, False])
+    want = -(math.log(0.5) + math.log(1 - 1 / (1 + math.exp(-2.0)))) / 2
+    assert float(scorer_loss(logits, correct)) == pytest.approx(want)
+    # two questions: 1 of 2 right (logit 0), 3 of 3 right (logit 2); one term per question
+    group = torch.tensor([0, 0, 1, 1, 1])
+    loss = selector_loss(torch.tensor([0.0, 0.0, 2.0, 2.0, 2.0]), torch.tensor([1, 0, 1, 1, 1]), group)
+    p = 1 / (1 + math.exp(-2.0))
+    assert float(loss) == pytest.approx((-math.log(0.5) - math.log(p)) / 2)
+    logits = torch.zeros(5, requires_grad=True)
+    selector_loss(logits, torch.tensor([1, 0, 1, 1, 1]), group).backward()
+    assert logits.grad is not None and float(logits.grad[2]) < 0  # push the easy question's logit up

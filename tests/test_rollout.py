@@ -57,10 +57,10 @@ class ScheduledHalt(Navigator):
         assert float(dist.min()) > 1e-2, "questions with (nearly) equal keys cannot get different schedules"
         self.keys, self.targets = keys.float(), torch.tensor(targets)
 
-    def forward(self, states, question_keys):
-        out = super().forward(states, question_keys)
+    def forward(self, states, question_keys, *rest, **kw):
+        out = super().forward(states, question_keys, *rest, **kw)
         target = self.targets[torch.cdist(question_keys.float(), self.keys).argmin(-1)]  # [B]
-        t = torch.arange(states.shape[1])[None]
+        t = torch.arange(states.shape[1])[None, -out.halt_logits.shape[1]:]  # the last step only with last_only
         out.halt_logits = torch.where(t >= target[:, None], 8.0, -8.0) + 0.0 * out.halt_logits
         return out
 

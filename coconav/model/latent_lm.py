@@ -41,6 +41,7 @@ from coconav.common import DTYPE_NAMES
 from coconav.tokens import LATENT_TOKENS, SpecialTokens
 from coconav.errors import CheckpointError, ConfigError, InputError
 from coconav.model.cache import PassCache
+from coconav.model.streams import stream_categorical
 
 META_FILE = "coconav.json"
 FORMAT_VERSION = 1
@@ -421,8 +422,10 @@ class LatentLM(nn.Module):
 
     @torch.no_grad()
     def decode(self, state: DecodeState, max_new_tokens: int, do_sample: bool = False, temperature: float = 1.0,
-               top_p: float = 1.0, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Greedy or sampled decoding from `state` until EOS. Returns (sequences [B, N], new_tokens [B])."""
+               top_p: float = 1.0, generator: torch.Generator | None = None,
+               seeds: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Greedy or sampled decoding from `state` until EOS. Returns (sequences [B, N], new_tokens [B]).
+        `seeds` [B]: sample each row from its own random stream (see sample_token)."""
         B = state.last_hidden.shape[0]
         finished = torch.zeros(B, dtype=torch.bool, device=self.device)
         new_tokens = torch.zeros(B, dtype=torch.long, device=self.device)
@@ -430,7 +433,7 @@ class LatentLM(nn.Module):
         with self._autocast():
             for i in range(max_new_tokens):
                 logits = self.suppress_latent(self.lm_head(state.last_hidden).float())  # [B, V]
-                token = sample_token(logits, do_sample, temperature, top_p, generator)
+                token = sample_token(logits, do_sample, temperature, top_p, generator, seeds, i)
                 token = token.masked_fill(finished, self.special.pad)
                 tokens.append(token)
                 new_tokens += (~finished).long()
@@ -580,8 +583,10 @@ def read_metadata(directory: Path) -> dict:
 
 
 def sample_token(logits: torch.Tensor, do_sample: bool, temperature: float, top_p: float,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """Greedy or temperature / nucleus sampling. Shape: logits [B, V] -> tokens [B]."""
+                 generator: torch.Generator | None = None, seeds: torch.Tensor | None = None,
+                 step: int = 0) -> torch.Tensor:
+    """Greedy or temperature / nucleus sampling. Shape: logits [B, V] -> tokens [B]. With per-row stream
+    `seeds` [B] (coconav/model/streams.py) row b draws from its own stream at `step` instead of `generator`."""
     if not do_sample:
         return logits.argmax(-1)
     probs = torch.softmax(logits / temperature, dim=-1)
@@ -591,4 +596,6 @@ def sample_token(logits: torch.Tensor, do_sample: bool, temperature: float, top_
         drop = sorted_probs.cumsum(-1) - sorted_probs >= top_p
         sorted_probs = sorted_probs.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    if seeds is not None:
+        return stream_categorical(probs, seeds, step)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

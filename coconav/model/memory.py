@@ -1,8 +1,12 @@
-"""Thought memory for the navigator: episodic (this trajectory's earlier thoughts) and persistent.
+"""Thought memory for the navigator: episodic (this trajectory's earlier thoughts), group and persistent.
 
 - ``EpisodicMemory``: at thought step t the navigator attends over the states of steps < t of its
   own trajectory (a learned null slot makes step 0 well defined). Computed for a whole sequence of
   states with a causal mask, so a rollout (step by step) and a replay (all steps at once) agree.
+- ``GroupMemory``: the shared memory of the K trajectories of one question. At step t a trajectory
+  attends over the other trajectories' states at steps <= t that are real (a peer that halted at n
+  has states 0..n), plus a learned null slot; its output projection starts at zero, so an untrained
+  group read adds nothing and K trajectories start out independent.
 - ``PersistentMemory``: a bounded bank of thoughts from past trajectories. Each entry is keyed by
   an encoding of the question (the latent LM's state at <bot>, L2-normalised), holds the mean of
   that trajectory's thought states as its value, and the return it earned. A read takes the top-k
@@ -31,21 +35,66 @@ class EpisodicMemory(nn.Module):
         self.null_value = nn.Parameter(torch.zeros(dim))
         self.scale = dim ** -0.5
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Readout for every step. Shape: x [B, T, d] -> [B, T, d]; step t sees steps < t only."""
+    def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Readout for steps start..T-1. Shape: x [B, T, d] -> [B, T - start, d]; step t sees steps < t only."""
         B, _, d = x.shape
         v = torch.cat([self.null_value.expand(B, 1, d), self.value(x)], dim=1)  # [B, T+1, d]
-        return torch.einsum("bts,bsd->btd", self.attention(x), v)
+        return torch.einsum("bts,bsd->btd", self.attention(x, start), v)
 
-    def attention(self, x: torch.Tensor) -> torch.Tensor:
-        """Read weights of each step over [null slot, step 0, ..., step T-1]. Shape: x [B, T, d] -> [B, T, T+1]."""
+    def attention(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Read weights of steps start..T-1 over [null slot, step 0, ..., step T-1]. Shape: x [B, T, d] -> [B, T - start, T+1]."""
         B, T, d = x.shape
         k = torch.cat([self.null_key.expand(B, 1, d), self.key(x)], dim=1)  # [B, T+1, d], slot 0 is the null slot
-        scores = torch.einsum("btd,bsd->bts", self.query(x), k) * self.scale  # [B, T, T+1]
+        scores = torch.einsum("btd,bsd->bts", self.query(x[:, start:]), k) * self.scale  # [B, T-start, T+1]
         # slot 0 (null) is always visible; slot s+1 (step s) only to steps t > s
         visible = torch.ones(T, T + 1, dtype=torch.bool, device=x.device)
         visible[:, 1:] = torch.ones(T, T, dtype=torch.bool, device=x.device).tril(-1)
-        return scores.masked_fill(~visible, float("-inf")).softmax(-1)
+        return scores.masked_fill(~visible[start:], float("-inf")).softmax(-1)
+
+
+class GroupMemory(nn.Module):
+    """Attention of each step over the other trajectories of its group at steps <= t (plus a null slot)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.query = nn.Linear(dim, dim)
+        self.key = nn.Linear(dim, dim)
+        self.value = nn.Linear(dim, dim)
+        self.null_key = nn.Parameter(torch.zeros(dim))
+        self.null_value = nn.Parameter(torch.zeros(dim))
+        self.out = nn.Linear(dim, dim)
+        nn.init.zeros_(self.out.weight)  # untrained: the read adds nothing (trajectories independent)
+        nn.init.zeros_(self.out.bias)
+        self.scale = dim ** -0.5
+
+    def forward(self, x: torch.Tensor, pool: torch.Tensor | None, index: torch.Tensor | None,
+                visible: torch.Tensor | None, start: int = 0) -> torch.Tensor:
+        """Readout of query steps start..start+Tq-1. Shape: x [B, Tq, d] (the queries); pool [N, T, d] (encoded
+        states of the trajectories the peers are drawn from; keys and values are projected once per pool row),
+        index [B, P] (row of the pool of each peer, -1 = none), visible [B, P, T] (bool: peer state exists)
+        -> [B, Tq, d]. pool None: the null slot only."""
+        B, Tq, d = x.shape
+        if pool is None or index.shape[1] == 0:
+            return self.out(self.null_value).expand(B, Tq, d)
+        rows = index.clamp(min=0)
+        k, v = self.key(pool)[rows].flatten(1, 2), self.value(pool)[rows].flatten(1, 2)  # [B, P*T, d]
+        v = torch.cat([self.null_value.expand(B, 1, d), v], dim=1)  # [B, 1+P*T, d]
+        return self.out(torch.einsum("bts,bsd->btd", self._weights(x, k, visible, start), v))
+
+    def attention(self, x: torch.Tensor, pool: torch.Tensor, index: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        """Read weights of each step over [null slot, peer 0 steps 0..T-1, peer 1 ...]. Shape: -> [B, T, 1+P*T]."""
+        return self._weights(x, self.key(pool)[index.clamp(min=0)].flatten(1, 2), visible, 0)
+
+    def _weights(self, x: torch.Tensor, keys: torch.Tensor, visible: torch.Tensor, start: int) -> torch.Tensor:
+        B, Tq, d = x.shape
+        P, T = visible.shape[1], visible.shape[2]
+        k = torch.cat([self.null_key.expand(B, 1, d), keys], dim=1)
+        scores = torch.einsum("btd,bsd->bts", self.query(x), k) * self.scale
+        steps = torch.arange(start, start + Tq, device=x.device)
+        causal = torch.arange(T, device=x.device)[None, :] <= steps[:, None]  # step t sees peer steps s <= t
+        seen = visible[:, None, :, :] & causal[None, :, None, :]  # [B, Tq, P, T]
+        seen = torch.cat([torch.ones(B, Tq, 1, dtype=torch.bool, device=x.device), seen.reshape(B, Tq, P * T)], dim=-1)
+        return scores.masked_fill(~seen, float("-inf")).softmax(-1)
 
 
 class PersistentMemory(nn.Module):

@@ -1,19 +1,27 @@
 """The navigator: a small policy that rides along a COCONUT model's continuous thoughts.
 
 At thought step t its state is the latent LM's last hidden state h_t (the paper's next thought),
-its change since the previous step (h_t - h_{t-1}), the step index, an episodic readout over the trajectory's earlier states and a gated readout of a
+its change since the previous step (h_t - h_{t-1}), the step index, the trajectory's index in its
+group (K trajectories per question), an episodic readout over the trajectory's earlier states, a
+group readout over the other trajectories of its question (steps <= t) and a gated readout of a
 persistent bank of past trajectories' thoughts keyed by the question (coconav/model/memory.py).
 It outputs
 - steering: a Gaussian action a_t in a small space (mean from the state, learned log-std times a
   temperature), mapped into the LM's input space by an up-projection U and added to the thought:
-  next input = thought(h_t) + U a_t. U starts at zero, so an untrained navigator feeds exactly the
-  plain COCONUT thoughts;
+  next input = thought(h_t) + s U a_t, with s = 1 (steer_scale "none") or the RMS of plain COCONUT
+  thoughts (steer_scale "rms": steering in units of the backbone's thought scale, a buffer measured
+  once and saved). U starts at zero, so an untrained navigator feeds exactly the plain COCONUT thoughts;
 - halting: a Bernoulli stop decision (forced continue before min_thoughts, forced stop at max);
-- value: V(state) for the critic.
+- value: V(state) for the critic;
+- a fusion score per step (the learned scorer: read at a trajectory's last step, it rates the answer
+  it leads to) and, from the question key alone, a success logit (the K-selector's difficulty signal).
+The trajectory embedding, group read output, scorer and K-selector start at zero: a navigator with
+them untrained (or an older checkpoint without them, see OPTIONAL_KEYS) behaves exactly as before.
 Its parameters are separate from the LM's and saved with the checkpoint.
 
     nav = Navigator(lm.hidden_size, NavigatorConfig())
     out = nav(states, question_keys)             # states [B, T, D] -> NavigatorOutput
+    out = nav(states, question_keys, trajectory=idx, peers=gather_peers(states, peer_index(group), exists))
     logp, entropy = nav.log_probs(out, actions, halts, masks, temperature)
 """
 
@@ -26,17 +34,46 @@ from torch import nn
 from torch.distributions import Bernoulli, Normal
 
 from coconav.config import NavigatorConfig
-from coconav.model.memory import EpisodicMemory, PersistentMemory
+from coconav.model.memory import EpisodicMemory, GroupMemory, PersistentMemory
 
 
 @dataclass
 class NavigatorOutput:
-    """Shape: mean [B, T, A]; std [A]; halt_logits, values [B, T]."""
+    """Shape: mean [B, T, A]; std [A]; halt_logits, values, scores [B, T] (scores: fusion-scorer logits)."""
 
     mean: torch.Tensor
     std: torch.Tensor
     halt_logits: torch.Tensor
     values: torch.Tensor
+    scores: torch.Tensor | None = None
+
+
+@dataclass
+class Peers:
+    """The other trajectories of each row's group, as rows of a pool of trajectories (encoded once, then
+    gathered). Shape: pool [N, T, D] (states h_0..h_{T-1} of N trajectories; may be the batch itself),
+    index [B, P] (row of the pool of each peer, -1 = padding), visible [B, P, T] (bool: peer p's state at
+    step s exists; False for padding and after it halted)."""
+
+    pool: torch.Tensor
+    index: torch.Tensor
+    visible: torch.Tensor
+
+
+def peer_index(group: torch.Tensor) -> torch.Tensor:
+    """For each row, the other rows of its group in batch order, padded with -1. Shape: [B] -> [B, P],
+    P = largest group size - 1."""
+    B = group.shape[0]
+    rows = torch.arange(B, device=group.device)
+    same = (group[:, None] == group[None, :]) & (rows[:, None] != rows[None, :])
+    P = int(same.sum(1).max()) if B else 0
+    order = torch.where(same, rows[None, :], B).sort(dim=1).values[:, :P]
+    return torch.where(order < B, order, -1)
+
+
+def gather_peers(pool: torch.Tensor, index: torch.Tensor, exists: torch.Tensor) -> Peers:
+    """Peers of every row. Shape: pool [N, T, D], index [B, P] (rows of the pool, -1 = none), exists [N, T]."""
+    return Peers(pool=pool, index=index, visible=exists[index.clamp(min=0)] & (index >= 0)[:, :, None])
 
 
 @dataclass
@@ -65,7 +102,11 @@ class StepMasks:
 
 
 class Navigator(nn.Module):
-    """Steering, halting and value heads over latent states, with episodic and persistent memory."""
+    """Steering, halting and value heads over latent states, with episodic, group and persistent memory."""
+
+    # parameters added with multi-trajectory navigation: a checkpoint saved before them loads with their
+    # zero initialisation, which reproduces its behaviour exactly (coconav.checkpoint.load_module)
+    OPTIONAL_KEYS = ("trajectory_embedding.", "group.", "scorer_head.", "selector.", "thought_rms")
 
     def __init__(self, lm_hidden: int, cfg: NavigatorConfig) -> None:
         super().__init__()
@@ -88,6 +129,8 @@ class Navigator(nn.Module):
         self.up = nn.Linear(cfg.action_dim, lm_hidden, bias=False)
         self.halt_head = nn.Linear(d, 1)
         self.value_head = nn.Linear(d, 1)
+        with torch.random.fork_rng(devices=[]):  # the multi-trajectory parts leave the global RNG as it was,
+            self._multi_trajectory_parts(lm_hidden, cfg)  # so a seeded navigator initialises as before them
         nn.init.zeros_(self.up.weight)  # an untrained navigator feeds plain COCONUT thoughts
         nn.init.normal_(self.mean_head.weight, std=0.01)
         nn.init.zeros_(self.mean_head.bias)
@@ -95,19 +138,52 @@ class Navigator(nn.Module):
         nn.init.constant_(self.halt_head.bias, cfg.init_halt_bias)
         self.use_episodic = True  # switches for "memory on / off" evaluations
         self.use_persistent = True
+        self.use_group = True
 
-    def features(self, states: torch.Tensor, question_keys: torch.Tensor) -> torch.Tensor:
-        """Trunk features. Shape: states [B, T, D], question_keys [B, D] -> [B, T, d]."""
+    def _multi_trajectory_parts(self, lm_hidden: int, cfg: NavigatorConfig) -> None:
+        d = cfg.hidden
+        self.trajectory_embedding = nn.Embedding(cfg.max_trajectories, d)
+        nn.init.zeros_(self.trajectory_embedding.weight)  # K = 1 and untrained: no effect
+        self.group = GroupMemory(d) if cfg.group_memory else None
+        self.scorer_head = nn.Linear(d, 1)  # fusion scorer: logit that the trajectory's answer is right
+        # K-selector: success logit of a question from its key h_0 alone (before any thought)
+        self.selector = nn.Sequential(nn.LayerNorm(lm_hidden), nn.Linear(lm_hidden, d), nn.Tanh(), nn.Linear(d, 1))
+        # steer_scale "rms": RMS of plain COCONUT thoughts (0 = not measured yet)
+        self.register_buffer("thought_rms", torch.zeros(()))
+        for head in (self.scorer_head, self.selector[-1]):
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
+
+    def features(self, states: torch.Tensor, question_keys: torch.Tensor, trajectory: torch.Tensor | None = None,
+                 peers: Peers | None = None, last_only: bool = False) -> torch.Tensor:
+        """Trunk features. Shape: states [B, T, D], question_keys [B, D], trajectory [B] (index in the group,
+        None = 0), peers (the group's other trajectories, None = none) -> [B, T, d] ([B, 1, d] with
+        `last_only`: the last step's, what a rollout step needs; earlier steps still serve as memory)."""
         B, T, _ = states.shape
-        x = self.embed_states(states)
+        start = T - 1 if last_only else 0
+        x = embedded = self.embed_states(states)
+        if trajectory is not None:
+            x = x + self.trajectory_embedding(trajectory.to(x.device))[:, None]
         if self.episodic is not None and self.use_episodic:
-            x = x + self.episodic(x)
+            x = x[:, start:] + self.episodic(x, start)
+        else:
+            x = x[:, start:]
+        if self.group is not None and self.use_group:
+            if peers is None:
+                x = x + self.group(x, None, None, None, start)
+            else:
+                x = x + self.group(x, self.encode_peers(peers, states, embedded), peers.index, peers.visible, start)
         if self.bank is not None and self.use_persistent:
             readout, has = self.bank.read(question_keys.float())
-            recalled = self.recall(readout)[:, None].expand(B, T, -1)
+            recalled = self.recall(readout)[:, None].expand(B, x.shape[1], -1)
             gate = torch.sigmoid(self.gate(torch.cat([x, recalled], dim=-1)))
             x = x + gate * recalled * has[:, None, None].to(x.dtype)
         return self.trunk(x)
+
+    def encode_peers(self, peers: Peers, states: torch.Tensor, embedded: torch.Tensor) -> torch.Tensor:
+        """The peers' pool encoded (embed_states, no trajectory index), each pool row once. Shape: -> [N, T, d].
+        A pool that is `states` itself reuses `embedded` (= embed_states(states))."""
+        return embedded if peers.pool is states else self.embed_states(peers.pool)
 
     def embed_states(self, states: torch.Tensor) -> torch.Tensor:
         """Each step's input features: the state, its change since the previous step, the step index.
@@ -127,15 +203,41 @@ class Navigator(nn.Module):
             persistent = (weights, slots, self.bank.returns[slots])
         return MemoryReads(episodic=episodic, persistent=persistent)
 
-    def forward(self, states: torch.Tensor, question_keys: torch.Tensor) -> NavigatorOutput:
-        """Heads at every step. Shape: states [B, T, D] (step t = h_t), question_keys [B, D]."""
-        z = self.features(states, question_keys)
+    def forward(self, states: torch.Tensor, question_keys: torch.Tensor, trajectory: torch.Tensor | None = None,
+                peers: Peers | None = None, last_only: bool = False) -> NavigatorOutput:
+        """Heads at every step (the last only with `last_only`: T = 1 in the output). Shape: states [B, T, D]
+        (step t = h_t), question_keys [B, D]; see `features`."""
+        z = self.features(states, question_keys, trajectory, peers, last_only)
         return NavigatorOutput(mean=self.mean_head(z), std=self.log_std.exp(),
-                               halt_logits=self.halt_head(z).squeeze(-1), values=self.value_head(z).squeeze(-1))
+                               halt_logits=self.halt_head(z).squeeze(-1), values=self.value_head(z).squeeze(-1),
+                               scores=self.scorer_head(z).squeeze(-1))
+
+    def success_logits(self, question_keys: torch.Tensor) -> torch.Tensor:
+        """The K-selector's difficulty signal: logit that a trajectory answers the question right. [B, D] -> [B]."""
+        return self.selector(question_keys.float()).squeeze(-1)
+
+    @torch.no_grad()
+    def set_thought_scale(self, thoughts: torch.Tensor) -> float:
+        """Measure steer_scale "rms" from plain COCONUT thoughts [..., D]: their root mean square entry."""
+        rms = thoughts.float().pow(2).mean().sqrt()
+        if not bool(torch.isfinite(rms)) or float(rms) <= 0:
+            raise ValueError(f"cannot measure the thought scale from these thoughts (RMS {float(rms)})")
+        self.thought_rms.fill_(float(rms))
+        return float(rms)
+
+    @property
+    def needs_thought_scale(self) -> bool:
+        return self.cfg.steer_scale == "rms" and float(self.thought_rms) <= 0
 
     def steer(self, actions: torch.Tensor) -> torch.Tensor:
-        """The offset added to each thought. Shape: [..., A] -> [..., D]."""
-        return self.up(actions)
+        """The offset added to each thought: U a, times the thought RMS with steer_scale "rms". Shape: [..., A] -> [..., D]."""
+        offset = self.up(actions)
+        if self.cfg.steer_scale == "rms":
+            if self.needs_thought_scale:
+                raise ValueError("navigator.steer_scale='rms' needs the thought scale: call set_thought_scale "
+                                 "(coconav.model.groups.measure_thought_scale) first")
+            offset = offset * self.thought_rms.to(offset.dtype)
+        return offset
 
     def step_masks(self, num_thoughts: torch.Tensor, T: int) -> StepMasks:
         """Decision masks over steps 0..T-1 for trajectories that used `num_thoughts` [B] thoughts."""
@@ -147,8 +249,11 @@ class Navigator(nn.Module):
         return StepMasks(valid=valid, steer=steer, decide=decide, halt=t == n)
 
     def log_probs(self, out: NavigatorOutput, actions: torch.Tensor, masks: StepMasks,
-                  temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-probability and entropy of the decisions taken at each step. Shape: [B, T] each."""
+                  temperature: float | torch.Tensor = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probability and entropy of the decisions taken at each step. Shape: [B, T] each;
+        temperature: a float or one per row [B]."""
+        if isinstance(temperature, torch.Tensor):
+            temperature = temperature.to(out.mean.dtype)[:, None, None]
         steer_dist = Normal(out.mean, out.std * temperature)
         logp_a = steer_dist.log_prob(actions).sum(-1) * masks.steer
         ent_a = steer_dist.entropy().sum(-1) * masks.steer

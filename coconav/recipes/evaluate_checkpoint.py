@@ -4,11 +4,14 @@
     coconav eval --checkpoint RUN/checkpoints/stage-4 --data openai/gsm8k:test
     coconav generate --checkpoint runs/demo/coconut "3 + 4 * 2 - 1 ?" --show-thoughts
     coconav eval --checkpoint RUN --device cuda --dtype bfloat16 --max-new-tokens 128
+    coconav eval --checkpoint runs/demo/navigator --num-trajectories 5 --fusion value --abstain-below 0.6
 
 The mode and thought count come from the checkpoint's config and stage (the last stage's fixed
 count) unless --num-thoughts says otherwise; never from the test example's own steps. The model runs
 on CUDA when available (else the CPU), in the checkpoint's own dtype, unless --device / --dtype say
-otherwise.
+otherwise. A navigator checkpoint may run K trajectories per question (`--num-trajectories K` or
+`auto`), fused into one answer by `--fusion` (majority, value or scorer); `--abstain-below A` reports
+the coverage and accuracy when answering only where at least a share A of the trajectories agree.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from coconav.config import EvalConfig, ModelConfig
 from coconav.data.readers import load_examples
 from coconav.data.splits import load_splits
 from coconav.errors import InputError
-from coconav.evaluate import chat_prompts, evaluate, evaluate_navigator
+from coconav.evaluate import check_multi, chat_prompts, evaluate, evaluate_multi, evaluate_navigator
 from coconav.inference import CoconavModel
 from coconav.model.build import build_latent_lm
 from coconav.model.latent_lm import LatentLM
@@ -31,8 +34,12 @@ from coconav.model.latent_lm import LatentLM
 
 def run(checkpoint: str | Path, data: str = "test", num_thoughts: int | None = None, max_questions: int | None = None,
         batch_size: int | None = None, steer: bool = True, memory: bool = True, max_new_tokens: int | None = None,
-        device: str | None = None, dtype: str | None = None) -> dict:
+        device: str | None = None, dtype: str | None = None, num_trajectories: int | str = 1, fusion: str = "majority",
+        abstain_below: float = 0.0) -> dict:
     """Evaluate; returns the JSON report (aggregates and per-question records).
+
+    ``num_trajectories`` K > 1 or "auto" (navigator checkpoints): K trajectories per question fused by
+    ``fusion``; ``abstain_below`` adds coverage and selective accuracy at that agreement threshold.
 
     For a navigator checkpoint, ``steer=False`` keeps its halting but feeds plain COCONUT thoughts back
     (the steering ablation) and ``memory=False`` switches its episodic and persistent memory off.
@@ -57,7 +64,20 @@ def run(checkpoint: str | Path, data: str = "test", num_thoughts: int | None = N
         raise InputError(f"{flag} needs a navigator checkpoint and no --num-thoughts ({folder} "
                          + ("has no navigator)" if model.navigator is None else "would run with a fixed thought count)"))
     plan = model.plan(num_thoughts, steer=steer)
-    if plan.controller is not None:
+    multi = num_trajectories != 1
+    if multi or abstain_below:
+        if model.navigator is None or num_thoughts is not None:
+            raise InputError(f"--num-trajectories needs a navigator checkpoint and no --num-thoughts ({folder} "
+                             + ("has no navigator)" if model.navigator is None else "would run with a fixed thought count)"))
+        check_multi(num_trajectories, fusion, model.navigator.cfg.max_trajectories)
+        if not multi:
+            raise InputError("--abstain-below needs --num-trajectories > 1 (one trajectory always agrees with itself)")
+    if multi:
+        result = evaluate_multi(model.lm, model.navigator, examples, eval_cfg, num_trajectories, fusion, abstain_below,
+                                seed=cfg.seed, show_progress=True, steer=steer, memory=memory)
+        how = {"mode": "coconut", "navigator": True, "max_thoughts": model.navigator.cfg.max_thoughts,
+               "steering": steer, "memory": memory}
+    elif plan.controller is not None:
         result = evaluate_navigator(model.lm, model.navigator, examples, eval_cfg, steer=steer, persistent_memory=memory,
                                     episodic_memory=memory, seed=cfg.seed, show_progress=True)
         how = {"mode": "coconut", "navigator": True, "max_thoughts": model.navigator.cfg.max_thoughts,
@@ -117,3 +137,15 @@ def probe_thoughts(lm: LatentLM, thoughts: torch.Tensor, top_k: int) -> list[str
         tokens = ", ".join(f"{lm.tokenizer.convert_ids_to_tokens(int(t))!r} {float(p):.2f}" for p, t in zip(values[i], ids[i]))
         lines.append(f"thought {i + 1}: {tokens}")
     return lines
+
+
+def parse_trajectories(text: str | int | None) -> int | str:
+    """--num-trajectories: an integer or "auto" (None: 1)."""
+    if text is None:
+        return 1
+    if isinstance(text, int) or text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise InputError(f"--num-trajectories must be an integer or 'auto', got {text!r}") from None

@@ -185,7 +185,8 @@ def build(checkpoint: str | Path, data: str = "test", num_trajectories: int = 1,
           batch_size: int | None = None) -> Explorer:
     """Load the checkpoint and evaluate (with traces) the questions of `data`."""
     if num_trajectories != 1:
-        raise InputError(f"--num-trajectories {num_trajectories}: multi-trajectory rollouts are not built yet (only 1 works)")
+        raise InputError(f"--num-trajectories {num_trajectories}: the explorer shows one trajectory per question "
+                         "(multi-trajectory answers: coconav eval --num-trajectories K)")
     folder = latest_checkpoint(checkpoint)
     model = CoconavModel.from_pretrained(folder)
     explorer = Explorer(model=model, checkpoint=str(folder), data=data)

@@ -71,10 +71,11 @@ class ScheduledHalt(Navigator):
     def set_schedule(self, keys: torch.Tensor, targets: list[int]) -> None:
         self.keys, self.targets = keys.float(), torch.tensor(targets)
 
-    def forward(self, states, question_keys):
-        out = super().forward(states, question_keys)
+    def forward(self, states, question_keys, *rest, **kw):
+        out = super().forward(states, question_keys, *rest, **kw)
         target = self.targets[torch.cdist(question_keys.float(), self.keys).argmin(-1)]
-        out.halt_logits = torch.where(torch.arange(states.shape[1])[None] >= target[:, None], 8.0, -8.0)
+        t = torch.arange(states.shape[1])[None, -out.halt_logits.shape[1]:]  # the last step only with last_only
+        out.halt_logits = torch.where(t >= target[:, None], 8.0, -8.0)
         return out
 
 
@@ -274,3 +275,130 @@ def test_parameters_are_separate_from_the_lm():
     out = nav(states, states[:, 0])
     (out.mean.sum() + out.values.sum() + nav.steer(torch.ones(1, 4)).sum()).backward()
     assert all(p.grad is None for p in lm.parameters())
+
+
+# -- multi-trajectory parts: group memory, trajectory embedding, scorer, K-selector, old checkpoints -----
+
+
+def group_batch(D: int = 32):
+    """Two groups (rows 0-2 and 3-4) of random states; peers as the controller builds them."""
+    from coconav.model.navigator import gather_peers, peer_index
+    torch.manual_seed(1)
+    states = torch.randn(5, 3, D)
+    group = torch.tensor([0, 0, 0, 1, 1])
+    exists = torch.tensor([[1, 1, 1], [1, 0, 0], [1, 1, 0], [1, 1, 1], [1, 1, 1]], dtype=torch.bool)
+    return states, group, gather_peers(states, peer_index(group), exists)
+
+
+def test_peer_index_lists_the_other_rows_of_each_group():
+    from coconav.model.navigator import peer_index
+    assert peer_index(torch.tensor([0, 0, 0, 1, 1])).tolist() == [[1, 2], [0, 2], [0, 1], [4, -1], [3, -1]]
+    assert peer_index(torch.tensor([0, 1])).shape == (2, 0)
+
+
+def test_group_memory_off_changes_nothing_but_the_group_read():
+    states, group, peers = group_batch()
+    torch.manual_seed(0)
+    nav = Navigator(32, nav_cfg(persistent_memory=False))
+    with torch.no_grad():
+        nav.group.out.weight.normal_(0, 1.0)
+    on = nav(states, states[:, 0], peers=peers)
+    nav.use_group = False
+    off = nav(states, states[:, 0], peers=peers)
+    # off = the same navigator built without group memory (every other parameter equal)
+    plain = Navigator(32, nav_cfg(persistent_memory=False, group_memory=False))
+    plain.load_state_dict({k: v for k, v in nav.state_dict().items() if not k.startswith("group.")})
+    ref = plain(states, states[:, 0])
+    for name in ("mean", "halt_logits", "values", "scores"):
+        assert torch.equal(getattr(off, name), getattr(ref, name)), name
+    assert not torch.allclose(on.mean, off.mean)
+    # on: the features differ from off by exactly the group read, added before the trunk
+    x = nav.embed_states(states) + nav.episodic(nav.embed_states(states))
+    nav.use_group = True
+    read = nav.group(x, nav.embed_states(states), peers.index, peers.visible)
+    torch.testing.assert_close(nav.features(states, states[:, 0], peers=peers), nav.trunk(x + read))
+
+
+def test_group_read_sees_only_existing_peer_states_up_to_the_step():
+    from coconav.model.navigator import gather_peers, peer_index
+    states, group, peers = group_batch()
+    torch.manual_seed(0)
+    nav = Navigator(32, nav_cfg(persistent_memory=False))
+    with torch.no_grad():
+        nav.group.out.weight.normal_(0, 1.0)
+        nav.mean_head.weight.normal_(0, 1.0)
+    exists = torch.tensor([[1, 1, 1], [1, 0, 0], [1, 1, 0], [1, 1, 1], [1, 1, 1]], dtype=torch.bool)
+    base = nav(states, states[:, 0], peers=peers)
+
+    def run(changed):
+        return nav(changed, changed[:, 0], peers=gather_peers(changed, peer_index(group), exists))
+
+    hidden = states.clone()  # states that do not exist: row 1 after step 0 (it halted), row 2 at step 2
+    hidden[1, 1:] += torch.randn(2, 32)
+    hidden[2, 2] += torch.randn(32)
+    out = run(hidden)
+    torch.testing.assert_close(out.mean[0], base.mean[0])  # row 0 reads rows 1, 2: nothing it may see changed
+    torch.testing.assert_close(out.mean[3:], base.mean[3:])  # the other group is untouched
+    later = states.clone()  # row 0's step 2 exists: rows 1 and 2 read it at step 2, not before
+    later[0, 2] += torch.randn(32)
+    out = run(later)
+    torch.testing.assert_close(out.mean[1:3, :2], base.mean[1:3, :2])
+    assert not torch.allclose(out.mean[1:3, 2], base.mean[1:3, 2])
+    torch.testing.assert_close(out.mean[3:], base.mean[3:])
+
+
+def test_new_parts_start_at_zero_and_a_checkpoint_without_them_loads(tmp_path):
+    from safetensors.torch import save_file
+
+    from coconav.checkpoint import load_module
+    from coconav.errors import CheckpointError
+    states, group, peers = group_batch()
+    torch.manual_seed(0)
+    nav = Navigator(32, nav_cfg())
+    plain_out = nav(states, states[:, 0])
+    full_out = nav(states, states[:, 0], trajectory=torch.tensor([0, 1, 2, 0, 1]), peers=peers)
+    for name in ("mean", "halt_logits", "values"):  # untrained: the trajectory index and the group read add nothing
+        torch.testing.assert_close(getattr(full_out, name), getattr(plain_out, name))
+    assert bool((plain_out.scores == 0).all()) and bool((nav.success_logits(states[:, 0]) == 0).all())
+    old = {k: v for k, v in nav.state_dict().items() if not k.startswith(Navigator.OPTIONAL_KEYS)}
+    assert len(old) < len(nav.state_dict())
+    save_file({k: v.contiguous() for k, v in old.items()}, str(tmp_path / "navigator.safetensors"))
+    torch.manual_seed(5)
+    fresh = Navigator(32, nav_cfg())
+    with torch.no_grad():
+        fresh.group.out.weight.normal_()  # whatever a fresh module holds, the old checkpoint is not blamed
+    loaded = load_module(tmp_path, "navigator", Navigator(32, nav_cfg()))
+    torch.testing.assert_close(loaded(states, states[:, 0]).mean, plain_out.mean)
+    del old["up.weight"]
+    save_file({k: v.contiguous() for k, v in old.items()}, str(tmp_path / "navigator.safetensors"))
+    with pytest.raises(CheckpointError, match="missing up.weight"):
+        load_module(tmp_path, "navigator", Navigator(32, nav_cfg()))
+
+
+def test_a_seeded_navigator_initialises_as_before_the_new_parts():
+    """The multi-trajectory parts are built on a forked RNG: the old parameters of a seeded navigator, and
+    the global RNG after it, are what they were without them."""
+    torch.manual_seed(3)
+    nav = Navigator(32, nav_cfg())
+    after = torch.rand(3)
+    torch.manual_seed(3)
+    no_group = Navigator(32, nav_cfg(group_memory=False, max_trajectories=2))
+    assert torch.equal(torch.rand(3), after)
+    for name, p in no_group.state_dict().items():
+        assert torch.equal(p, nav.state_dict()[name]) or name.startswith(("trajectory_embedding", "selector")), name
+
+
+def test_last_only_equals_the_last_step_of_the_full_forward():
+    states, group, peers = group_batch()
+    torch.manual_seed(0)
+    nav = Navigator(32, nav_cfg(memory_topk=2))
+    with torch.no_grad():
+        nav.group.out.weight.normal_(0, 1.0)
+        nav.trajectory_embedding.weight.normal_(0, 1.0)
+    nav.remember(states[:2, 0], torch.randn(2, 32), torch.tensor([1.0, 1.0]))
+    idx = torch.tensor([0, 1, 2, 0, 1])
+    full = nav(states, states[:, 0], idx, peers)
+    last = nav(states, states[:, 0], idx, peers, last_only=True)
+    for name in ("mean", "halt_logits", "values", "scores"):
+        assert getattr(last, name).shape[1] == 1
+        torch.testing.assert_close(getattr(last, name)[:, 0], getattr(full, name)[:, -1], atol=1e-6, rtol=1e-5)

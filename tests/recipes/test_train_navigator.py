@@ -153,7 +153,7 @@ def test_ppo_update_is_deterministic(nav_run):
 BAD = {
     "epsilon": (["ppo.epsilon=-1"], "ppo.epsilon must be > 0 (the clip range, e.g. 0.2), got -1.0"),
     "max_thoughts": (["navigator.max_thoughts=0"], "navigator.max_thoughts must be >= 1, got 0"),
-    "num_trajectories": (["ppo.num_trajectories=9"], "ppo.num_trajectories must be in [1, 5], got 9"),
+    "num_trajectories": (["ppo.num_trajectories=17"], "ppo.num_trajectories must be in [1, 16], got 17"),
     "min_above_max": (["navigator.min_thoughts=5", "navigator.max_thoughts=2"],
                       "navigator.min_thoughts must be in [0, max_thoughts=2], got 5"),
 }
