@@ -81,7 +81,12 @@ class PolicyReplay(torch.nn.Module):
         self.lm, self.navigator = lm, navigator
 
     def forward(self, traj: Trajectories, idx: torch.Tensor, temperature: float, answer_in_policy: bool) -> Replay:
-        return replay(self.lm, self.navigator, traj, idx, temperature, answer_in_policy)
+        rep = replay(self.lm, self.navigator, traj, idx, temperature, answer_in_policy)
+        # The fusion scorer and K-selector heads are not trained by this loss: outputs left in the graph
+        # but out of the loss would make DDP wait for their gradients forever.
+        rep.final_scores = None if rep.final_scores is None else rep.final_scores.detach()
+        rep.success_logits = None if rep.success_logits is None else rep.success_logits.detach()
+        return rep
 
 
 def make_accelerator() -> Accelerator:
