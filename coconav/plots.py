@@ -82,6 +82,7 @@ def plot_accuracy_vs_passes(methods: dict[str, dict], path: Path, plt) -> Path:
     ax.set_ylim(-2, 102)
     if passes and min(passes) > 0 and max(passes) / min(passes) > 20:
         ax.set_xscale("log")
+        ax.set_xlim(min(passes) / 1.5, max(passes) * 4)  # room for the labels right of the last point
         ax.set_xlabel("forward passes per question (log scale)")
     else:
         ax.set_xlim(left=0)

@@ -197,7 +197,7 @@ def vote_evaluate(lm: LatentLM, examples: list[Example], mode: str, k: int, cfg:
         records.append(VoteQuestion(
             question=ex.question, reference=ex.answer, difficulty=ex.difficulty,
             completions=[texts[r] for r in chain], chain_correct=[score(texts[r], ex) for r in chain],
-            fused=fused.answers[i], correct=score(fused.answers[i], ex), agreement=float(fused.agreement[i]),
+            fused=fused.answers[i], correct=score(fused.answers[i], ex), agreement=round(float(fused.agreement[i]) * k) / k,
             forward_passes=int(passes[list(chain)].sum()), thoughts=int(thoughts[list(chain)].sum()),
             new_tokens=int(tokens[list(chain)].sum())))
     lm.train(was_training)
