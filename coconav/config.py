@@ -462,6 +462,43 @@ class LogConfig:
     """Show progress bars."""
 
 
+DEMO_ROWS: tuple[str, ...] = ("no_cot", "cot", "coconut", "navigator", "navigator_multi", "cot_vote",
+                               "coconut_noise_vote")
+
+
+@dataclass
+class DemoConfig:
+    """What `coconav demo` compares (read by the demo only; `coconav train` ignores it)."""
+
+    rows: list[str] = field(default_factory=lambda: ["no_cot", "cot", "coconut", "navigator"])
+    """Rows of the comparison, in order: 'no_cot', 'cot', 'coconut', 'navigator', 'navigator_multi', and the
+    untrained vote baselines 'cot_vote' (K sampled CoT chains) and 'coconut_noise_vote' (K noisy COCONUT
+    trajectories), each fused by majority vote. COCONUT (with CoT as its stage 0) is always trained."""
+    num_trajectories: int = 5
+    """K, the chains per question of the vote rows (and of navigator_multi, for a comparison at equal K)."""
+    cot_vote_temperature: float = 0.7
+    """Sampling temperature of cot_vote's chains."""
+    cot_vote_top_p: float = 1.0
+    """Nucleus mass of cot_vote's chains (1 = plain temperature sampling)."""
+    noise_grid: list[float] = field(default_factory=lambda: [0.0, 0.05, 0.1, 0.2, 0.4])
+    """coconut_noise_vote's candidate noise scales sigma (noise = sigma x the thought's RMS x N(0, 1));
+    the one with the best K-vote accuracy on the validation split is used on test."""
+    navigator_config: str | None = None
+    """Navigator preset for the navigator rows; a relative path is read from the demo config's folder.
+    None: the built-in demo_navigator.yaml. `coconav demo --navigator-config` overrides it."""
+
+    def __post_init__(self) -> None:
+        unknown = [r for r in self.rows if r not in DEMO_ROWS]
+        _check(not unknown, f"demo.rows: unknown row(s) {', '.join(map(repr, unknown))} (known: {', '.join(DEMO_ROWS)})")
+        _check(len(set(self.rows)) == len(self.rows), f"demo.rows lists a row twice: {self.rows}")
+        _check("coconut" in self.rows, "demo.rows must include 'coconut' (every other row is compared with it)")
+        _check(self.num_trajectories >= 1, f"demo.num_trajectories must be >= 1, got {self.num_trajectories}")
+        _check(self.cot_vote_temperature > 0, f"demo.cot_vote_temperature must be > 0, got {self.cot_vote_temperature}")
+        _check(0 < self.cot_vote_top_p <= 1, f"demo.cot_vote_top_p must be in (0, 1], got {self.cot_vote_top_p}")
+        _check(bool(self.noise_grid), "demo.noise_grid must hold at least one sigma")
+        _check(all(s >= 0 for s in self.noise_grid), f"demo.noise_grid: every sigma must be >= 0, got {self.noise_grid}")
+
+
 @dataclass
 class RunConfig:
     """One run: model, data, curriculum, optimisation, evaluation, logging."""
@@ -483,6 +520,8 @@ class RunConfig:
     navigator: NavigatorConfig | None = None
     """Set to train a navigator on top of the `init_from` COCONUT checkpoint (coconav train dispatches on it)."""
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
+    """What `coconav demo` compares (rows, K and the vote baselines' settings)."""
 
     def eval_thoughts(self, stage: int) -> int:
         """Thoughts per question when evaluating a model trained up to `stage`: eval.num_thoughts, else the

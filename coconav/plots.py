@@ -64,17 +64,28 @@ def plot_stages(stages: list[dict], path: Path, plt) -> Path:
 
 
 def plot_accuracy_vs_passes(methods: dict[str, dict], path: Path, plt) -> Path:
-    """One point per method: accuracy against mean forward passes per question."""
+    """One point per method: accuracy against mean forward passes per question (all chains counted for the
+    multi-trajectory rows, drawn as squares and labelled with their K). The x axis turns logarithmic when
+    the rows' passes span more than 20x (K sampled CoT chains next to a few thoughts)."""
     fig, ax = plt.subplots(figsize=(6, 4))
+    passes = [m["mean_forward_passes"] for m in methods.values()]
     for i, (name, m) in enumerate(methods.items()):
-        ax.scatter(m["mean_forward_passes"], 100 * m["accuracy"], s=80, color=f"C{i}", label=name)
+        k = m.get("mean_trajectories", 1.0)
+        label = name if k <= 1 else f"{name} (K={k:g})"
+        ax.scatter(m["mean_forward_passes"], 100 * m["accuracy"], s=80, color=f"C{i}", marker="o" if k <= 1 else "s",
+                   label=label)
         # alternate label offsets: methods at the same accuracy sit close together
-        ax.annotate(name, (m["mean_forward_passes"], 100 * m["accuracy"]), textcoords="offset points",
+        ax.annotate(label, (m["mean_forward_passes"], 100 * m["accuracy"]), textcoords="offset points",
                     xytext=(6, 8 if i % 2 == 0 else -14))
     ax.set_xlabel("forward passes per question")
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(-2, 102)
-    ax.set_xlim(left=0)
+    if passes and min(passes) > 0 and max(passes) / min(passes) > 20:
+        ax.set_xscale("log")
+        ax.set_xlim(min(passes) / 1.5, max(passes) * 4)  # room for the labels right of the last point
+        ax.set_xlabel("forward passes per question (log scale)")
+    else:
+        ax.set_xlim(left=0)
     ax.grid(alpha=0.3)
     ax.set_title("Accuracy against compute")
     fig.tight_layout()

@@ -12,7 +12,7 @@ LAYERS = [
     {"coconav.data"},
     {"coconav.model"},
     {"coconav.rollout", "coconav.rewards", "coconav.ppo", "coconav.fusion"},
-    {"coconav.evaluate", "coconav.checkpoint", "coconav.distributed", "coconav.inference", "coconav.plots",
+    {"coconav.evaluate", "coconav.voting", "coconav.checkpoint", "coconav.distributed", "coconav.inference", "coconav.plots",
      "coconav.trace"},
     {"coconav.recipes"},
     {"coconav.cli", "coconav.__main__", "coconav"},

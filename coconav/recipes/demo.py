@@ -11,21 +11,35 @@ evaluate all on the same held-out test set — CoT from the stage-0 checkpoint, 
 stage with its fixed thought count for every question, the navigator halting and steering by
 itself; (5) print a table, write results.json and PNG plots, and explorer.html (the thought explorer's
 static page for the last model's test questions: `coconav explore --static`).
+
+The config's `demo:` section chooses the rows (`demo.rows`). Besides the four above it offers the
+untrained vote baselines at K = `demo.num_trajectories` chains per question (coconav.voting):
+`cot_vote` (K CoT chains sampled from the stage-0 checkpoint at `demo.cot_vote_temperature`) and
+`coconut_noise_vote` (K COCONUT trajectories of the last stage with Gaussian noise on each thought, the
+noise scale chosen from `demo.noise_grid` on the validation split), both fused by majority vote; every
+row reports `mean_forward_passes` (the vote rows count all K chains). Rows other than the four trained
+ones are built by the functions in ``EXTRA_ROWS`` (the hook for further rows such as navigator_multi).
+
+    coconav demo --config configs/demo_hard.yaml --out runs/demo_hard
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from coconav.common import print0, write_json_atomic
 from coconav.config import RunConfig, apply_overrides, from_dict, read_yaml
+from coconav.data.records import Example
 from coconav.data.splits import load_splits
 from coconav.errors import ConfigError
 from coconav.evaluate import evaluate
 from coconav.model.latent_lm import LatentLM
 from coconav.plots import plot_demo
 from coconav.recipes import explore, train_coconut
+from coconav.voting import coconut_noise_vote, cot_vote
 
 PRESET = Path(__file__).with_name("demo.yaml")
 NAVIGATOR_PRESET = Path(__file__).with_name("demo_navigator.yaml")
@@ -77,41 +91,123 @@ def format_table(methods: dict[str, dict]) -> str:
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows)
 
 
+@dataclass
+class RowContext:
+    """What a row beyond the four trained ones is built from: the COCONUT run's config, its checkpoints
+    (stage 0 = CoT, the last stage = COCONUT and its thought count) and the splits (validation for any
+    choice a row makes, test for its numbers)."""
+
+    cfg: RunConfig
+    out: Path
+    cot_checkpoint: Path
+    coconut_checkpoint: Path
+    num_thoughts: int
+    validation: list[Example]
+    test: list[Example]
+
+
+def cot_vote_row(ctx: RowContext) -> tuple[dict, dict]:
+    """K sampled CoT chains per test question from the stage-0 checkpoint, majority vote."""
+    d = ctx.cfg.demo
+    lm = LatentLM.from_pretrained(ctx.cot_checkpoint)
+    res = cot_vote(lm, ctx.test, d.num_trajectories, ctx.cfg.eval, temperature=d.cot_vote_temperature,
+                   top_p=d.cot_vote_top_p, seed=ctx.cfg.seed)
+    return res.summary(), {"temperature": d.cot_vote_temperature, "top_p": d.cot_vote_top_p,
+                           "checkpoint": ctx.cot_checkpoint.name}
+
+
+def noise_vote_row(ctx: RowContext) -> tuple[dict, dict]:
+    """K noisy COCONUT trajectories per test question, the noise scale chosen on validation, majority vote."""
+    d = ctx.cfg.demo
+    lm = LatentLM.from_pretrained(ctx.coconut_checkpoint)
+    res, record = coconut_noise_vote(lm, ctx.validation, ctx.test, d.num_trajectories, ctx.num_thoughts, ctx.cfg.eval,
+                                     grid=d.noise_grid, seed=ctx.cfg.seed)
+    print0(f"coconut_noise_vote: sigma {record['noise_sigma']} chosen on validation from {record['noise_grid']}")
+    return res.summary(), {**record, "checkpoint": ctx.coconut_checkpoint.name}
+
+
+# Rows beyond no_cot / cot / coconut / navigator: name -> (test summary, details for results.json).
+EXTRA_ROWS: dict[str, Callable[[RowContext], tuple[dict, dict]]] = {
+    "cot_vote": cot_vote_row,
+    "coconut_noise_vote": noise_vote_row,
+}
+
+
+def demo_rows(cfg: RunConfig, with_navigator: bool) -> list[str]:
+    """The rows to compute, in the config's order; --no-navigator drops the navigator rows. A row with no
+    builder is a ConfigError before any training."""
+    rows = [r for r in cfg.demo.rows if with_navigator or not r.startswith("navigator")]
+    missing = [r for r in rows if r not in ("no_cot", "cot", "coconut", "navigator") and r not in EXTRA_ROWS]
+    if missing:
+        raise ConfigError(f"demo row(s) {', '.join(map(repr, missing))} cannot be computed by this version of coconav "
+                          f"(rows it computes: no_cot, cot, coconut, navigator, {', '.join(EXTRA_ROWS)})")
+    return rows
+
+
+def navigator_preset(cfg: RunConfig, config: str | None, navigator: str | None) -> str | None:
+    """--navigator-config, else demo.navigator_config (relative to the demo config's folder), else None."""
+    if navigator is not None or cfg.demo.navigator_config is None:
+        return navigator
+    path = Path(cfg.demo.navigator_config)
+    if not path.is_absolute() and config is not None:
+        path = Path(config).parent / path
+    return str(path)
+
+
 def run(out: str | Path = "runs/demo", seed: int = 0, config: str | None = None, overrides: list[str] | None = None,
         navigator: str | None = None, with_navigator: bool = True) -> dict:
     start = time.perf_counter()
     out = Path(out)
     cfg = demo_config(config, seed, out, list(overrides or []))
+    rows = demo_rows(cfg, with_navigator)
+    navigator = navigator_preset(cfg, config, navigator)
     base_cfg = no_cot_config(cfg, out)
     for run_dir in (cfg.out_dir, base_cfg.out_dir, out / "navigator"):
         train_coconut.check_run_folder(Path(run_dir), resume=False)
     # 1. the no-CoT baseline, 2. the COCONUT run (stage 0 = CoT)
-    print0(f"[1/4] no-CoT baseline -> {base_cfg.out_dir}")
-    base = train_coconut.train(base_cfg)
+    base = None
+    if "no_cot" in rows:
+        print0(f"[1/4] no-CoT baseline -> {base_cfg.out_dir}")
+        base = train_coconut.train(base_cfg)
     print0(f"[2/4] CoT (stage 0) and the COCONUT curriculum -> {cfg.out_dir}")
     coconut = train_coconut.train(cfg)
     final = last_stage_checkpoint(Path(cfg.out_dir))
     # 3. the navigator on top of the final COCONUT checkpoint
     nav = None
-    if with_navigator:
+    if "navigator" in rows:
         nav_cfg = navigator_config(cfg, out, final, navigator)
         print0(f"[3/4] navigator (PPO) on {final} -> {nav_cfg.out_dir}")
         from coconav.recipes import train_navigator
 
         nav = train_navigator.train(nav_cfg)
     # 4. the CoT model is the COCONUT run's stage-0 checkpoint, evaluated on the same test set
-    print0("[4/4] evaluating CoT (stage 0) on the test set")
-    test = load_splits(cfg.data, cfg.seed).test
-    cot = evaluate_checkpoint(Path(cfg.out_dir) / "checkpoints" / "stage-0", cfg, "cot", 0, test)
-    methods = {"no_cot": strip(base["test"]), "cot": cot, "coconut": strip(coconut["test"])}
+    splits = load_splits(cfg.data, cfg.seed)
+    test = splits.test
+    stage0 = Path(cfg.out_dir) / "checkpoints" / "stage-0"
+    computed = {"coconut": strip(coconut["test"])}
+    if base is not None:
+        computed["no_cot"] = strip(base["test"])
+    if "cot" in rows:
+        print0("[4/4] evaluating CoT (stage 0) on the test set")
+        computed["cot"] = evaluate_checkpoint(stage0, cfg, "cot", 0, test)
     results = {"task": cfg.data.task, "seed": seed, "test_size": len(test), "seconds": 0.0,
-               "methods": methods, "num_thoughts": coconut["test"]["num_thoughts"],
+               "methods": {}, "num_thoughts": coconut["test"]["num_thoughts"],
                "stages": coconut["stages"]}
     if nav is not None:
-        methods["navigator"] = {k: v for k, v in nav["navigator"].items() if k != "spearman_steps_thoughts"}
+        computed["navigator"] = {k: v for k, v in nav["navigator"].items() if k != "spearman_steps_thoughts"}
         results["navigator"] = {"spearman_steps_thoughts": nav["navigator"]["spearman_steps_thoughts"],
                                 "no_steering": nav["navigator_no_steering"], "no_memory": nav["navigator_no_memory"],
                                 "coconut_fixed_same_model": nav["coconut_fixed"], "curve": nav["curve"]}
+    extra = [r for r in rows if r in EXTRA_ROWS]
+    if extra:
+        ctx = RowContext(cfg=cfg, out=out, cot_checkpoint=stage0, coconut_checkpoint=final,
+                         num_thoughts=coconut["test"]["num_thoughts"], validation=splits.validation, test=test)
+        results["rows"] = {"num_trajectories": cfg.demo.num_trajectories}
+        for name in extra:
+            print0(f"[+] {name} (K = {cfg.demo.num_trajectories}) on the test set")
+            computed[name], results["rows"][name] = EXTRA_ROWS[name](ctx)
+    methods = {name: computed[name] for name in rows}
+    results["methods"] = methods
     results["seconds"] = time.perf_counter() - start
     results["config"] = train_coconut.to_dict(cfg)
     out.mkdir(parents=True, exist_ok=True)
