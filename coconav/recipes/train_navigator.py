@@ -53,6 +53,8 @@ from coconav.errors import CheckpointError, ConfigError
 from coconav.evaluate import EvalResult, evaluate, evaluate_multi, evaluate_navigator, spearman
 from coconav.fusion import fuse
 from coconav.inference import CoconavModel
+from coconav.data.curriculum import encode_question
+from coconav.model.groups import measure_thought_scale
 from coconav.model.latent_lm import LatentLM
 from coconav.model.navigator import Navigator
 from coconav.ppo import (Advantages, anneal, compute_gae, explained_variance, group_advantages, normalize_advantages,
@@ -371,10 +373,15 @@ def ppo_update(run: NavRun, traj: Trajectories, rewards: torch.Tensor, temperatu
 
 # 6-7. the loop ------------------------------------------------------------------------------------
 
+def global_questions(run: NavRun, update: int) -> list:
+    """The update's global batch of training questions (drawn with the shared seed: the same on every rank)."""
+    rng = random.Random(f"{run.cfg.seed}-rollout-{update}")
+    return [run.splits.train[rng.randrange(len(run.splits.train))] for _ in range(run.cfg.ppo.rollout_batch)]
+
+
 def sample_questions(run: NavRun, update: int) -> list:
     """This rank's slice of the update's global batch (drawn with the shared seed)."""
-    rng = random.Random(f"{run.cfg.seed}-rollout-{update}")
-    batch = [run.splits.train[rng.randrange(len(run.splits.train))] for _ in range(run.cfg.ppo.rollout_batch)]
+    batch = global_questions(run, update)
     rank, world = rank_and_world(run)
     per = len(batch) // world
     return batch[rank * per:(rank + 1) * per]
@@ -432,6 +439,12 @@ def train(cfg: RunConfig, resume: str | None = None) -> dict:
     curve = []
     bar = progress(total=ppo.updates, desc="ppo", enabled=cfg.log.progress)
     bar.update(first)
+    if run.navigator.needs_thought_scale and first < ppo.updates:
+        # steer_scale rms: measured on the first update's global batch, so that every rank holds the same scale
+        # (one process: the questions its first rollout would have measured it on)
+        questions = global_questions(run, first)
+        measure_thought_scale(run.lm, run.navigator,
+                              [encode_question(run.lm.tokenizer, ex.question) + [run.lm.special.bot] for ex in questions])
     for update in range(first, ppo.updates):
         start = time.perf_counter()
         temperature = temperature_at(cfg, update)

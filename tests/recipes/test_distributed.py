@@ -127,6 +127,7 @@ def test_navigator_ppo_on_two_ranks_keeps_identical_navigators_and_splits_the_gl
     if K > 1:  # two trajectories per question, group advantages scaled over the global batch, fused by the scorer
         cfg["ppo"].update(num_trajectories=K, advantage="group", scale_rewards="batch", fusion="scorer")
         cfg["navigator"]["memory_size"] = 64  # room for every trajectory: none is turned away by a full bank
+        cfg["navigator"]["steer_scale"] = "rms"  # measured on the global batch: the same scale on both ranks
     if train_lm:  # the LM's LoRA adapters train too: their gradients are averaged with the navigator's
         cfg["ppo"].update(train_lm=True, beta=0.1, lm_lr=1e-2)
         cfg["model"] = {"lora": {"r": 2, "alpha": 4, "target_modules": ["q_proj", "v_proj"]}}
@@ -144,6 +145,7 @@ def test_navigator_ppo_on_two_ranks_keeps_identical_navigators_and_splits_the_gl
         torch.testing.assert_close(a[name], b[name], atol=0, rtol=0, msg=name)
     assert int(a["bank.count"]) == 3 * cfg["ppo"]["rollout_batch"] * K  # every rank remembered the whole global batch
     # the fusion scorer and the K-selector trained too, identically on both ranks (compared above)
+    assert (float(a["thought_rms"]) > 0) == (K > 1)
     assert float(a["scorer_head.weight"].abs().sum()) > 0 and float(a["selector.3.weight"].abs().sum()) > 0
     # the navigator trained (its steering started at zero) and rank 0 alone wrote the checkpoint
     assert float(a["up.weight"].abs().sum()) > 0
