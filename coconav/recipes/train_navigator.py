@@ -5,9 +5,10 @@ thinking and reads a memory of thoughts; it is trained with PPO (Schulman et al.
 ratio, value head, GAE advantages) on the reward of a correct final answer minus a cost per
 thought. With K trajectories per question (ppo.num_trajectories, TRL's num_generations) the advantage
 may instead be group-relative (ppo.advantage=group, GRPO: a trajectory's return minus its question's
-mean, scaled as ppo.scale_rewards says). The fusion scorer and the K-selector train beside PPO
-(ppo.scorer_coef, ppo.selector_coef) on detached features, with their own gradient clip, so they never
-change the policy or the value head. The LM is frozen by default (ppo.train_lm also trains its LoRA adapters, with a KL
+mean, scaled as ppo.scale_rewards says; the value head then still trains on the reward-to-go, for the
+value-weighted fusion). The fusion scorer and the K-selector train beside PPO (ppo.scorer_coef,
+ppo.selector_coef) on detached features, with their own gradient clip, so they never change the policy
+or the value head. The LM is frozen by default (ppo.train_lm also trains its LoRA adapters, with a KL
 penalty to the frozen reference). Unlike public attempts that subtract a constant reward from a
 supervised loss (no gradient), the policy gradient here flows through the log-probabilities of the
 sampled actions, recomputed by replaying the stored actions through the model; and evaluation runs
@@ -18,8 +19,9 @@ the same latent path that training uses.
 
 Per update: (1) roll out a batch of training questions (sampled actions and answers); (2) rewards;
 (3) old log-probs and values by a no-grad replay; (4) GAE or group advantages; (5) PPO epochs over
-shuffled minibatches with early stop on approx KL (plus the scorer's and selector's losses); (6) write good trajectories to the persistent memory;
-(7) log, evaluate, checkpoint.
+shuffled minibatches with early stop on approx KL (plus the scorer's and selector's losses); (6) write
+good trajectories to the persistent memory; (7) log (group diagnostics: K, agreement, fused vs single
+accuracy), evaluate, checkpoint.
 
 Several processes (torchrun or accelerate launch, DDP through accelerate): ppo.rollout_batch is the
 global batch, drawn with the shared seed; each rank rolls out its own slice of it with its own
@@ -47,13 +49,13 @@ from coconav.checkpoint import TrainState, latest_checkpoint, list_checkpoints, 
 from coconav.common import (DTYPE_NAMES, MetricLogger, print0, progress, seed_everything, set_threads,
                             write_json_atomic)
 from coconav.config import RunConfig, save_config, to_dict
+from coconav.data.curriculum import encode_question
 from coconav.data.splits import load_splits
 from coconav.data.tasks import Splits
 from coconav.errors import CheckpointError, ConfigError
 from coconav.evaluate import EvalResult, evaluate, evaluate_multi, evaluate_navigator, spearman
 from coconav.fusion import fuse
 from coconav.inference import CoconavModel
-from coconav.data.curriculum import encode_question
 from coconav.model.groups import measure_thought_scale
 from coconav.model.latent_lm import LatentLM
 from coconav.model.navigator import Navigator
