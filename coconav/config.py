@@ -312,7 +312,7 @@ class NavigatorConfig:
     temperature_final: float = 1.0
     """Temperature at the last update (annealed by temperature_schedule; evaluation uses the mean action)."""
     temperature_schedule: Literal["linear", "cosine", "exponential"] = "linear"
-    """Annealing shape from temperature to temperature_final (coconav.ppo.anneal; train_navigator: linear for now)."""
+    """Annealing shape from temperature to temperature_final over the PPO updates (coconav.ppo.anneal)."""
     max_trajectories: int = 16
     """Most trajectories per question (K, TRL's num_generations); sizes the trajectory-index embedding."""
     temperature_spread: float = 2.0
@@ -379,6 +379,20 @@ class PPOConfig:
     """Questions per rollout."""
     num_trajectories: int = 1
     """Trajectories per question (K; TRL's num_generations); 1 = single-trajectory multi-step; at most 16."""
+    advantage: Literal["gae", "group"] = "gae"
+    """Advantage estimator: gae = GAE with the value head; group = each trajectory's return minus its
+    question's mean over the K trajectories (GRPO; needs num_trajectories >= 2). With group the value head
+    still trains (vf_coef) on the reward-to-go, as the value-weighted fusion's weights."""
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    """advantage=group: divide by the std of the question's group, of the whole (global) batch, or not at all (TRL's name)."""
+    scorer_coef: float = 1.0
+    """Weight of the fusion scorer's loss (BCE of each trajectory's final score against its correctness). The
+    scorer reads detached trunk features: it never changes the policy or the value head (0 = not trained)."""
+    selector_coef: float = 1.0
+    """Weight of the K-selector's loss (BCE of the question's success logit against the share of its trajectories
+    that were right). It reads the detached question key with its own parameters (0 = not trained)."""
+    fusion: Literal["majority", "value", "scorer"] = "majority"
+    """Fusion rule of the rollout diagnostic rollout/fused_accuracy and of the final multi-trajectory test row."""
     epsilon: float = 0.2
     """Clip range of the probability ratio."""
     gamma: float = 1.0
@@ -398,7 +412,7 @@ class PPOConfig:
     clip_value: float | None = None
     """Clip the value update to this range around the old value (None: no clipping)."""
     norm_adv: bool = True
-    """Normalise advantages per minibatch."""
+    """Normalise GAE advantages per minibatch (group advantages are used as computed, as in TRL)."""
     max_grad_norm: float = 0.5
     """Gradient-norm clip."""
     lr: float = 3e-4
@@ -426,6 +440,11 @@ class PPOConfig:
         _check(self.updates >= 1, f"ppo.updates must be >= 1, got {self.updates}")
         _check(self.rollout_batch >= 1, f"ppo.rollout_batch must be >= 1, got {self.rollout_batch}")
         _check(1 <= self.num_trajectories <= 16, f"ppo.num_trajectories must be in [1, 16], got {self.num_trajectories}")
+        _check(self.advantage != "group" or self.num_trajectories >= 2,
+               f"ppo.advantage='group' compares the K trajectories of a question and needs ppo.num_trajectories >= 2, "
+               f"got {self.num_trajectories}: set ppo.num_trajectories=4 (for example) or ppo.advantage=gae")
+        _check(self.scorer_coef >= 0, f"ppo.scorer_coef must be >= 0, got {self.scorer_coef}")
+        _check(self.selector_coef >= 0, f"ppo.selector_coef must be >= 0, got {self.selector_coef}")
         _check(self.epsilon > 0, f"ppo.epsilon must be > 0 (the clip range, e.g. 0.2), got {self.epsilon}")
         _check(0 <= self.gamma <= 1, f"ppo.gamma must be in [0, 1], got {self.gamma}")
         _check(0 <= self.lam <= 1, f"ppo.lam must be in [0, 1], got {self.lam}")

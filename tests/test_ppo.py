@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from coconav.ppo import compute_gae, explained_variance, group_advantages, masked_mean, normalize_advantages, ppo_loss
+from coconav.ppo import (anneal, compute_gae, explained_variance, group_advantages, masked_mean, normalize_advantages,
+                         ppo_loss)
 
 # -- GAE ------------------------------------------------------------------------------------------
 
@@ -263,3 +264,12 @@ def test_scorer_and_selector_losses_by_hand():
     logits = torch.zeros(5, requires_grad=True)
     selector_loss(logits, torch.tensor([1, 0, 1, 1, 1]), group).backward()
     assert logits.grad is not None and float(logits.grad[2]) < 0  # push the easy question's logit up
+
+
+@pytest.mark.parametrize("start,end", [(1.0, 0.3), (2.0, 0.1), (0.5, 0.5), (0.3, 1.0)])
+def test_anneal_linear_is_the_recipes_old_schedule_bit_for_bit(start, end):
+    # train_navigator's schedule before anneal: start + (end - start) * min(1, update / max(1, updates - 1))
+    for updates in (1, 2, 7, 60):
+        for update in range(updates + 1):
+            frac = update / max(1, updates - 1)
+            assert anneal(start, end, frac) == start + (end - start) * min(1.0, frac), (updates, update)

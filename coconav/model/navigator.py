@@ -14,7 +14,8 @@ It outputs
 - halting: a Bernoulli stop decision (forced continue before min_thoughts, forced stop at max);
 - value: V(state) for the critic;
 - a fusion score per step (the learned scorer: read at a trajectory's last step, it rates the answer
-  it leads to) and, from the question key alone, a success logit (the K-selector's difficulty signal).
+  it leads to; a linear head on the detached trunk features, so its loss trains it alone) and, from
+  the question key alone, a success logit (the K-selector's difficulty signal).
 The trajectory embedding, group read output, scorer and K-selector start at zero: a navigator with
 them untrained (or an older checkpoint without them, see OPTIONAL_KEYS) behaves exactly as before.
 Its parameters are separate from the LM's and saved with the checkpoint.
@@ -210,7 +211,7 @@ class Navigator(nn.Module):
         z = self.features(states, question_keys, trajectory, peers, last_only)
         return NavigatorOutput(mean=self.mean_head(z), std=self.log_std.exp(),
                                halt_logits=self.halt_head(z).squeeze(-1), values=self.value_head(z).squeeze(-1),
-                               scores=self.scorer_head(z).squeeze(-1))
+                               scores=self.scorer_head(z.detach()).squeeze(-1))  # a probe: never shapes the trunk
 
     def success_logits(self, question_keys: torch.Tensor) -> torch.Tensor:
         """The K-selector's difficulty signal: logit that a trajectory answers the question right. [B, D] -> [B]."""

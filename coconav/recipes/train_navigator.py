@@ -3,7 +3,12 @@
 The navigator (coconav/model/navigator.py) steers each continuous thought, decides when to stop
 thinking and reads a memory of thoughts; it is trained with PPO (Schulman et al. 2017: clipped
 ratio, value head, GAE advantages) on the reward of a correct final answer minus a cost per
-thought. The LM is frozen by default (ppo.train_lm also trains its LoRA adapters, with a KL
+thought. With K trajectories per question (ppo.num_trajectories, TRL's num_generations) the advantage
+may instead be group-relative (ppo.advantage=group, GRPO: a trajectory's return minus its question's
+mean, scaled as ppo.scale_rewards says; the value head then still trains on the reward-to-go, for the
+value-weighted fusion). The fusion scorer and the K-selector train beside PPO (ppo.scorer_coef,
+ppo.selector_coef) on detached features, with their own gradient clip, so they never change the policy
+or the value head. The LM is frozen by default (ppo.train_lm also trains its LoRA adapters, with a KL
 penalty to the frozen reference). Unlike public attempts that subtract a constant reward from a
 supervised loss (no gradient), the policy gradient here flows through the log-probabilities of the
 sampled actions, recomputed by replaying the stored actions through the model; and evaluation runs
@@ -13,9 +18,10 @@ the same latent path that training uses.
     coconav train --config configs/gsm8k_llama3_8b_navigator.yaml      # one 40 GB A100
 
 Per update: (1) roll out a batch of training questions (sampled actions and answers); (2) rewards;
-(3) old log-probs and values by a no-grad replay; (4) GAE advantages; (5) PPO epochs over shuffled
-minibatches with early stop on approx KL; (6) write good trajectories to the persistent memory;
-(7) log, evaluate, checkpoint.
+(3) old log-probs and values by a no-grad replay; (4) GAE or group advantages; (5) PPO epochs over
+shuffled minibatches with early stop on approx KL (plus the scorer's and selector's losses); (6) write
+good trajectories to the persistent memory; (7) log (group diagnostics: K, agreement, fused vs single
+accuracy), evaluate, checkpoint.
 
 Several processes (torchrun or accelerate launch, DDP through accelerate): ppo.rollout_batch is the
 global batch, drawn with the shared seed; each rank rolls out its own slice of it with its own
@@ -43,14 +49,18 @@ from coconav.checkpoint import TrainState, latest_checkpoint, list_checkpoints, 
 from coconav.common import (DTYPE_NAMES, MetricLogger, print0, progress, seed_everything, set_threads,
                             write_json_atomic)
 from coconav.config import RunConfig, save_config, to_dict
+from coconav.data.curriculum import encode_question
 from coconav.data.splits import load_splits
 from coconav.data.tasks import Splits
 from coconav.errors import CheckpointError, ConfigError
-from coconav.evaluate import EvalResult, evaluate, evaluate_navigator, spearman
+from coconav.evaluate import EvalResult, evaluate, evaluate_multi, evaluate_navigator, spearman
+from coconav.fusion import fuse
 from coconav.inference import CoconavModel
+from coconav.model.groups import measure_thought_scale
 from coconav.model.latent_lm import LatentLM
 from coconav.model.navigator import Navigator
-from coconav.ppo import compute_gae, explained_variance, normalize_advantages, ppo_loss
+from coconav.ppo import (Advantages, anneal, compute_gae, explained_variance, group_advantages, normalize_advantages,
+                         ppo_loss, scorer_loss, selector_loss)
 from coconav.rewards import correctness, format_ok, step_rewards
 from coconav.rollout import Replay, Trajectories, replay, roll_out
 
@@ -80,12 +90,15 @@ class PolicyReplay(torch.nn.Module):
         super().__init__()
         self.lm, self.navigator = lm, navigator
 
-    def forward(self, traj: Trajectories, idx: torch.Tensor, temperature: float, answer_in_policy: bool) -> Replay:
+    def forward(self, traj: Trajectories, idx: torch.Tensor, temperature: float, answer_in_policy: bool,
+                train_scorer: bool = False, train_selector: bool = False) -> Replay:
         rep = replay(self.lm, self.navigator, traj, idx, temperature, answer_in_policy)
-        # The fusion scorer and K-selector heads are not trained by this loss: outputs left in the graph
-        # but out of the loss would make DDP wait for their gradients forever.
-        rep.final_scores = None if rep.final_scores is None else rep.final_scores.detach()
-        rep.success_logits = None if rep.success_logits is None else rep.success_logits.detach()
+        # A head whose loss is off is detached: an output left in the graph but out of the loss would make
+        # DDP wait for its gradients forever.
+        if not train_scorer and rep.final_scores is not None:
+            rep.final_scores = rep.final_scores.detach()
+        if not train_selector and rep.success_logits is not None:
+            rep.success_logits = rep.success_logits.detach()
         return rep
 
 
@@ -234,10 +247,30 @@ def reference_policy(run: NavRun):
 
 
 def temperature_at(cfg: RunConfig, update: int) -> float:
-    """Linear annealing of the exploration temperature over the updates."""
+    """The exploration temperature at `update`: navigator.temperature at the first update, temperature_final
+    at the last, shaped by navigator.temperature_schedule (linear by default)."""
     nav = cfg.navigator
-    frac = update / max(1, cfg.ppo.updates - 1)
-    return nav.temperature + (nav.temperature_final - nav.temperature) * min(1.0, frac)
+    return anneal(nav.temperature, nav.temperature_final, update / max(1, cfg.ppo.updates - 1), nav.temperature_schedule)
+
+
+def head_parameters(navigator: Navigator) -> list[torch.nn.Parameter]:
+    """The fusion scorer's and K-selector's parameters (trained by their own losses, clipped apart)."""
+    return [*navigator.scorer_head.parameters(), *navigator.selector.parameters()]
+
+
+def advantages_for(run: NavRun, traj: Trajectories, rewards: torch.Tensor, old_values: torch.Tensor,
+                   valid: torch.Tensor) -> Advantages:
+    """GAE (ppo.advantage=gae), or group-relative advantages with the value head's targets the reward-to-go
+    (GAE with lambda 1). scale_rewards=batch divides by the std over the global batch (all ranks)."""
+    ppo = run.cfg.ppo
+    if ppo.advantage == "gae":
+        return compute_gae(rewards, old_values, valid, ppo.gamma, ppo.lam)
+    returns = rewards.sum(1)
+    scale = "none" if ppo.scale_rewards == "batch" else ppo.scale_rewards
+    adv = group_advantages(returns, traj.group.to(returns.device), valid, scale).advantages
+    if ppo.scale_rewards == "batch":
+        adv = adv / (gather_global(run, returns.float()).std(unbiased=False) + 1e-4)
+    return Advantages(advantages=adv, returns=compute_gae(rewards, old_values, valid, ppo.gamma, 1.0).returns)
 
 
 # 3-5. one PPO update ----------------------------------------------------------------------------
@@ -257,8 +290,10 @@ def reference_kl(ref_logprobs: torch.Tensor, answer_logprobs: torch.Tensor) -> t
     return (log_ratio.exp() - log_ratio - 1).mean()
 
 
-def ppo_update(run: NavRun, traj: Trajectories, rewards: torch.Tensor, temperature: float, update: int) -> dict:
-    """Old log-probs by replay, GAE, then epochs of clipped updates over shuffled minibatches."""
+def ppo_update(run: NavRun, traj: Trajectories, rewards: torch.Tensor, temperature: float, update: int,
+               correct: torch.Tensor | None = None) -> dict:
+    """Old log-probs by replay, advantages (GAE or group), then epochs of clipped updates over shuffled minibatches
+    (with the fusion scorer's and K-selector's losses when their coefficients are > 0)."""
     cfg, ppo = run.cfg, run.cfg.ppo
     B, device = len(traj), run.lm.device
     run.lm.eval()  # no dropout: replays must reproduce the rollout's distribution (first ratios exactly 1)
@@ -273,10 +308,16 @@ def ppo_update(run: NavRun, traj: Trajectories, rewards: torch.Tensor, temperatu
             rep = replay(run.lm, run.navigator, traj, mb, temperature, ppo.answer_in_policy)
             old_logprobs[mb.to(device)], old_values[mb.to(device)], valid[mb.to(device)] = rep.logprobs, rep.values, rep.masks.valid
     # 4. advantages
-    adv = compute_gae(rewards.to(device), old_values, valid, ppo.gamma, ppo.lam)
+    adv = advantages_for(run, traj, rewards.to(device), old_values, valid)
+    correct = (correctness(traj.texts, traj.examples) if correct is None else correct).to(device)  # [B], 0/1
+    group = traj.group.to(device)
+    train_scorer, train_selector = ppo.scorer_coef > 0, ppo.selector_coef > 0
     stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac",
-                                                     "ratio_first", "kl_ref")}
-    params = [p for group in run.optimizer.param_groups for p in group["params"]]
+                                                     "ratio_first", "kl_ref", "scorer_loss", "selector_loss")}
+    heads = {id(p) for p in head_parameters(run.navigator)}
+    # the policy's (and value head's) gradient clip ignores the heads: their losses cannot rescale its step
+    params = [p for g_ in run.optimizer.param_groups for p in g_["params"] if id(p) not in heads]
+    head_params = [p for g_ in run.optimizer.param_groups for p in g_["params"] if id(p) in heads]
     epochs_done = 0
     # 5. PPO epochs
     for epoch in range(ppo.ppo_epochs):
@@ -286,9 +327,9 @@ def ppo_update(run: NavRun, traj: Trajectories, rewards: torch.Tensor, temperatu
         for i, mb in enumerate(minibatches):
             mbd = mb.to(device)
             ref = reference_logprobs(run, traj, mb, temperature) if ppo.train_lm and ppo.beta > 0 else None
-            rep = run.policy(traj, mb, temperature, ppo.answer_in_policy)
+            rep = run.policy(traj, mb, temperature, ppo.answer_in_policy, train_scorer, train_selector)
             advantages = adv.advantages[mbd]
-            if ppo.norm_adv:
+            if ppo.norm_adv and ppo.advantage == "gae":
                 advantages = normalize_advantages(advantages, valid[mbd])
             out = ppo_loss(rep.logprobs, old_logprobs[mbd], advantages, rep.values, old_values[mbd], adv.returns[mbd],
                            rep.entropy, valid[mbd], ppo.epsilon, ppo.vf_coef, ppo.ent_coef, ppo.clip_value)
@@ -297,9 +338,21 @@ def ppo_update(run: NavRun, traj: Trajectories, rewards: torch.Tensor, temperatu
                 kl = reference_kl(ref, rep.answer_logprobs)
                 loss = loss + ppo.beta * kl
                 stats["kl_ref"].append(float(kl.detach()))
+            if rep.final_scores is not None:
+                s_loss = scorer_loss(rep.final_scores, correct[mbd])
+                stats["scorer_loss"].append(float(s_loss.detach()))
+                if train_scorer:
+                    loss = loss + ppo.scorer_coef * s_loss
+            if rep.success_logits is not None:
+                k_loss = selector_loss(rep.success_logits, correct[mbd], group[mbd])
+                stats["selector_loss"].append(float(k_loss.detach()))
+                if train_selector:
+                    loss = loss + ppo.selector_coef * k_loss
             run.optimizer.zero_grad(set_to_none=True)
             run.accelerator.backward(loss)  # DDP averages the gradients over the ranks here
             run.accelerator.clip_grad_norm_(params, ppo.max_grad_norm)
+            if head_params and (train_scorer or train_selector):
+                run.accelerator.clip_grad_norm_(head_params, ppo.max_grad_norm)
             run.optimizer.step()
             if epoch == 0 and i == 0:
                 stats["ratio_first"].append(float(out.ratio_mean))
@@ -312,6 +365,9 @@ def ppo_update(run: NavRun, traj: Trajectories, rewards: torch.Tensor, temperatu
         if stop:
             break
     summary = {f"ppo/{k}": sum(v) / len(v) for k, v in stats.items() if v}
+    for key in ("ppo/scorer_loss", "ppo/selector_loss"):  # each rank saw its own slice: the global batch's mean
+        if key in summary:
+            summary[key] = mean_over_ranks(run, torch.tensor(summary[key]))
     summary["ppo/explained_variance"] = explained_variance(old_values, adv.returns, valid)
     summary["ppo/epochs"] = epochs_done
     return summary
@@ -319,10 +375,15 @@ def ppo_update(run: NavRun, traj: Trajectories, rewards: torch.Tensor, temperatu
 
 # 6-7. the loop ------------------------------------------------------------------------------------
 
+def global_questions(run: NavRun, update: int) -> list:
+    """The update's global batch of training questions (drawn with the shared seed: the same on every rank)."""
+    rng = random.Random(f"{run.cfg.seed}-rollout-{update}")
+    return [run.splits.train[rng.randrange(len(run.splits.train))] for _ in range(run.cfg.ppo.rollout_batch)]
+
+
 def sample_questions(run: NavRun, update: int) -> list:
     """This rank's slice of the update's global batch (drawn with the shared seed)."""
-    rng = random.Random(f"{run.cfg.seed}-rollout-{update}")
-    batch = [run.splits.train[rng.randrange(len(run.splits.train))] for _ in range(run.cfg.ppo.rollout_batch)]
+    batch = global_questions(run, update)
     rank, world = rank_and_world(run)
     per = len(batch) // world
     return batch[rank * per:(rank + 1) * per]
@@ -339,6 +400,40 @@ def rollout_seed(run: NavRun, update: int) -> int:
     return (run.cfg.seed * 1_000_003 + update) * world + rank
 
 
+def fusion_weights(traj: Trajectories, rule: str) -> torch.Tensor:
+    """Each trajectory's vote score for `rule`: ones (majority), final value (value), final scorer logit (scorer)."""
+    if rule == "value":
+        return traj.final_values.cpu()
+    if rule == "scorer":
+        return traj.final_scores.cpu()
+    return torch.ones(len(traj))
+
+
+def group_diagnostics(run: NavRun, traj: Trajectories, correct: torch.Tensor) -> dict[str, float]:
+    """Per-question rollout diagnostics over the global batch: K (mean, share of each value), agreement with the
+    fused answer, and the accuracy of the fused answer (ppo.fusion), of trajectory 0 and of any trajectory."""
+    correct = correct.float().cpu()
+    group = traj.group.cpu()
+    Q = int(group.max()) + 1 if len(group) else 0
+    fused = fuse(traj.texts, fusion_weights(traj, run.cfg.ppo.fusion), [ex.answer_type for ex in traj.examples],
+                 run.cfg.ppo.fusion, group)
+    first = traj.trajectory.cpu() == 0 if traj.trajectory is not None else torch.ones(len(group), dtype=torch.bool)
+    per_question = torch.stack([
+        traj.counts.cpu().float(),                                            # K
+        fused.agreement.float(),                                              # share agreeing with the fused answer
+        correct[fused.winner],                                                # fused answer right
+        torch.zeros(Q).index_add_(0, group, correct).gt(0).float(),           # any trajectory right
+        correct[first],                                                       # trajectory 0 right
+    ], dim=1)
+    k, agreement, fused_right, any_right, first_right = gather_global(run, per_question).unbind(1)
+    out = {"rollout/k_mean": float(k.mean()), "rollout/agreement": float(agreement.mean()),
+           "rollout/fused_accuracy": float(fused_right.mean()), "rollout/best_single_accuracy": float(any_right.mean()),
+           "rollout/single_accuracy": float(first_right.mean())}
+    for value in sorted({int(v) for v in k.tolist()}):
+        out[f"rollout/k_share/{value}"] = float((k == value).float().mean())
+    return out
+
+
 def train(cfg: RunConfig, resume: str | None = None) -> dict:
     """PPO updates, periodic validation, checkpoints, then the final test evaluation."""
     run, first = build(cfg, resume)
@@ -346,6 +441,12 @@ def train(cfg: RunConfig, resume: str | None = None) -> dict:
     curve = []
     bar = progress(total=ppo.updates, desc="ppo", enabled=cfg.log.progress)
     bar.update(first)
+    if run.navigator.needs_thought_scale and first < ppo.updates:
+        # steer_scale rms: measured on the first update's global batch, so that every rank holds the same scale
+        # (one process: the questions its first rollout would have measured it on)
+        questions = global_questions(run, first)
+        measure_thought_scale(run.lm, run.navigator,
+                              [encode_question(run.lm.tokenizer, ex.question) + [run.lm.special.bot] for ex in questions])
     for update in range(first, ppo.updates):
         start = time.perf_counter()
         temperature = temperature_at(cfg, update)
@@ -364,7 +465,8 @@ def train(cfg: RunConfig, resume: str | None = None) -> dict:
         returns = rewards.sum(1)
         # 3-5. PPO
         run.navigator.train()
-        stats = ppo_update(run, traj, rewards, temperature, update)
+        stats = ppo_update(run, traj, rewards, temperature, update, correct)
+        groups = group_diagnostics(run, traj, correct)  # before `correct` is gathered: per-rank groups
         # 6. memory: written after the update, so the replays above saw the bank the rollout saw; every
         # rank writes the whole global batch, so the banks stay identical
         keys, means = gather_global(run, traj.question_keys), gather_global(run, traj.thought_means)
@@ -380,7 +482,7 @@ def train(cfg: RunConfig, resume: str | None = None) -> dict:
                    "navigator/steer_norm": float(run.navigator.up.weight.detach().norm()),
                    "navigator/action_std": float(run.navigator.log_std.detach().exp().mean()),
                    "time/steps_per_second": float((traj.num_thoughts + 1).sum()) / max(rollout_seconds, 1e-9),
-                   "time/update_seconds": seconds, **stats}
+                   "time/update_seconds": seconds, **groups, **stats}
         if run.navigator.bank is not None:
             metrics["memory/entries"] = run.navigator.bank.filled
         run.logger.log(metrics, update + 1)
@@ -412,7 +514,8 @@ def validate(run: NavRun, update: int) -> EvalResult:
 
 
 def final_evaluation(run: NavRun, curve: list[dict]) -> dict:
-    """Test accuracy of the navigator, of its ablations (steering off, memory off) and of fixed-count COCONUT."""
+    """Test accuracy of the navigator (K = 1), of its ablations (steering off, memory off), of fixed-count COCONUT
+    and, for a run with ppo.num_trajectories > 1, of its K trajectories fused by ppo.fusion (navigator_multi)."""
     cfg, test = run.cfg, run.splits.test
     results: dict = {"curve": curve, "base_thoughts": run.base_thoughts}
     if not test:
@@ -424,6 +527,9 @@ def final_evaluation(run: NavRun, curve: list[dict]) -> dict:
                                                   episodic_memory=False, seed=cfg.seed),
         "coconut_fixed": evaluate(run.lm, test, "coconut", run.base_thoughts, cfg.eval, seed=cfg.seed),
     }
+    if cfg.ppo.num_trajectories > 1:  # the K trajectories it was trained with, fused (beside K = 1 above)
+        rows["navigator_multi"] = evaluate_multi(run.lm, run.navigator, test, cfg.eval, cfg.ppo.num_trajectories,
+                                                 cfg.ppo.fusion, seed=cfg.seed)
     for name, res in rows.items():
         results[name] = res.summary()
     nav = rows["navigator"]

@@ -115,14 +115,19 @@ def test_fsdp_run_equals_ddp_and_its_checkpoint_reloads_and_evaluates_in_one_pro
     assert_same(weights(resumed), weights(ddp_run))
 
 
-@pytest.mark.parametrize("train_lm", [False, True])
-def test_navigator_ppo_on_two_ranks_keeps_identical_navigators_and_splits_the_global_batch(tiny_run, tmp_path, train_lm):
+@pytest.mark.parametrize("variant", ["navigator", "train_lm", "multi"])
+def test_navigator_ppo_on_two_ranks_keeps_identical_navigators_and_splits_the_global_batch(tiny_run, tmp_path, variant):
     import yaml
 
     from tests.recipes.test_train_navigator import nav_config
 
     out = tmp_path / "nav"
+    train_lm, K = variant == "train_lm", 2 if variant == "multi" else 1
     cfg = nav_config(tiny_run, out, updates=3, eval_every=3, target_kl=0.01)  # the KL early stop must agree too
+    if K > 1:  # two trajectories per question, group advantages scaled over the global batch, fused by the scorer
+        cfg["ppo"].update(num_trajectories=K, advantage="group", scale_rewards="batch", fusion="scorer")
+        cfg["navigator"]["memory_size"] = 64  # room for every trajectory: none is turned away by a full bank
+        cfg["navigator"]["steer_scale"] = "rms"  # measured on the global batch: the same scale on both ranks
     if train_lm:  # the LM's LoRA adapters train too: their gradients are averaged with the navigator's
         cfg["ppo"].update(train_lm=True, beta=0.1, lm_lr=1e-2)
         cfg["model"] = {"lora": {"r": 2, "alpha": 4, "target_modules": ["q_proj", "v_proj"]}}
@@ -138,7 +143,10 @@ def test_navigator_ppo_on_two_ranks_keeps_identical_navigators_and_splits_the_gl
     assert any(k.startswith("lm.") and "lora_" in k for k in a) == train_lm
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=0, rtol=0, msg=name)
-    assert int(a["bank.count"]) == 3 * cfg["ppo"]["rollout_batch"]  # every rank remembered the whole global batch
+    assert int(a["bank.count"]) == 3 * cfg["ppo"]["rollout_batch"] * K  # every rank remembered the whole global batch
+    # the fusion scorer and the K-selector trained too, identically on both ranks (compared above)
+    assert (float(a["thought_rms"]) > 0) == (K > 1)
+    assert float(a["scorer_head.weight"].abs().sum()) > 0 and float(a["selector.3.weight"].abs().sum()) > 0
     # the navigator trained (its steering started at zero) and rank 0 alone wrote the checkpoint
     assert float(a["up.weight"].abs().sum()) > 0
     saved = load_file(out / "checkpoints" / "last" / "navigator.safetensors")
@@ -148,3 +156,8 @@ def test_navigator_ppo_on_two_ranks_keeps_identical_navigators_and_splits_the_gl
     q1 = json.loads((out / "questions-rank-1.json").read_text())
     assert len(q0) == len(q1) == 3 and all(len(x) == len(y) == cfg["ppo"]["rollout_batch"] // 2 for x, y in zip(q0, q1))
     assert q0 != q1
+    if K > 1:
+        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        logged = [r for r in records if "rollout/k_mean" in r]
+        assert len(logged) == 3 and all(r["rollout/k_mean"] == K and "ppo/selector_loss" in r for r in logged)
+        assert json.loads((out / "results.json").read_text())["navigator_multi"]["mean_trajectories"] == K

@@ -154,6 +154,12 @@ BAD = {
     "epsilon": (["ppo.epsilon=-1"], "ppo.epsilon must be > 0 (the clip range, e.g. 0.2), got -1.0"),
     "max_thoughts": (["navigator.max_thoughts=0"], "navigator.max_thoughts must be >= 1, got 0"),
     "num_trajectories": (["ppo.num_trajectories=17"], "ppo.num_trajectories must be in [1, 16], got 17"),
+    "group_needs_k": (["ppo.advantage=group"],
+                      "ppo.advantage='group' compares the K trajectories of a question and needs ppo.num_trajectories "
+                      ">= 2, got 1: set ppo.num_trajectories=4 (for example) or ppo.advantage=gae"),
+    "scale_rewards": (["ppo.scale_rewards=std"], "ppo.scale_rewards: 'std' is not one of 'group' | 'batch' | 'none'"),
+    "scorer_coef": (["ppo.scorer_coef=-1"], "ppo.scorer_coef must be >= 0, got -1.0"),
+    "selector_coef": (["ppo.selector_coef=-0.5"], "ppo.selector_coef must be >= 0, got -0.5"),
     "min_above_max": (["navigator.min_thoughts=5", "navigator.max_thoughts=2"],
                       "navigator.min_thoughts must be in [0, max_thoughts=2], got 5"),
 }
@@ -376,3 +382,170 @@ def test_navigator_keeps_the_checkpoint_dtype(bf16_coconut, tmp_path):
     stats = train_navigator.ppo_update(run, traj, rewards, temperature=1.0, update=0)
     assert math.isfinite(stats["ppo/policy_loss"])
     run.logger.close()
+
+
+# -- several trajectories per question: group advantages, annealing, scorer and K-selector ---------------
+
+
+def multi_run(tiny_run: Path, out: Path, **ppo):
+    cfg = from_dict(RunConfig, nav_config(tiny_run, out, **ppo))
+    run, _ = train_navigator.build(cfg, resume=None)
+    return run
+
+
+def spy_on_ppo_loss_inputs(monkeypatch) -> list[dict[str, torch.Tensor]]:
+    """Record the advantages, value targets and mask of every ppo_loss call the recipe makes."""
+    calls = []
+    real_loss = train_navigator.ppo_loss
+
+    def spy(new, old, advantages, new_values, old_values, returns, entropy, mask, *args, **kwargs):
+        calls.append({"advantages": advantages.detach().clone(), "returns": returns.detach().clone(),
+                      "mask": mask.clone()})
+        return real_loss(new, old, advantages, new_values, old_values, returns, entropy, mask, *args, **kwargs)
+
+    monkeypatch.setattr(train_navigator, "ppo_loss", spy)
+    return calls
+
+
+@pytest.mark.parametrize("scale", ["none", "group"])
+def test_group_advantages_through_the_recipe_equal_hand_derived_numbers(tiny_run, tmp_path, monkeypatch, scale):
+    run = multi_run(tiny_run, tmp_path / "nav", num_trajectories=2, advantage="group", scale_rewards=scale,
+                    num_minibatches=1, ppo_epochs=1)
+    gen = torch.Generator().manual_seed(0)
+    traj = roll_out(run.lm, run.navigator, run.splits.train[:4], num_trajectories=2, sample=True, max_new_tokens=6,
+                    generator=gen)
+    assert traj.group.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    T = run.cfg.navigator.max_thoughts + 1
+    # hand-made returns, paid at each trajectory's last step: groups [1, 0], [1, 1], [0, 0], [.5, -.5]
+    returns = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.5, -0.5])
+    rewards = torch.zeros(8, T)
+    rewards[torch.arange(8), traj.num_thoughts] = returns
+    # group means .5, 1, 0, 0; population stds .5, 0, 0, .5 -> centred [.5, -.5, 0, 0, 0, 0, .5, -.5]
+    centred = torch.tensor([0.5, -0.5, 0.0, 0.0, 0.0, 0.0, 0.5, -0.5])
+    expected = centred / (0.5 + 1e-4) if scale == "group" else centred  # groups that agree stay 0 (eps 1e-4)
+    calls = spy_on_ppo_loss_inputs(monkeypatch)
+    run.navigator.train()
+    train_navigator.ppo_update(run, traj, rewards, 1.0, update=0)
+    assert len(calls) == 1
+    mb = torch.randperm(8, generator=torch.Generator().manual_seed(run.cfg.seed * 100_003))  # the recipe's minibatch
+    valid = calls[0]["mask"].float()
+    assert torch.equal(valid.sum(1), (traj.num_thoughts[mb] + 1).float())
+    # every real step of a trajectory gets its group-relative advantage, unnormalised (norm_adv is for GAE)
+    torch.testing.assert_close(calls[0]["advantages"], expected[mb][:, None] * valid, atol=1e-6, rtol=0)
+    # the value head's targets are the reward-to-go: the trajectory's return at every real step here
+    torch.testing.assert_close(calls[0]["returns"], returns[mb][:, None] * valid)
+    run.logger.close()
+
+
+def test_gae_is_still_the_default_advantage(tiny_run, tmp_path, monkeypatch):
+    run = multi_run(tiny_run, tmp_path / "nav", num_trajectories=2, num_minibatches=1, ppo_epochs=1, norm_adv=False)
+    assert run.cfg.ppo.advantage == "gae"
+    gen = torch.Generator().manual_seed(0)
+    traj = roll_out(run.lm, run.navigator, run.splits.train[:4], num_trajectories=2, sample=True, max_new_tokens=6,
+                    generator=gen)
+    rewards = torch.zeros(8, run.cfg.navigator.max_thoughts + 1)
+    rewards[torch.arange(8), traj.num_thoughts] = 1.0  # every trajectory right: group advantages would be all 0
+    calls = spy_on_ppo_loss_inputs(monkeypatch)
+    run.navigator.train()
+    train_navigator.ppo_update(run, traj, rewards, 1.0, update=0)
+    assert bool((calls[0]["advantages"].abs() > 0).any())  # return 1 minus the (untrained) value estimates
+    run.logger.close()
+
+
+def test_temperature_schedule_defaults_to_the_old_linear_one_bit_for_bit():
+    def old(cfg, update):  # the recipe's schedule before navigator.temperature_schedule existed
+        nav = cfg.navigator
+        frac = update / max(1, cfg.ppo.updates - 1)
+        return nav.temperature + (nav.temperature_final - nav.temperature) * min(1.0, frac)
+
+    demo = from_dict(RunConfig, yaml.safe_load((REPO / "coconav" / "recipes" / "demo_navigator.yaml").read_text()))
+    assert demo.navigator.temperature_schedule == "linear" and demo.navigator.temperature_final == 0.3
+    for cfg in (demo, from_dict(RunConfig, {"init_from": "x", "navigator": {"temperature": 2.0, "temperature_final": 0.1},
+                                            "ppo": {"updates": 7}})):
+        for update in range(cfg.ppo.updates + 2):
+            assert train_navigator.temperature_at(cfg, update) == old(cfg, update), update
+    cosine = from_dict(RunConfig, {"init_from": "x", "ppo": {"updates": 5}, "navigator": {
+        "temperature": 1.0, "temperature_final": 0.2, "temperature_schedule": "cosine"}})
+    temps = [train_navigator.temperature_at(cosine, u) for u in range(5)]
+    assert temps[0] == 1.0 and temps[-1] == pytest.approx(0.2) and temps[1] > old(cosine, 1)  # slow start
+
+
+def head_names(run) -> set[str]:
+    return {n for n, _ in run.navigator.named_parameters() if n.startswith(("scorer_head.", "selector."))}
+
+
+def test_scorer_and_selector_train_without_changing_the_policy(nav_run):
+    """The demo's setting (K = 1): one seeded update with the scorer and selector losses on gives bit-identical
+    policy and value parameters to one with them off; only their heads differ."""
+    run = nav_run
+    assert run.cfg.ppo.scorer_coef > 0 and run.cfg.ppo.selector_coef > 0  # on by default
+    traj, rewards = rollout_with_mixed_rewards(run)
+    correct = torch.tensor([1.0, 0.0] * 4)
+    state = {k: v.clone() for k, v in run.navigator.state_dict().items()}
+    opt_state = run.optimizer.state_dict()
+    run.navigator.train()
+    on = train_navigator.ppo_update(run, traj, rewards, 1.0, update=0, correct=correct)
+    with_heads = {n: p.detach().clone() for n, p in run.navigator.named_parameters()}
+    run.navigator.load_state_dict(state)
+    run.optimizer.load_state_dict(opt_state)
+    run.optimizer.state.clear()
+    run.cfg.ppo.scorer_coef = run.cfg.ppo.selector_coef = 0.0
+    off = train_navigator.ppo_update(run, traj, rewards, 1.0, update=0, correct=correct)
+    heads = head_names(run)
+    for n, p in run.navigator.named_parameters():
+        if n in heads:
+            assert torch.equal(p, state[n]), n  # off: untouched
+        else:
+            assert torch.equal(p, with_heads[n]), n  # the policy, value head and trunk: bit-identical
+    assert any(not torch.equal(with_heads[n], state[n]) for n in heads)
+    for key in ("ppo/policy_loss", "ppo/value_loss", "ppo/approx_kl", "ppo/clipfrac"):
+        assert on[key] == off[key], key
+    assert "ppo/scorer_loss" in on and "ppo/selector_loss" in on
+
+
+def test_scorer_and_selector_losses_decrease_over_updates(tiny_run, tmp_path):
+    run = multi_run(tiny_run, tmp_path / "nav", num_trajectories=2, advantage="group", lr=3e-2)
+    gen = torch.Generator().manual_seed(0)
+    traj = roll_out(run.lm, run.navigator, run.splits.train[:4], num_trajectories=2, sample=True, max_new_tokens=6,
+                    generator=gen)
+    correct = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0])
+    rewards = torch.zeros(8, run.cfg.navigator.max_thoughts + 1)
+    rewards[torch.arange(8), traj.num_thoughts] = correct
+    run.navigator.train()
+    history = [train_navigator.ppo_update(run, traj, rewards, 1.0, update=u, correct=correct) for u in range(6)]
+    scorer = [h["ppo/scorer_loss"] for h in history]
+    selector = [h["ppo/selector_loss"] for h in history]
+    assert scorer[-1] < scorer[0] - 0.02 and selector[-1] < selector[0] - 0.02, (scorer, selector)
+    run.logger.close()
+
+
+def test_multi_trajectory_recipe_end_to_end(cli, tiny_run, tmp_path):
+    cfg, out = write_config(tiny_run, tmp_path, ppo_epochs=1, num_trajectories=2, advantage="group", fusion="value")
+    res = cli("train", "--config", cfg)
+    assert res.rc == 0, res.err
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    ppo_records = [r for r in records if "ppo/policy_loss" in r]
+    assert len(ppo_records) == 2
+    for r in ppo_records:
+        assert r["rollout/k_mean"] == 2 and r["rollout/k_share/2"] == 1.0
+        assert 0.5 <= r["rollout/agreement"] <= 1.0
+        assert r["rollout/single_accuracy"] <= r["rollout/best_single_accuracy"]
+        assert r["rollout/fused_accuracy"] <= r["rollout/best_single_accuracy"]
+        for key in ("ppo/scorer_loss", "ppo/selector_loss", "ppo/approx_kl", "ppo/clipfrac"):
+            assert math.isfinite(r[key]), key
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    multi = results["navigator_multi"]
+    assert multi["num_trajectories"] == 2 and multi["fusion"] == "value" and multi["mean_trajectories"] == 2
+    assert multi["num_questions"] == results["navigator"]["num_questions"] == 4
+    assert "mean_forward_passes" in multi and "accuracy_coverage" in multi
+    assert results["navigator"]["mean_thoughts"] <= 4  # the K = 1 row beside it
+
+
+def test_single_trajectory_run_logs_group_diagnostics_and_no_multi_row(cli, tiny_run, tmp_path):
+    cfg, out = write_config(tiny_run, tmp_path, ppo_epochs=1, updates=1)
+    assert cli("train", "--config", cfg).rc == 0
+    (r,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "ppo/policy_loss" in line]
+    assert r["rollout/k_mean"] == 1 and r["rollout/agreement"] == 1.0
+    assert r["rollout/fused_accuracy"] == r["rollout/single_accuracy"] == r["rollout/best_single_accuracy"] \
+        == r["rollout/accuracy"]
+    assert "navigator_multi" not in json.loads((out / "results.json").read_text())
