@@ -505,6 +505,9 @@ class DemoConfig:
     navigator_config: str | None = None
     """Navigator preset for the navigator rows; a relative path is read from the demo config's folder.
     None: the built-in demo_navigator.yaml. `coconav demo --navigator-config` overrides it."""
+    navigator_multi_config: str | None = None
+    """Navigator preset of the navigator_multi row (ppo.num_trajectories > 1; a relative path is read from the
+    demo config's folder). Needed when rows include 'navigator_multi'."""
 
     def __post_init__(self) -> None:
         unknown = [r for r in self.rows if r not in DEMO_ROWS]
@@ -514,6 +517,9 @@ class DemoConfig:
         _check(self.num_trajectories >= 1, f"demo.num_trajectories must be >= 1, got {self.num_trajectories}")
         _check(self.cot_vote_temperature > 0, f"demo.cot_vote_temperature must be > 0, got {self.cot_vote_temperature}")
         _check(0 < self.cot_vote_top_p <= 1, f"demo.cot_vote_top_p must be in (0, 1], got {self.cot_vote_top_p}")
+        _check("navigator_multi" not in self.rows or self.navigator_multi_config is not None,
+               "demo.rows includes 'navigator_multi': set demo.navigator_multi_config to its navigator preset "
+               "(e.g. configs/demo_hard_navigator_multi.yaml)")
         _check(bool(self.noise_grid), "demo.noise_grid must hold at least one sigma")
         _check(all(s >= 0 for s in self.noise_grid), f"demo.noise_grid: every sigma must be >= 0, got {self.noise_grid}")
 

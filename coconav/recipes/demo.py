@@ -63,10 +63,11 @@ def no_cot_config(cfg: RunConfig, out: Path) -> RunConfig:
     return from_dict(RunConfig, data)
 
 
-def navigator_config(cfg: RunConfig, out: Path, coconut_final: Path, navigator: str | None) -> RunConfig:
-    """The navigator run on top of the COCONUT run: same data, seed and evaluation settings."""
+def navigator_config(cfg: RunConfig, out: Path, coconut_final: Path, navigator: str | None,
+                     name: str = "navigator") -> RunConfig:
+    """The navigator run (folder out/name) on top of the COCONUT run: same data, seed and evaluation settings."""
     data = read_yaml(navigator or NAVIGATOR_PRESET)
-    data = apply_overrides(data, [f"seed={cfg.seed}", f"out_dir={out / 'navigator'}", f"init_from={coconut_final}",
+    data = apply_overrides(data, [f"seed={cfg.seed}", f"out_dir={out / name}", f"init_from={coconut_final}",
                                   f"threads={cfg.threads}"])
     data["data"] = train_coconut.to_dict(cfg)["data"]
     data["log"] = train_coconut.to_dict(cfg)["log"]
@@ -104,6 +105,7 @@ class RowContext:
     num_thoughts: int
     validation: list[Example]
     test: list[Example]
+    navigator_multi_preset: str | None = None
 
 
 def cot_vote_row(ctx: RowContext) -> tuple[dict, dict]:
@@ -126,8 +128,23 @@ def noise_vote_row(ctx: RowContext) -> tuple[dict, dict]:
     return res.summary(), {**record, "checkpoint": ctx.coconut_checkpoint.name}
 
 
+def navigator_multi_row(ctx: RowContext) -> tuple[dict, dict]:
+    """The multi-trajectory navigator trained with PPO on the COCONUT checkpoint (its preset's K trajectories per
+    question, fused by its ppo.fusion), evaluated on the test set beside the vote rows."""
+    from coconav.recipes import train_navigator
+
+    cfg = navigator_config(ctx.cfg, ctx.out, ctx.coconut_checkpoint, ctx.navigator_multi_preset, name="navigator_multi")
+    if cfg.ppo.num_trajectories != ctx.cfg.demo.num_trajectories:
+        print0(f"navigator_multi: K = {cfg.ppo.num_trajectories} (its preset), the vote rows use K = "
+               f"{ctx.cfg.demo.num_trajectories}")
+    res = train_navigator.train(cfg)
+    return res["navigator_multi"], {"num_trajectories": cfg.ppo.num_trajectories, "fusion": cfg.ppo.fusion,
+                                    "navigator_k1": res["navigator"], "preset": ctx.navigator_multi_preset}
+
+
 # Rows beyond no_cot / cot / coconut / navigator: name -> (test summary, details for results.json).
 EXTRA_ROWS: dict[str, Callable[[RowContext], tuple[dict, dict]]] = {
+    "navigator_multi": navigator_multi_row,
     "cot_vote": cot_vote_row,
     "coconut_noise_vote": noise_vote_row,
 }
@@ -144,11 +161,14 @@ def demo_rows(cfg: RunConfig, with_navigator: bool) -> list[str]:
     return rows
 
 
-def navigator_preset(cfg: RunConfig, config: str | None, navigator: str | None) -> str | None:
-    """--navigator-config, else demo.navigator_config (relative to the demo config's folder), else None."""
-    if navigator is not None or cfg.demo.navigator_config is None:
+def navigator_preset(cfg: RunConfig, config: str | None, navigator: str | None,
+                     preset: str | None = None) -> str | None:
+    """--navigator-config, else `preset` (default demo.navigator_config; relative to the demo config's folder),
+    else None."""
+    preset = cfg.demo.navigator_config if preset is None else preset
+    if navigator is not None or preset is None:
         return navigator
-    path = Path(cfg.demo.navigator_config)
+    path = Path(preset)
     if not path.is_absolute() and config is not None:
         path = Path(config).parent / path
     return str(path)
@@ -162,7 +182,7 @@ def run(out: str | Path = "runs/demo", seed: int = 0, config: str | None = None,
     rows = demo_rows(cfg, with_navigator)
     navigator = navigator_preset(cfg, config, navigator)
     base_cfg = no_cot_config(cfg, out)
-    for run_dir in (cfg.out_dir, base_cfg.out_dir, out / "navigator"):
+    for run_dir in (cfg.out_dir, base_cfg.out_dir, out / "navigator", out / "navigator_multi"):
         train_coconut.check_run_folder(Path(run_dir), resume=False)
     # 1. the no-CoT baseline, 2. the COCONUT run (stage 0 = CoT)
     base = None
@@ -200,8 +220,10 @@ def run(out: str | Path = "runs/demo", seed: int = 0, config: str | None = None,
                                 "coconut_fixed_same_model": nav["coconut_fixed"], "curve": nav["curve"]}
     extra = [r for r in rows if r in EXTRA_ROWS]
     if extra:
+        multi = navigator_preset(cfg, config, None, cfg.demo.navigator_multi_config) if "navigator_multi" in extra else None
         ctx = RowContext(cfg=cfg, out=out, cot_checkpoint=stage0, coconut_checkpoint=final,
-                         num_thoughts=coconut["test"]["num_thoughts"], validation=splits.validation, test=test)
+                         num_thoughts=coconut["test"]["num_thoughts"], validation=splits.validation, test=test,
+                         navigator_multi_preset=multi)
         results["rows"] = {"num_trajectories": cfg.demo.num_trajectories}
         for name in extra:
             print0(f"[+] {name} (K = {cfg.demo.num_trajectories}) on the test set")

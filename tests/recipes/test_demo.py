@@ -34,11 +34,36 @@ def test_the_hard_preset_asks_for_the_vote_rows_and_its_own_navigator():
         cfg.curriculum.max_stage * cfg.curriculum.thoughts_per_step  # the same thought budget as COCONUT
 
 
-def test_a_row_without_a_builder_is_refused_before_training():
-    cfg = RunConfig(demo=DemoConfig(rows=["coconut", "navigator_multi"]))
-    with pytest.raises(ConfigError, match="'navigator_multi' cannot be computed"):
-        demo.demo_rows(cfg, with_navigator=True)
+def test_navigator_multi_needs_its_preset_and_the_hard_demo_names_one():
+    with pytest.raises(ConfigError, match="navigator_multi_config"):
+        DemoConfig(rows=["coconut", "navigator_multi"])
+    cfg = RunConfig(demo=DemoConfig(rows=["coconut", "navigator_multi"], navigator_multi_config="m.yaml"))
+    assert demo.demo_rows(cfg, with_navigator=True) == ["coconut", "navigator_multi"]
     assert demo.demo_rows(cfg, with_navigator=False) == ["coconut"]  # --no-navigator drops the navigator rows
+    hard = load_config(HARD)
+    multi = demo.navigator_preset(hard, str(HARD), None, hard.demo.navigator_multi_config)
+    assert "navigator_multi" in hard.demo.rows and multi == str(REPO / "configs" / "demo_hard_navigator_multi.yaml")
+    preset = load_config(multi)
+    assert preset.ppo.num_trajectories == hard.demo.num_trajectories  # equal K with the vote rows
+    assert preset.navigator.max_thoughts == hard.curriculum.max_stage * hard.curriculum.thoughts_per_step
+
+
+def test_the_navigator_multi_row_trains_and_reports_k_trajectories(tmp_path: Path):
+    preset = tmp_path / "multi.yaml"
+    preset.write_text("""
+navigator: {hidden: 16, action_dim: 4, max_thoughts: 2, min_thoughts: 0, group_memory: true}
+ppo: {updates: 2, rollout_batch: 4, num_trajectories: 3, advantage: group, num_minibatches: 1, ppo_epochs: 1,
+      eval_every: 100}
+eval: {max_new_tokens: 6, batch_size: 8}
+""")
+    rows = "demo.rows=[coconut,navigator_multi]"
+    results = demo.run(out=tmp_path / "d", config=str(HARD), overrides=[*TINY, rows, "demo.num_trajectories=3",
+                                                                          f"demo.navigator_multi_config={preset}"])
+    multi = results["methods"]["navigator_multi"]
+    assert multi["mean_trajectories"] == 3.0 and multi["num_questions"] == 6 and multi["mean_forward_passes"] > 0
+    saved = json.loads((tmp_path / "d" / "results.json").read_text())
+    assert saved["rows"]["navigator_multi"]["num_trajectories"] == 3
+    assert (tmp_path / "d" / "navigator_multi" / "results.json").is_file()
 
 
 @pytest.mark.parametrize("rows, message", [(["cot"], "must include 'coconut'"), (["coconut", "bogus"], "unknown row"),
