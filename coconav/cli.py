@@ -140,7 +140,8 @@ def _parser() -> argparse.ArgumentParser:
     p = _command(sub, "explore", "a web page (127.0.0.1) or one HTML file showing what the thoughts do")
     p.add_argument("--checkpoint", required=True, help="a checkpoint folder (or a run folder: its latest)")
     p.add_argument("--data", default="test", help="'test' or 'validation' (the checkpoint's task splits), or a data file")
-    p.add_argument("--num-trajectories", type=POSITIVE, default=1, help="trajectories per question (only 1 for now)")
+    p.add_argument("--num-trajectories", type=POSITIVE, default=1, help="trajectories per question (K > 1: a navigator checkpoint, 1..its max_trajectories)")
+    p.add_argument("--fusion", default="majority", help="with K > 1: majority, value or scorer (default majority)")
     p.add_argument("--max-questions", type=POSITIVE, default=None, help="explore only the first N questions (default: all)")
     p.add_argument("--port", type=NON_NEGATIVE, default=8765, help="serve on http://127.0.0.1:PORT (0: any free port)")
     p.add_argument("--static", metavar="OUT.html", default=None, help="write one self-contained HTML file instead of serving")
@@ -218,7 +219,7 @@ def _cmd_explore(args: argparse.Namespace) -> int:
     from coconav.recipes import explore
 
     explore.run(args.checkpoint, args.data, num_trajectories=args.num_trajectories, port=args.port, static=args.static,
-                max_questions=args.max_questions)
+                max_questions=args.max_questions, fusion=args.fusion)
     return 0
 
 

@@ -11,7 +11,7 @@ With a navigator, K trajectories per question fused into one answer:
     model.generate(["3 + 4 ?"], num_trajectories=5, fusion="majority", return_trajectories=True)
     # [{'answer': '### 7', 'agreement': 0.8, 'num_trajectories': 5, 'forward_passes': 31, 'fusion': 'majority',
     #   'trajectories': [{'answer': '### 7', 'num_thoughts': 2, 'halt_probs': [...], 'values': [...],
-    #                     'score': 0.0, 'weight': 0.2, 'thought_norms': [...]}, ...]}]
+    #                     'score': 0.0, 'weight': 0.2, 'thought_norms': [...], 'steps': [...], 'memory_reads': []}, ...]}]
 Trajectory 0 is the greedy one (the K = 1 answer); the others steer with the navigator's inference
 temperatures (coconav/model/groups.py); `num_trajectories="auto"` lets the K-selector choose K per
 question under navigator.trajectories_budget.
@@ -115,7 +115,8 @@ class CoconavModel:
         """Answers for one question (a string) or a list. With num_trajectories K > 1 or "auto" (a navigator
         checkpoint): the fused answer of K trajectories, and with return_trajectories a dict per question with
         the fused answer, agreement, passes and per trajectory its answer, thoughts used, halting probabilities,
-        values, fusion score and weight (see the module docstring); `answer_type` ("number" or "text") is how
+        values, fusion score and weight, and the same thought trace (`steps`, `memory_reads`) as K = 1 (see the
+        module docstring); `answer_type` ("number" or "text") is how
         answers are compared in the vote. With K = 1 and return_trajectories, dicts with the
         thought count, halting probabilities and values per thought step (navigator only), passes, and
         the thought trace (coconav/trace.py): `steps` (per step t = 0..n: top_k tokens under the LM head,
@@ -126,7 +127,7 @@ class CoconavModel:
         items = [questions] if single else list(questions)
         if num_trajectories != 1:
             records = self._generate_multi(items, num_trajectories, fusion, answer_type, num_thoughts, use_navigator,
-                                           controller, max_new_tokens, return_states)
+                                           controller, max_new_tokens, return_states, top_k)
             if not return_trajectories:
                 records = [r["answer"] for r in records]
             return records[0] if single else records
@@ -162,7 +163,7 @@ class CoconavModel:
 
     def _generate_multi(self, items: list[str], num_trajectories: int | str, fusion: str, answer_type: str,
                         num_thoughts: int | None, use_navigator: bool, controller: ThoughtController | None,
-                        max_new_tokens: int | None, return_states: bool) -> list[dict]:
+                        max_new_tokens: int | None, return_states: bool, top_k: int = 5) -> list[dict]:
         """K trajectories per question, fused (generate with num_trajectories != 1)."""
         if self.navigator is None or not use_navigator or num_thoughts is not None or controller is not None:
             raise InputError("num_trajectories > 1 needs a navigator checkpoint (and no num_thoughts or controller)")
@@ -177,6 +178,9 @@ class CoconavModel:
         run, ctl = out.run, out.run.controller
         states = torch.stack(ctl.states, dim=1)  # [B, steps, D]
         scores = run.final_scores
+        tracer = TraceController.from_controller(ctl, self.lm.causal_lm.dtype)
+        steps = trace_steps(self.lm, tracer, run.num_thoughts, top_k)
+        reads = persistent_reads(tracer, len(run.group))
         records = []
         for q in range(len(items)):
             rows = (run.group == q).nonzero().flatten().tolist()
@@ -187,7 +191,8 @@ class CoconavModel:
                      "halt_probs": [float(p[r]) for p in ctl.halt_probs[: n + 1]],
                      "values": [float(v[r]) for v in ctl.values[: n + 1]],
                      "score": float(scores[r]), "weight": float(out.fused.weights[r]),
-                     "thought_norms": [float(x) for x in states[r, 1: n + 1].norm(dim=-1)]}
+                     "thought_norms": [float(x) for x in states[r, 1: n + 1].norm(dim=-1)],
+                     "steps": steps[r], "memory_reads": reads[r]}
                 if return_states:
                     t["states"] = states[r, : n + 1].cpu()
                 trajectories.append(t)

@@ -47,6 +47,15 @@ class TraceController:
         self.offsets.append((decision.thought - thought).detach().float())
         return decision
 
+    @classmethod
+    def from_controller(cls, controller: NavigatorController, dtype: torch.dtype) -> TraceController:
+        """The trace of a finished NavigatorController run (e.g. K trajectories through run_groups): its recorded
+        h_t, and as offsets exactly what it added to each thought (the steering cast to the thoughts' `dtype`)."""
+        tracer = cls(controller)
+        tracer.hidden = [h.detach().float() for h in controller.states]
+        tracer.offsets = [controller.navigator.steer(a).to(dtype).float() for a in controller.actions]
+        return tracer
+
     def states(self) -> torch.Tensor:
         """The recorded states. Shape: [B, S, D], S = steps the loop ran (thoughts used + 1 for the longest row)."""
         return torch.stack(self.hidden, dim=1)

@@ -138,6 +138,34 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, _cli_imports: None) -> Pa
 BASE_WORDS = ["<pad>", "<eos>", "<unk>"] + [str(i) for i in range(10)] + "+ - * = << >> ? ###".split()
 
 
+@pytest.fixture(scope="session")
+def nav_checkpoint(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A navigator checkpoint on the tiny COCONUT run, steering made live by hand (K trajectories differ)."""
+    from coconav.checkpoint import TrainState, checkpoint_meta, save_checkpoint
+    from coconav.config import RunConfig, from_dict, to_dict
+    from coconav.model.latent_lm import LatentLM
+    from coconav.model.navigator import Navigator
+
+    stages = sorted((int(p.name.split("-")[1]), p) for p in (tiny_run / "checkpoints").glob("stage-*"))
+    base = stages[-1][1]
+    data = checkpoint_meta(base)["config"]
+    data.update(init_from=str(base), navigator={"hidden": 16, "action_dim": 4, "max_thoughts": 4, "init_log_std": 0.0,
+                                                "inference_temperature": 2.0, "trajectories_budget": 2.0})
+    cfg = from_dict(RunConfig, data)
+    lm = LatentLM.from_pretrained(base)
+    torch.manual_seed(0)
+    nav = Navigator(lm.hidden_size, cfg.navigator)
+    with torch.no_grad():
+        nav.up.weight.normal_(0, 3.0)
+        nav.halt_head.weight.normal_(0, 1.0)
+        nav.value_head.weight.normal_(0, 1.0)
+        nav.scorer_head.weight.normal_(0, 1.0)
+    out = tmp_path_factory.mktemp("nav") / "navigator"
+    save_checkpoint(out, lm, TrainState(stage=0, step=1, global_step=1), to_dict(cfg), modules={"navigator": nav},
+                    metrics={"base_thoughts": 4})
+    return out
+
+
 def save_pretrained_base(path: Path, arch: str = "llama") -> Path:
     """A tiny 'pretrained' model folder whose tokenizer lacks the latent tokens (like a hub model).
     arch 'gpt2' keeps GPT-2's default dropout of 0.1 (embeddings, residuals, attention)."""

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from coconav.config import NavigatorConfig
+from coconav.data.scoring import score
 from coconav.data.tasks import make_splits
 from coconav.errors import ConfigError, InputError
 from coconav.inference import CoconavModel
@@ -225,11 +226,79 @@ def test_a_busy_port_is_a_clear_error(explorer: explore.Explorer) -> None:
             explore.make_server(explorer, busy.getsockname()[1])
 
 
-def test_more_than_one_trajectory_is_a_clear_error(cli, tiny_run: Path) -> None:
+def test_k_trajectories_need_a_navigator_checkpoint(cli, tiny_run: Path) -> None:
     message = cli("explore", "--checkpoint", tiny_run, "--num-trajectories", "2", "--static", "x.html").error()
-    assert "the explorer shows one trajectory per question" in message
-    with pytest.raises(InputError):
+    assert message.startswith("--num-trajectories 2 needs a navigator checkpoint") and message.endswith("has no navigator)")
+    with pytest.raises(InputError, match="needs a navigator checkpoint"):
         explore.build(tiny_run, num_trajectories=3)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--num-trajectories", "17"], "--num-trajectories must be in [1, navigator.max_trajectories=16], got 17"),
+    (["--num-trajectories", "3", "--fusion", "best"], "--fusion must be one of majority, value, scorer, got 'best'"),
+])
+def test_k_trajectories_bad_values_are_one_line_errors(cli, nav_checkpoint: Path, args: list[str], message: str) -> None:
+    assert cli("explore", "--checkpoint", nav_checkpoint, *args, "--static", "x.html").error() == message
+
+
+MULTI_ONLY = ("correct", "reward")  # the explorer's additions to each trajectory (as for K = 1)
+
+
+@pytest.fixture(scope="module")
+def multi_explorer(nav_checkpoint: Path) -> explore.Explorer:
+    return explore.build(nav_checkpoint, data="test", num_trajectories=3, max_questions=4)
+
+
+def test_k_trajectory_page_data_equals_the_python_api(multi_explorer: explore.Explorer, nav_checkpoint: Path) -> None:
+    model = CoconavModel.from_pretrained(nav_checkpoint)
+    ids = [0, 1, 2, 3]  # the explorer's one batch: the sampled trajectories' streams are drawn per batch
+    questions = [multi_explorer.questions[i]["question"] for i in ids]
+    records = model.generate(questions, num_trajectories=3, fusion="majority", return_trajectories=True)
+    singles = model.generate(questions, return_trajectories=True)
+    assert multi_explorer.meta()["num_trajectories"] == 3
+    steered = 0
+    for i, record, single in zip(ids, records, singles):
+        page = multi_explorer.questions[i]
+        assert len(page["trajectories"]) == 3
+        assert [api_view(t) for t in page["trajectories"]] == explore.rounded(record["trajectories"])
+        assert page["answer"] == record["answer"] and page["agreement"] == explore.rounded(record["agreement"])
+        assert page["forward_passes"] == record["forward_passes"]
+        assert page["num_thoughts"] == sum(t["num_thoughts"] for t in record["trajectories"])
+        for t in page["trajectories"]:
+            assert len(t["steps"]) == t["num_thoughts"] + 1
+            assert [s["halt_prob"] for s in t["steps"]] == t["halt_probs"]
+            assert [s["norm"] for s in t["steps"][1:]] == pytest.approx(t["thought_norms"], abs=1e-4)
+            assert t["reward"] is not None and t["correct"] in (True, False) and "weight" in t
+            steered += sum(s["steer_norm"] > 0 for s in t["steps"][:-1])
+        # trajectory 0 is the greedy one: the K = 1 record (numbers up to the batch's float rounding)
+        zero = record["trajectories"][0]
+        assert zero["answer"] == single["answer"] and zero["num_thoughts"] == single["num_thoughts"]
+        for a, b in zip(zero["steps"], single["steps"]):
+            assert a["top_tokens"][0][0] == b["top_tokens"][0][0] and a["fed"] == b["fed"]
+            for key in ("norm", "cosine_prev", "halt_prob", "value", "steer_norm"):
+                assert (a[key] is None) == (b[key] is None) and (a[key] is None or a[key] == pytest.approx(b[key], abs=1e-4)), key
+        assert zero["memory_reads"] == single["memory_reads"]
+    assert steered > 0
+    # the question's outcome is the fused answer's, and the summary counts it
+    examples = explore.load_questions(model, "test", 4)
+    assert [q["correct"] for q in multi_explorer.questions] == [score(r["answer"], ex) for r, ex in zip(records, examples)]
+    assert multi_explorer.summary()["accuracy"] == pytest.approx(sum(score(r["answer"], ex) for r, ex in zip(records, examples)) / 4, abs=1e-5)
+
+
+def test_k_trajectory_typed_question_uses_the_same_k(multi_explorer: explore.Explorer) -> None:
+    q = multi_explorer.ask("3 * 4 - 2 ?")
+    assert len(q["trajectories"]) == 3 and q["correct"] is None and q["agreement"] is not None
+    assert all(t["reward"] is None and t["correct"] is None and t["steps"][0]["xy"] is not None for t in q["trajectories"])
+
+
+def test_k_trajectory_static_file(cli, nav_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "multi.html"
+    result = cli("explore", "--checkpoint", nav_checkpoint, "--num-trajectories", "2", "--max-questions", "3",
+                 "--static", out)
+    assert result.rc == 0, result.err
+    data = json.loads(out.read_text().split('<script id="coconav-data" type="application/json">')[1].split("</script>")[0])
+    assert data["meta"]["num_trajectories"] == 2 and len(data["questions"]) == 3
+    assert all(len(q["trajectories"]) == 2 and "agreement" in q for q in data["questions"])
 
 
 def test_explore_cli_writes_a_self_contained_static_file(cli, tiny_run: Path, tmp_path: Path) -> None:

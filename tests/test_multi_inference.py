@@ -1,8 +1,8 @@
 """K trajectories at inference (coconav/evaluate.py multi_answers / evaluate_multi, coconav/inference.py,
 `coconav eval --num-trajectories`): fused answers, per-trajectory records, K = 1 unchanged, bad values.
 
-The navigator checkpoint is built here on the session's tiny COCONUT run, with its steering made
-live by hand (an untrained navigator would give K identical greedy trajectories).
+The navigator checkpoint (conftest.nav_checkpoint) is built on the session's tiny COCONUT run, with its
+steering made live by hand (an untrained navigator would give K identical greedy trajectories).
 """
 
 from __future__ import annotations
@@ -11,36 +11,9 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
-from coconav.checkpoint import TrainState, checkpoint_meta, save_checkpoint
-from coconav.config import RunConfig, from_dict, to_dict
 from coconav.errors import InputError
 from coconav.inference import CoconavModel
-from coconav.model.latent_lm import LatentLM
-from coconav.model.navigator import Navigator
-
-
-@pytest.fixture(scope="module")
-def nav_checkpoint(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    stages = sorted((int(p.name.split("-")[1]), p) for p in (tiny_run / "checkpoints").glob("stage-*"))
-    base = stages[-1][1]
-    data = checkpoint_meta(base)["config"]
-    data.update(init_from=str(base), navigator={"hidden": 16, "action_dim": 4, "max_thoughts": 4, "init_log_std": 0.0,
-                                                "inference_temperature": 2.0, "trajectories_budget": 2.0})
-    cfg = from_dict(RunConfig, data)
-    lm = LatentLM.from_pretrained(base)
-    torch.manual_seed(0)
-    nav = Navigator(lm.hidden_size, cfg.navigator)
-    with torch.no_grad():
-        nav.up.weight.normal_(0, 3.0)
-        nav.halt_head.weight.normal_(0, 1.0)
-        nav.value_head.weight.normal_(0, 1.0)
-        nav.scorer_head.weight.normal_(0, 1.0)
-    out = tmp_path_factory.mktemp("nav") / "navigator"
-    save_checkpoint(out, lm, TrainState(stage=0, step=1, global_step=1), to_dict(cfg), modules={"navigator": nav},
-                    metrics={"base_thoughts": 4})
-    return out
 
 
 QUESTIONS = ["1 + 2 ?", "3 * 4 - 2 ?", "5 - 3 + 1 ?"]

@@ -11,8 +11,9 @@ and the navigator's reward (coconav.rewards.episode_return); the by-difficulty c
 the questions; (2) answer them in batches with the trace; (3) project every state h_t onto the two
 principal components of all of them (the paper's picture of thoughts as a search frontier); (4)
 serve the JSON API and the page (Flask, threaded, 127.0.0.1 only), or write the page with the data
-inlined. The data holds a list of trajectories per question: one today, K once multi-trajectory
-rollouts exist.
+inlined. The data holds a list of trajectories per question: one, or with ``--num-trajectories K`` (a
+navigator checkpoint) K, each with its own trace, answer, correctness, reward and fusion weight, under
+the question's fused answer and agreement (``CoconavModel.generate(..., num_trajectories=K)``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from coconav.data.records import Example
 from coconav.data.scoring import score
 from coconav.data.splits import load_splits
 from coconav.errors import ConfigError, InputError
-from coconav.evaluate import QuestionResult, aggregate
+from coconav.evaluate import QuestionResult, aggregate, check_multi
 from coconav.inference import CoconavModel
 from coconav.rewards import episode_return, format_ok
 
@@ -86,24 +87,55 @@ class Explorer:
     model: CoconavModel
     checkpoint: str
     data: str
+    num_trajectories: int = 1  # K trajectories per question (K > 1: a navigator checkpoint)
+    fusion: str = "majority"  # how K > 1 trajectories fuse into one answer (coconav.evaluate.fuse)
     questions: list[dict] = field(default_factory=list)
     projection: Projection | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def trace(self, examples: list[Example], top_k: int = 5) -> tuple[list[dict], list[torch.Tensor]]:
-        """One trajectory record per example (answer, correct, reward, steps, memory reads) and its states."""
+    def reward(self, answer: str, correct: bool | None, num_thoughts: int, new_tokens: int) -> float | None:
+        """The navigator's episode return of one trajectory (None without a reference answer)."""
+        if correct is None:
+            return None
         ppo = self.model.config.ppo
+        return float(episode_return(torch.tensor([float(bool(correct))]), format_ok([answer]), torch.tensor([num_thoughts]),
+                                    ppo.thought_cost, ppo.format_coef, torch.tensor([new_tokens]), ppo.token_cost)[0])
+
+    def generate(self, examples: list[Example], top_k: int) -> list[dict]:
+        """The API's records for `examples`: one trajectory dict each (K = 1), or per question the fused answer
+        and its K trajectories (answer types grouped: the vote compares answers by type)."""
+        questions = [ex.question for ex in examples]
+        if self.num_trajectories == 1:
+            return self.model.generate(questions, return_trajectories=True, top_k=top_k, return_states=True)
+        records: list[dict | None] = [None] * len(examples)
+        for kind in dict.fromkeys(ex.answer_type for ex in examples):
+            index = [i for i, ex in enumerate(examples) if ex.answer_type == kind]
+            out = self.model.generate([questions[i] for i in index], return_trajectories=True, top_k=top_k,
+                                      return_states=True, num_trajectories=self.num_trajectories, fusion=self.fusion,
+                                      answer_type=kind)
+            for i, rec in zip(index, out):
+                records[i] = rec
+        return records
+
+    def trace(self, examples: list[Example], top_k: int = 5) -> tuple[list[dict], list[list[torch.Tensor]]]:
+        """Per example, its question-level record (fused answer, agreement, correct; K > 1 only) and trajectory
+        records (answer, correct, reward, steps, memory reads; and weight for K > 1), and each trajectory's states."""
         with self.lock:  # one generation at a time: the server answers from several threads
-            records = self.model.generate([ex.question for ex in examples], return_trajectories=True, top_k=top_k,
-                                          return_states=True)
-        states = [r.pop("states") for r in records]
-        for r, ex in zip(records, examples):
-            r["correct"] = score(r["answer"], ex) if ex.answer else None
-            correct = torch.tensor([float(bool(r["correct"]))])
-            r["reward"] = float(episode_return(correct, format_ok([r["answer"]]), torch.tensor([r["num_thoughts"]]),
-                                               ppo.thought_cost, ppo.format_coef, torch.tensor([r["new_tokens"]]),
-                                               ppo.token_cost)[0])
-        return records, states
+            records = self.generate(examples, top_k)
+        out, states = [], []
+        for rec, ex in zip(records, examples):
+            trajs = rec["trajectories"] if self.num_trajectories != 1 else [rec]
+            for t in trajs:
+                t["correct"] = score(t["answer"], ex) if ex.answer else None
+                t["reward"] = self.reward(t["answer"], t["correct"], t["num_thoughts"], t["new_tokens"])
+            states.append([t.pop("states") for t in trajs])
+            if self.num_trajectories == 1:
+                out.append({"trajectories": trajs})
+            else:
+                fused = {k: v for k, v in rec.items() if k != "trajectories"}
+                fused["correct"] = score(rec["answer"], ex) if ex.answer else None
+                out.append({"fused": fused, "trajectories": trajs})
+        return out, states
 
     def project(self, trajectories: list[dict], states: list[torch.Tensor]) -> None:
         """Add each step's 2-D point (`xy`) under the explorer's projection."""
@@ -113,41 +145,48 @@ class Explorer:
                 step["xy"] = xy
 
     def evaluate(self, examples: list[Example], batch_size: int) -> None:
-        """Answer and trace every example (in batches), fit the projection, fill `questions`."""
-        trajectories, states = [], []
+        """Answer and trace every example (in batches), fit the projection over every trajectory's states,
+        fill `questions`."""
+        records, states = [], []
         for lo in range(0, len(examples), batch_size):
-            records, s = self.trace(examples[lo: lo + batch_size])
-            trajectories += records
+            r, s = self.trace(examples[lo: lo + batch_size])
+            records += r
             states += s
-        self.projection = fit_projection(states)
-        self.project(trajectories, states)
-        self.questions = [question_record(i, ex, [traj]) for i, (ex, traj) in enumerate(zip(examples, trajectories))]
+        self.projection = fit_projection([x for per in states for x in per])
+        for rec, s in zip(records, states):
+            self.project(rec["trajectories"], s)
+        self.questions = [question_record(i, ex, rec) for i, (ex, rec) in enumerate(zip(examples, records))]
 
     def ask(self, text: object) -> dict:
-        """Answer a typed question (no reference answer, so correctness and reward are None)."""
+        """Answer a typed question with the explorer's K (no reference answer: correctness and reward are None)."""
         if not isinstance(text, str) or not text.strip():
             raise InputError("the question is empty: type a question")
         if len(text) > MAX_QUESTION_CHARS:
             raise InputError(f"the question has {len(text)} characters, more than the limit of {MAX_QUESTION_CHARS}")
         ex = Example(question=text.strip(), steps=(), answer="", difficulty=0)
         records, states = self.trace([ex])
-        records[0]["correct"], records[0]["reward"] = None, None
-        self.project(records, states)
-        return question_record(None, ex, records)
+        self.project(records[0]["trajectories"], states[0])
+        return question_record(None, ex, records[0])
 
     def summary(self) -> dict:
-        """Accuracy and thoughts (overall and by difficulty), through the evaluation's own aggregate."""
-        results = [QuestionResult(question=q["question"], reference=q["reference"],
-                                  completion=q["trajectories"][0]["answer"], correct=bool(q["correct"]),
-                                  difficulty=q["difficulty"], num_thoughts=q["num_thoughts"],
-                                  new_tokens=q["trajectories"][0]["new_tokens"],
-                                  forward_passes=q["trajectories"][0]["forward_passes"]) for q in self.questions]
+        """Accuracy and thoughts (overall and by difficulty), through the evaluation's own aggregate: the
+        question's answer (K > 1: the fused one), thoughts, tokens and passes summed over its trajectories
+        (as `coconav eval --num-trajectories K` counts them)."""
+        results = []
+        for q in self.questions:
+            trajs = q["trajectories"]
+            passes = q["forward_passes"] if "forward_passes" in q else trajs[0]["forward_passes"]
+            results.append(QuestionResult(question=q["question"], reference=q["reference"], completion=q["answer"],
+                                          correct=bool(q["correct"]), difficulty=q["difficulty"],
+                                          num_thoughts=q["num_thoughts"],
+                                          new_tokens=sum(t["new_tokens"] for t in trajs), forward_passes=passes))
         return rounded(aggregate(results, 0.0).summary())
 
     def meta(self) -> dict:
         m = self.model
         return {"checkpoint": self.checkpoint, "data": self.data, "mode": m.mode, "navigator": m.navigator is not None,
-                "num_trajectories": 1, "thoughts": None if m.navigator is not None else m.default_thoughts()}
+                "num_trajectories": self.num_trajectories, "fusion": self.fusion if self.num_trajectories != 1 else None,
+                "thoughts": None if m.navigator is not None else m.default_thoughts()}
 
     def page_data(self, full: bool) -> dict:
         """The page's data: meta, summary and the questions (full records, or the list's fields only)."""
@@ -155,11 +194,20 @@ class Explorer:
         return {"meta": self.meta(), "summary": self.summary(), "questions": questions}
 
 
-def question_record(qid: int | None, ex: Example, trajectories: list[dict]) -> dict:
-    """One question on the page: its fields, the first trajectory's outcome, and every trajectory."""
+def question_record(qid: int | None, ex: Example, record: dict) -> dict:
+    """One question on the page: its fields, its answer and outcome (K = 1: the trajectory's; K > 1: the fused
+    answer, agreement and passes, with thoughts summed over the trajectories), and every trajectory."""
+    trajectories = record["trajectories"]
     first = trajectories[0]
+    if "fused" not in record:
+        head = {"answer": first["answer"], "correct": first["correct"], "num_thoughts": first["num_thoughts"]}
+    else:
+        fused = record["fused"]
+        head = {"answer": fused["answer"], "correct": fused["correct"],
+                "num_thoughts": sum(t["num_thoughts"] for t in trajectories), "agreement": fused["agreement"],
+                "fusion": fused["fusion"], "forward_passes": fused["forward_passes"]}
     return rounded({"id": qid, "question": ex.question, "reference": ex.answer, "difficulty": ex.difficulty,
-                    "correct": first["correct"], "num_thoughts": first["num_thoughts"], "trajectories": trajectories})
+                    **head, "trajectories": trajectories})
 
 
 def listing(q: dict) -> dict:
@@ -182,14 +230,17 @@ def load_questions(model: CoconavModel, data: str, max_questions: int | None) ->
 
 
 def build(checkpoint: str | Path, data: str = "test", num_trajectories: int = 1, max_questions: int | None = None,
-          batch_size: int | None = None) -> Explorer:
-    """Load the checkpoint and evaluate (with traces) the questions of `data`."""
-    if num_trajectories != 1:
-        raise InputError(f"--num-trajectories {num_trajectories}: the explorer shows one trajectory per question "
-                         "(multi-trajectory answers: coconav eval --num-trajectories K)")
+          batch_size: int | None = None, fusion: str = "majority") -> Explorer:
+    """Load the checkpoint and evaluate (with traces, K trajectories per question) the questions of `data`."""
     folder = latest_checkpoint(checkpoint)
     model = CoconavModel.from_pretrained(folder)
-    explorer = Explorer(model=model, checkpoint=str(folder), data=data)
+    if num_trajectories != 1:
+        if model.navigator is None:
+            raise InputError(f"--num-trajectories {num_trajectories} needs a navigator checkpoint ({folder} has no navigator)")
+        check_multi(num_trajectories, fusion, model.navigator.cfg.max_trajectories)
+        if isinstance(num_trajectories, str):
+            raise InputError("--num-trajectories must be an integer for the explorer (one K for every question)")
+    explorer = Explorer(model=model, checkpoint=str(folder), data=data, num_trajectories=num_trajectories, fusion=fusion)
     explorer.evaluate(load_questions(model, data, max_questions), batch_size or model.config.eval.batch_size)
     return explorer
 
@@ -273,9 +324,9 @@ def make_server(explorer: Explorer, port: int, host: str = HOST):
 
 
 def run(checkpoint: str | Path, data: str = "test", num_trajectories: int = 1, port: int = 8765,
-        static: str | Path | None = None, max_questions: int | None = None) -> None:
+        static: str | Path | None = None, max_questions: int | None = None, fusion: str = "majority") -> None:
     """`coconav explore`: serve the page until interrupted, or write the static file."""
-    explorer = build(checkpoint, data, num_trajectories, max_questions)
+    explorer = build(checkpoint, data, num_trajectories, max_questions, fusion=fusion)
     if static is not None:
         print(f"wrote {write_static(explorer, static)} ({len(explorer.questions)} questions)")
         return
