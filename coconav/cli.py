@@ -5,7 +5,7 @@
     coconav eval --checkpoint RUN/checkpoints/stage-7 --data test [--out results.json] [--device cuda --dtype bfloat16]
     coconav eval --checkpoint RUN/navigator --num-trajectories 5|auto --fusion majority|value|scorer [--abstain-below 0.6]
     coconav generate --checkpoint DIR "3 + 4 * 2 ?" [--show-thoughts] [--device cpu]
-    coconav explore --checkpoint DIR [--data test] --port 8765 | --static explorer.html
+    coconav explore --checkpoint DIR [--data test] [--num-trajectories K --fusion majority] --port 8765 | --static explorer.html
     coconav --version;  coconav COMMAND --help   (defaults and an example for each command)
 
 Bad input (a malformed file, an unknown config key, a missing checkpoint, an empty question, a flag

@@ -338,3 +338,15 @@ def test_the_demo_writes_explorer_html_beside_its_plots(tiny_run: Path, tmp_path
     html = page.read_text()
     data = json.loads(html.split('<script id="coconav-data" type="application/json">')[1].split("</script>")[0])
     assert len(data["questions"]) == 8 and data["meta"]["mode"] == "coconut"
+
+
+def test_static_file_for_100_questions_at_k_5_stays_under_5_mb(nav_checkpoint: Path, tmp_path: Path) -> None:
+    """100 questions x 5 trajectories x (4 thoughts + h_0): 2,500 traced steps (measured: 0.84 MiB)."""
+    model = CoconavModel.from_pretrained(nav_checkpoint)
+    examples = make_splits("arithmetic", seed=1, train_size=0, validation_size=0, test_size=100,
+                           min_difficulty=1, max_difficulty=6).test
+    explorer = explore.Explorer(model=model, checkpoint=str(nav_checkpoint), data="arithmetic:100", num_trajectories=5)
+    explorer.evaluate(examples, batch_size=100)
+    assert sum(len(t["steps"]) for q in explorer.questions for t in q["trajectories"]) == 2500
+    out = explore.write_static(explorer, tmp_path / "k5.html")
+    assert out.stat().st_size < 5 * 2**20, out.stat().st_size

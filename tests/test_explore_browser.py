@@ -188,3 +188,40 @@ def test_the_static_500_question_file_opens_in_under_2_seconds(browser: Browser,
     browser.wait_for("document.getElementById('detail').dataset.qid === '7'")
     assert browser.eval("document.querySelector('#detail .traj-answer').textContent") == \
         explorer.questions[7]["trajectories"][0]["answer"]
+
+
+@pytest.fixture(scope="module")
+def served_multi(nav_checkpoint: Path):
+    """The explorer of the tiny navigator checkpoint at K = 3, served on a free port in a thread."""
+    explorer = explore.build(nav_checkpoint, data="test", num_trajectories=3, max_questions=4)
+    server = explore.make_server(explorer, 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield explorer, f"http://127.0.0.1:{server.server_port}/"
+    server.shutdown()
+    server.server_close()
+
+
+def test_k_trajectories_are_stacked_under_the_fused_answer(browser: Browser, served_multi) -> None:
+    explorer, url = served_multi
+    browser.open(url)
+    browser.click('#list .row[data-id="1"]')
+    browser.wait_for("document.getElementById('detail').dataset.qid === '1'")
+    q = explorer.questions[1]
+    assert browser.eval("document.querySelector('#detail .fused-answer').textContent") == q["answer"]
+    assert browser.eval("document.querySelector('#detail .agreement').textContent") == f"{q['agreement']:.2f}"
+    headings = browser.eval("[...document.querySelectorAll('#detail .trajectory h2')].map(e => e.textContent)")
+    assert headings == [f"Trajectory {k} of 3" for k in (1, 2, 3)]
+    assert browser.eval("[...document.querySelectorAll('#detail .traj-answer')].map(e => e.textContent)") == \
+        [t["answer"] for t in q["trajectories"]]
+    rows = browser.eval("[...document.querySelectorAll('#detail .trajectory')].map(d => d.querySelectorAll('.step-row').length)")
+    assert rows == [len(t["steps"]) for t in q["trajectories"]]
+    points = sum(len(t["steps"]) for q in explorer.questions for t in q["trajectories"])
+    assert browser.eval("document.querySelectorAll('#chart-pca circle').length") >= points
+    # a typed question gets the same K
+    browser.click("#ask-input")
+    browser.type("4 + 5 ?")
+    browser.wait_for("document.getElementById('detail').dataset.qid === 'asked'")
+    assert browser.eval("document.querySelectorAll('#detail .trajectory').length") == 3
+    assert browser.eval("document.querySelector('#detail .fused-answer').textContent") == \
+        explorer.model.generate("4 + 5 ?", num_trajectories=3)
