@@ -23,8 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class EpisodicMemory(nn.Module):
-    """Causal attention of each step over the earlier steps of its trajectory (plus a null slot)."""
+class NullSlotAttention(nn.Module):
+    """Query, key and value projections and a learned null slot (key and value), shared by the memory reads:
+    the null slot makes a read well defined when there is nothing to read yet."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()
@@ -34,6 +35,10 @@ class EpisodicMemory(nn.Module):
         self.null_key = nn.Parameter(torch.zeros(dim))
         self.null_value = nn.Parameter(torch.zeros(dim))
         self.scale = dim ** -0.5
+
+
+class EpisodicMemory(NullSlotAttention):
+    """Causal attention of each step over the earlier steps of its trajectory (plus a null slot)."""
 
     def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
         """Readout for steps start..T-1. Shape: x [B, T, d] -> [B, T - start, d]; step t sees steps < t only."""
@@ -52,20 +57,14 @@ class EpisodicMemory(nn.Module):
         return scores.masked_fill(~visible[start:], float("-inf")).softmax(-1)
 
 
-class GroupMemory(nn.Module):
+class GroupMemory(NullSlotAttention):
     """Attention of each step over the other trajectories of its group at steps <= t (plus a null slot)."""
 
     def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.query = nn.Linear(dim, dim)
-        self.key = nn.Linear(dim, dim)
-        self.value = nn.Linear(dim, dim)
-        self.null_key = nn.Parameter(torch.zeros(dim))
-        self.null_value = nn.Parameter(torch.zeros(dim))
+        super().__init__(dim)
         self.out = nn.Linear(dim, dim)
         nn.init.zeros_(self.out.weight)  # untrained: the read adds nothing (trajectories independent)
         nn.init.zeros_(self.out.bias)
-        self.scale = dim ** -0.5
 
     def forward(self, x: torch.Tensor, pool: torch.Tensor | None, index: torch.Tensor | None,
                 visible: torch.Tensor | None, start: int = 0) -> torch.Tensor:
