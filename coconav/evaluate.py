@@ -125,21 +125,33 @@ class EvalResult:
         return out
 
 
+def by_difficulty(records: list) -> dict[int, list]:
+    """Records grouped by their `difficulty`, in increasing order."""
+    groups: dict[int, list] = defaultdict(list)
+    for r in records:
+        groups[r.difficulty].append(r)
+    return dict(sorted(groups.items()))
+
+
+def question_means(records: list, thoughts: str, seconds: float) -> dict:
+    """The aggregates every evaluation reports: accuracy (overall and by difficulty), mean thoughts (the
+    records' attribute `thoughts`), answer tokens and forward passes per question, seconds per question."""
+    n = max(len(records), 1)
+    return {"accuracy": sum(r.correct for r in records) / n,
+            "accuracy_by_difficulty": {str(d): sum(r.correct for r in rs) / len(rs)
+                                       for d, rs in by_difficulty(records).items()},
+            "mean_thoughts": sum(getattr(r, thoughts) for r in records) / n,
+            "mean_new_tokens": sum(r.new_tokens for r in records) / n,
+            "mean_forward_passes": sum(r.forward_passes for r in records) / n,
+            "seconds_per_question": seconds / n, "num_questions": len(records)}
+
+
 def aggregate(records: list[QuestionResult], seconds: float) -> EvalResult:
     """Means over questions, and accuracy and thoughts grouped by difficulty."""
-    n = max(len(records), 1)
-    by_diff: dict[int, list[QuestionResult]] = defaultdict(list)
-    for r in records:
-        by_diff[r.difficulty].append(r)
     return EvalResult(
-        accuracy=sum(r.correct for r in records) / n,
-        accuracy_by_difficulty={str(d): sum(r.correct for r in rs) / len(rs) for d, rs in sorted(by_diff.items())},
-        mean_thoughts=sum(r.num_thoughts for r in records) / n,
-        mean_new_tokens=sum(r.new_tokens for r in records) / n,
-        mean_forward_passes=sum(r.forward_passes for r in records) / n,
-        seconds_per_question=seconds / n,
-        num_questions=len(records),
-        mean_thoughts_by_difficulty={str(d): sum(r.num_thoughts for r in rs) / len(rs) for d, rs in sorted(by_diff.items())},
+        **question_means(records, "num_thoughts", seconds),
+        mean_thoughts_by_difficulty={str(d): sum(r.num_thoughts for r in rs) / len(rs)
+                                     for d, rs in by_difficulty(records).items()},
         questions=records,
     )
 

@@ -26,7 +26,6 @@ likewise totals over the K chains. Answers go through the one generation path of
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -38,7 +37,7 @@ from coconav.data.scoring import score
 from coconav.errors import ConfigError
 from coconav.fusion import accuracy_coverage, fuse
 from coconav.model.latent_lm import LatentLM, ThoughtDecision
-from coconav.evaluate import ThoughtPlan, generate_answers, question_prompts
+from coconav.evaluate import ThoughtPlan, by_difficulty, generate_answers, question_means, question_prompts
 
 DEFAULT_NOISE_GRID: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.4)
 _SEED_STRIDE = 1_000_003  # keeps (seed, question, trajectory) streams apart
@@ -123,26 +122,18 @@ class VoteResult:
 
 def _aggregate(records: list[VoteQuestion], k: int, seconds: float) -> VoteResult:
     n = max(len(records), 1)
-    by_diff: dict[int, list[VoteQuestion]] = defaultdict(list)
-    for r in records:
-        by_diff[r.difficulty].append(r)
+    by_diff = by_difficulty(records)
     correct = torch.tensor([r.correct for r in records], dtype=torch.bool)
     agreement = torch.tensor([r.agreement for r in records], dtype=torch.float64)
     return VoteResult(
-        accuracy=sum(r.correct for r in records) / n,
-        accuracy_by_difficulty={str(d): sum(r.correct for r in rs) / len(rs) for d, rs in sorted(by_diff.items())},
-        mean_thoughts=sum(r.thoughts for r in records) / n,
-        mean_new_tokens=sum(r.new_tokens for r in records) / n,
-        mean_forward_passes=sum(r.forward_passes for r in records) / n,
-        seconds_per_question=seconds / n,
-        num_questions=len(records),
+        **question_means(records, "thoughts", seconds),
         mean_trajectories=float(k),
-        mean_trajectories_by_difficulty={str(d): float(k) for d in sorted(by_diff)},
+        mean_trajectories_by_difficulty={str(d): float(k) for d in by_diff},
         mean_agreement=sum(r.agreement for r in records) / n,
         mean_chain_accuracy=sum(sum(r.chain_correct) / len(r.chain_correct) for r in records) / n,
         best_of_k=sum(any(r.chain_correct) for r in records) / n,
         mean_forward_passes_by_difficulty={str(d): sum(r.forward_passes for r in rs) / len(rs)
-                                           for d, rs in sorted(by_diff.items())},
+                                           for d, rs in by_diff.items()},
         accuracy_coverage=accuracy_coverage(correct, agreement) if records else [],
         questions=records,
     )
