@@ -89,16 +89,22 @@ def save_checkpoint(directory: str | Path, lm: LatentLM, train_state: TrainState
     return directory
 
 
-def load_trainer_state(directory: str | Path, optimizer: torch.optim.Optimizer | None = None,
-                       modules: dict[str, torch.nn.Module] | None = None, restore_rng: bool = True) -> TrainState:
-    """Restore optimizer, extra modules and RNG from a checkpoint; returns its TrainState."""
-    directory = Path(directory)
-    meta = read_metadata(directory)
+def _read_trainer_files(directory: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """The trainer state's tensors (safetensors) and their JSON structure; a CheckpointError if either is bad."""
     try:
         tensors = load_file(str(directory / STATE_TENSORS))
         structure = json.loads((directory / STATE_JSON).read_text(encoding="utf-8"))
     except (FileNotFoundError, SafetensorError, json.JSONDecodeError, OSError) as err:
         raise CheckpointError(f"{directory}: trainer state missing or corrupt ({type(err).__name__})") from None
+    return tensors, structure
+
+
+def load_trainer_state(directory: str | Path, optimizer: torch.optim.Optimizer | None = None,
+                       modules: dict[str, torch.nn.Module] | None = None, restore_rng: bool = True) -> TrainState:
+    """Restore optimizer, extra modules and RNG from a checkpoint; returns its TrainState."""
+    directory = Path(directory)
+    meta = read_metadata(directory)
+    tensors, structure = _read_trainer_files(directory)
     if optimizer is not None and structure.get("optimizer") is not None:
         optimizer.load_state_dict(_unflatten_optimizer(tensors, structure["optimizer"]))
     for name, module in (modules or {}).items():
@@ -172,11 +178,7 @@ def read_optimizer_state(directory: str | Path) -> dict | None:
     """The optimizer state_dict a checkpoint holds (None when it holds none), without an optimizer
     to load it into: a sharded run (coconav/distributed.py) loads its slice of it."""
     directory = Path(directory)
-    try:
-        tensors = load_file(str(directory / STATE_TENSORS))
-        structure = json.loads((directory / STATE_JSON).read_text(encoding="utf-8"))
-    except (FileNotFoundError, SafetensorError, json.JSONDecodeError, OSError) as err:
-        raise CheckpointError(f"{directory}: trainer state missing or corrupt ({type(err).__name__})") from None
+    tensors, structure = _read_trainer_files(directory)
     if structure.get("optimizer") is None:
         return None
     return _unflatten_optimizer(tensors, structure["optimizer"])

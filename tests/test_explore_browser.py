@@ -114,16 +114,20 @@ def browser(chromium: str, tmp_path: Path):
     b.close()
 
 
-@pytest.fixture(scope="module")
-def served(tiny_run: Path):
-    """The explorer of the tiny run, served on a free port in a thread."""
-    explorer = explore.build(tiny_run, data="test")
+def serve(explorer):
+    """Serve `explorer` on a free port in a thread; yields (explorer, its URL), then stops the server."""
     server = explore.make_server(explorer, 0)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield explorer, f"http://127.0.0.1:{server.server_port}/"
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture(scope="module")
+def served(tiny_run: Path):
+    """The explorer of the tiny run, served on a free port in a thread."""
+    yield from serve(explore.build(tiny_run, data="test"))
 
 
 def test_open_a_question_and_type_a_new_one(browser: Browser, served) -> None:
@@ -193,13 +197,7 @@ def test_the_static_500_question_file_opens_in_under_2_seconds(browser: Browser,
 @pytest.fixture(scope="module")
 def served_multi(nav_checkpoint: Path):
     """The explorer of the tiny navigator checkpoint at K = 3, served on a free port in a thread."""
-    explorer = explore.build(nav_checkpoint, data="test", num_trajectories=3, max_questions=4)
-    server = explore.make_server(explorer, 0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield explorer, f"http://127.0.0.1:{server.server_port}/"
-    server.shutdown()
-    server.server_close()
+    yield from serve(explore.build(nav_checkpoint, data="test", num_trajectories=3, max_questions=4))
 
 
 def test_k_trajectories_are_stacked_under_the_fused_answer(browser: Browser, served_multi) -> None:
