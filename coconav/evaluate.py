@@ -232,7 +232,9 @@ def check_multi(num_trajectories: int | str, fusion: str, max_trajectories: int)
 
 
 def fusion_scores(run: GroupRun, rule: str) -> torch.Tensor:
-    """Each trajectory's vote score for `rule`: ones (majority), final value (value), final scorer logit (scorer)."""
+    """Each trajectory's vote score for `rule`: ones (majority), final value (value), final scorer logit (scorer).
+    `run` is a GroupRun, or anything with per-trajectory `group`, `final_values` and `final_scores` (the PPO
+    recipe passes its rollout's Trajectories)."""
     if rule == "value":
         return run.final_values.cpu()
     if rule == "scorer":

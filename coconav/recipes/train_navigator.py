@@ -53,7 +53,7 @@ from coconav.data.curriculum import encode_question
 from coconav.data.splits import load_splits
 from coconav.data.tasks import Splits
 from coconav.errors import CheckpointError, ConfigError
-from coconav.evaluate import EvalResult, evaluate, evaluate_multi, evaluate_navigator, spearman
+from coconav.evaluate import EvalResult, evaluate, evaluate_multi, evaluate_navigator, fusion_scores, spearman
 from coconav.fusion import fuse
 from coconav.inference import CoconavModel
 from coconav.model.groups import measure_thought_scale
@@ -400,22 +400,13 @@ def rollout_seed(run: NavRun, update: int) -> int:
     return (run.cfg.seed * 1_000_003 + update) * world + rank
 
 
-def fusion_weights(traj: Trajectories, rule: str) -> torch.Tensor:
-    """Each trajectory's vote score for `rule`: ones (majority), final value (value), final scorer logit (scorer)."""
-    if rule == "value":
-        return traj.final_values.cpu()
-    if rule == "scorer":
-        return traj.final_scores.cpu()
-    return torch.ones(len(traj))
-
-
 def group_diagnostics(run: NavRun, traj: Trajectories, correct: torch.Tensor) -> dict[str, float]:
     """Per-question rollout diagnostics over the global batch: K (mean, share of each value), agreement with the
     fused answer, and the accuracy of the fused answer (ppo.fusion), of trajectory 0 and of any trajectory."""
     correct = correct.float().cpu()
     group = traj.group.cpu()
     Q = int(group.max()) + 1 if len(group) else 0
-    fused = fuse(traj.texts, fusion_weights(traj, run.cfg.ppo.fusion), [ex.answer_type for ex in traj.examples],
+    fused = fuse(traj.texts, fusion_scores(traj, run.cfg.ppo.fusion), [ex.answer_type for ex in traj.examples],
                  run.cfg.ppo.fusion, group)
     first = traj.trajectory.cpu() == 0 if traj.trajectory is not None else torch.ones(len(group), dtype=torch.bool)
     per_question = torch.stack([
