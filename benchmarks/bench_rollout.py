@@ -20,7 +20,10 @@ the wall time of K = 1): sampled training rollouts (``sample=True``: per-traject
 temperatures, group memory on) of the same questions with K = 1, 5 and 16 (``--ks``), interleaved
 repeats, each question prefilled once and its cache expanded K times. ``multi.ratio_vs_k1`` is the
 median seconds of K over those of K = 1; ``mean_thoughts`` says how long the thought phases ran (the
-batch steps until its last trajectory halts). Prints one JSON object on stdout (progress on stderr).
+batch steps until its last trajectory halts). The K comparison runs once per generation cache layout
+(``--layouts``, default dynamic and static; ``compiled`` adds ``LatentLM.compile_generation``, its first
+call untimed as warmup), reported under ``multi_by_layout`` (``multi`` is the first layout's). Prints one
+JSON object on stdout (progress on stderr).
 
     python benchmarks/bench_rollout.py                 # 64 questions, K = 1; then K = 1, 5, 16
     python benchmarks/bench_rollout.py --trajectories 4 --ks 1,5
@@ -57,6 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="tiny sizes and one repeat (a smoke test, seconds)")
     p.add_argument("--questions", type=int, help=f"questions per rollout (default {DEFAULTS['questions']})")
     p.add_argument("--trajectories", type=int, help=f"trajectories per question, K (default {DEFAULTS['trajectories']})")
+    p.add_argument("--layouts", default="dynamic,static",
+                   help="generation cache layouts for the K comparison: dynamic, static, compiled (default dynamic,static)")
     p.add_argument("--ks", help=f"K values compared side by side, sampled (default {DEFAULTS['ks']}; '' to skip)")
     p.add_argument("--max-thoughts", type=int, help=f"the navigator's thought budget (default {DEFAULTS['max_thoughts']})")
     p.add_argument("--max-new-tokens", type=int, help=f"answer tokens at most (default {DEFAULTS['max_new_tokens']})")
@@ -100,6 +105,22 @@ def loop(lm, nav, questions, args) -> list[Trajectories]:
 def sampled(lm, nav, questions, args, k: int) -> Trajectories:
     return roll_out(lm, nav, questions, num_trajectories=k, sample=True, max_new_tokens=args.max_new_tokens,
                     generator=torch.Generator().manual_seed(args.seed))
+
+
+def compare_layouts(lm, nav, questions, args) -> dict[str, dict | None]:
+    """The K comparison under each generation cache layout (the same weights, navigator and questions)."""
+    out = {}
+    for layout in [x.strip() for x in args.layouts.split(",") if x.strip()]:
+        if layout not in ("dynamic", "static", "compiled"):
+            raise SystemExit(f"unknown layout {layout!r} (dynamic, static or compiled)")
+        lm.configure_generation("static" if layout != "dynamic" else "dynamic", compile=layout == "compiled")
+        if layout == "compiled":  # compile every K's shape before timing
+            for k in [int(k) for k in args.ks.split(",") if k.strip()]:
+                sampled(lm, nav, questions, args, k)
+        out[layout] = compare_k(lm, nav, questions, args)
+        log(f"{layout}: K ratios {out[layout] and out[layout]['ratio_vs_k1']}")
+    lm.configure_generation("dynamic")
+    return out
 
 
 def compare_k(lm, nav, questions, args) -> dict | None:
@@ -149,7 +170,8 @@ def run(args: argparse.Namespace) -> dict:
             if r >= args.warmup:
                 seconds[name].append(s)
                 log(f"{name} repeat {r - args.warmup + 1}/{args.repeats}: {s:.3f} s")
-    multi = compare_k(lm, nav, questions, args)
+    by_layout = compare_layouts(lm, nav, questions, args)
+    multi = next(iter(by_layout.values()), None)
     (t_b, a_b), (t_l, a_l) = summary(outputs["batched"]), summary(outputs["loop"])
     n = len(questions)
     qps = {name: n / statistics.median(ts) for name, ts in seconds.items()}
@@ -163,6 +185,7 @@ def run(args: argparse.Namespace) -> dict:
                   "answers_matching": sum(x == y for x, y in zip(a_b, a_l)), "trajectories": len(a_b),
                   "distinct_thought_counts": sorted(set(t_b)), "mean_thoughts": statistics.mean(t_b)},
         "multi": multi,
+        "multi_by_layout": by_layout,
         "config": {"questions": n, "trajectories": args.trajectories, "ks": args.ks, "max_thoughts": args.max_thoughts,
                    "max_new_tokens": args.max_new_tokens, "hidden_size": args.hidden_size,
                    "num_layers": args.num_layers, "num_heads": args.num_heads,

@@ -126,6 +126,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--abstain-below", type=float, default=0.0, metavar="A",
                    help="with K > 1: also report coverage and accuracy answering only where >= A of the trajectories agree")
     p.add_argument("--out", help="write the JSON report here (default: print the summary)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the prefill and the thought/token step (static KV cache); pays on long "
+                        "evaluations, compiling takes tens of seconds (default off)")
     _device_arguments(p)
 
     p = _command(sub, "generate", "answer one question")
@@ -192,7 +195,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                                          steer=not args.no_steering, memory=not args.no_memory,
                                          max_new_tokens=args.max_new_tokens, device=args.device, dtype=args.dtype,
                                          num_trajectories=evaluate_checkpoint.parse_trajectories(args.num_trajectories),
-                                         fusion=args.fusion, abstain_below=args.abstain_below)
+                                         fusion=args.fusion, abstain_below=args.abstain_below, compile=args.compile)
     else:
         raise CoconavError("eval needs --checkpoint DIR or --zero-shot MODEL")
     if args.out:

@@ -83,6 +83,14 @@ class ModelConfig:
     'embedding' rescales it to the mean L2 norm of the input-embedding rows (scale detached)."""
     gradient_checkpointing: bool = False
     """Recompute decoder-layer activations in backward; the thought loop keeps its KV cache."""
+    kv_cache: Literal["dynamic", "static"] = "dynamic"
+    """Generation's KV cache: 'dynamic' grows by a column per step (the reference); 'static' is
+    preallocated to the batch's longest prompt plus the thought and answer budget, so every step has
+    the same shapes (rows that halt stay masked). Outputs are equal within float rounding."""
+    compile: bool = False
+    """torch.compile generation's prefill and one-column step (thoughts and answer tokens): inductor on
+    a CPU, CUDA graphs ('reduce-overhead') on a GPU; implies kv_cache 'static'. Compiling takes tens of
+    seconds per new batch shape, so it pays on long evaluations and rollouts, not on a few questions."""
     lora: LoraConfig | None = None
     """LoRA settings; None means full fine-tuning."""
 

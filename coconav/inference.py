@@ -52,10 +52,12 @@ class CoconavModel:
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device | None = None,
-                        dtype: str | torch.dtype | None = None) -> CoconavModel:
+                        dtype: str | torch.dtype | None = None, compile: bool = False,
+                        kv_cache: str = "dynamic") -> CoconavModel:
         """Load a checkpoint folder, or a run folder's latest checkpoint (weights through safetensors), frozen
         and in eval mode. `device`: 'cpu', 'cuda', 'cuda:N' (None: CUDA when available, else the CPU);
-        `dtype`: 'float32', 'bfloat16', 'float16' (None: the dtype the checkpoint was saved in)."""
+        `dtype`: 'float32', 'bfloat16', 'float16' (None: the dtype the checkpoint was saved in);
+        `compile`: torch.compile generation's steps (implies `kv_cache="static"`; see LatentLM.compile_generation)."""
         device = device if isinstance(device, torch.device) else resolve_device(device)
         dtype = dtype if isinstance(dtype, torch.dtype) or dtype is None else resolve_dtype(dtype)
         folder = latest_checkpoint(directory)
@@ -64,6 +66,7 @@ class CoconavModel:
             raise CheckpointError(f"{folder}: metadata lacks the run config (not written by coconav train)")
         cfg = from_dict(RunConfig, meta["config"])
         lm = LatentLM.from_pretrained(folder, dtype=dtype).to(device).eval()
+        lm.configure_generation(kv_cache, compile)
         navigator, fixed = None, None
         stage = int(meta["train_state"].get("stage", 0))
         if cfg.navigator is not None:

@@ -100,6 +100,25 @@ def test_bench_rollout_quick():
     multi = out["multi"]
     assert_positive_numbers(multi["seconds_per_rollout"], {"1", "5"})
     assert multi["ratio_vs_k1"]["1"] == 1.0 and multi["ratio_vs_k1"]["5"] > 0
+    assert set(out["multi_by_layout"]) == {"dynamic", "static"} and out["multi_by_layout"]["dynamic"] == multi
+    assert_positive_numbers(out["multi_by_layout"]["static"]["seconds_per_rollout"], {"1", "5"})
+
+
+def test_bench_decode_quick():
+    out = run_script("bench_decode.py")
+    assert out["benchmark"] == "decode" and out["matmul_gflops"] > 0
+    tiny = out["results"]["tiny"]["4"]
+    for workload in ("decode", "rollout"):
+        res = tiny[workload]
+        assert_positive_numbers(res["gflops"], {"dynamic", "static", "compiled"})
+        assert_positive_numbers(res["fraction_of_matmul"], {"dynamic", "static", "compiled"})
+        assert res["speedup_vs_dynamic"]["dynamic"] == 1.0 and res["compile_seconds"] >= 0
+        # the check the script makes: static and compiled decode exactly as the dynamic reference
+        for contender in ("static", "compiled"):
+            assert res["check"][contender]["tokens_match"] is True
+            assert res["check"][contender]["thought_max_abs_diff"] < 1e-4
+    # the FLOP count is the analytic one: prefill, thoughts, <eot>, fed tokens per row (4 prompts of 3-6 tokens)
+    assert 0 < tiny["decode"]["gflop_per_call"] < 1e-2
 
 
 def test_bench_steer_scale_quick():

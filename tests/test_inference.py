@@ -58,3 +58,13 @@ def test_generate_with_a_pluggable_controller(bf16_coconut: Path):
     plain = model.generate("1 + 2 ?", return_trajectories=True)
     assert plain["num_thoughts"] == 2 and set(plain) == {"answer", "num_thoughts", "new_tokens", "forward_passes", "steps",
                                                          "memory_reads"}
+
+
+def test_from_pretrained_static_cache_and_compile(bf16_coconut: Path):
+    eager = CoconavModel.from_pretrained(bf16_coconut, dtype="float32")
+    static = CoconavModel.from_pretrained(bf16_coconut, dtype="float32", kv_cache="static")
+    assert eager.lm.kv_cache == "dynamic" and static.lm.kv_cache == "static"
+    questions = ["1 + 2 ?", "3 * 4 - 5 ?", "6 ?"]
+    assert static.generate(questions) == eager.generate(questions)
+    compiled = CoconavModel.from_pretrained(bf16_coconut, dtype="float32", compile=True)
+    assert compiled.lm.is_compiled and compiled.lm.kv_cache == "static"  # compiled lazily, at the first call

@@ -96,4 +96,4 @@ def build_latent_lm(cfg: ModelConfig, tokenizer=None) -> LatentLM:
     lm = LatentLM(model, tokenizer, thought_norm=cfg.thought_norm, autocast=cfg.autocast)
     if cfg.gradient_checkpointing:
         lm.gradient_checkpointing_enable()
-    return lm
+    return lm.configure_generation(cfg.kv_cache, cfg.compile)

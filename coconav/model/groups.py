@@ -83,16 +83,9 @@ def repeat_state(state: DecodeState, k: int | torch.Tensor) -> DecodeState:
     if isinstance(k, torch.Tensor):
         if bool((k == k[0]).all()):
             return repeat_state(state, int(k[0]))
-        index = torch.repeat_interleave(torch.arange(len(k), device=k.device), k).to(state.mask.device)
-        state.cache.batch_select_indices(index)
-        return DecodeState(cache=state.cache, mask=state.mask[index], next_position=state.next_position[index],
-                           last_hidden=state.last_hidden[index])
-    if k == 1:
-        return state
-    state.cache.batch_repeat_interleave(k)
-    return DecodeState(cache=state.cache, mask=state.mask.repeat_interleave(k, 0),
-                       next_position=state.next_position.repeat_interleave(k, 0),
-                       last_hidden=state.last_hidden.repeat_interleave(k, 0))
+        index = torch.repeat_interleave(torch.arange(len(k), device=k.device), k).to(state.next_position.device)
+        return state.select_rows(index)
+    return state if k == 1 else state.repeat_rows(k)
 
 
 def trajectory_temperatures(k: int, spread: float) -> torch.Tensor:
@@ -144,9 +137,10 @@ def allocate_trajectories(success_probs: torch.Tensor, budget: float, max_k: int
 def measure_thought_scale(lm: LatentLM, navigator: Navigator, prompts: list[list[int]]) -> float:
     """Set the navigator's thought scale (steer_scale "rms") from plain COCONUT thoughts on `prompts`
     (max_thoughts each, no steering): the RMS entry of the thoughts fed back. Returns it."""
-    state = lm.prefill(prompts)
+    state = lm.prefill(prompts, max_new_columns=navigator.cfg.max_thoughts + 1)
     counts = torch.full((len(prompts),), navigator.cfg.max_thoughts, dtype=torch.long, device=lm.device)
     _, thoughts = lm.think(state, counts, return_thoughts=True)
+    state.release()
     return navigator.set_thought_scale(thoughts)
 
 
@@ -181,7 +175,7 @@ def run_groups(lm: LatentLM, navigator: Navigator, prompts: list[list[int]], *,
     L, cfg = navigator.cfg.max_thoughts, navigator.cfg
     if navigator.needs_thought_scale:
         measure_thought_scale(lm, navigator, prompts)
-    state = lm.prefill(prompts)
+    state = lm.prefill(prompts, max_new_columns=L + 1 + max_new_tokens)
     success = navigator.success_logits(state.last_hidden.float())  # [Q]
     counts = trajectory_counts(navigator, num_trajectories, len(prompts), state.last_hidden.float())
     state = repeat_state(state, counts)
@@ -206,6 +200,7 @@ def run_groups(lm: LatentLM, navigator: Navigator, prompts: list[list[int]], *,
     used, _ = lm.think(state, torch.zeros(B, dtype=torch.long, device=dev), controller=controller, max_thoughts=L)
     answer_ids, new_tokens = lm.decode(state, max_new_tokens, do_sample=sample, generator=generator,
                                        seeds=row_seeds if sample else None)
+    state.release()
     return GroupRun(counts=counts, group=group, trajectory=trajectory, num_thoughts=used, answer_ids=answer_ids,
                     new_tokens=new_tokens, temperature_factors=factors if multi else torch.ones(B),
                     success_logits=success[group.to(success.device)], seeds=seeds, controller=controller)

@@ -34,13 +34,12 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
-from transformers.cache_utils import DynamicCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from coconav.common import DTYPE_NAMES
 from coconav.tokens import LATENT_TOKENS, SpecialTokens
 from coconav.errors import CheckpointError, ConfigError, InputError
-from coconav.model.cache import PassCache
+from coconav.model.cache import DecodeCache, PassCache, StaticPool, static_capacity
 from coconav.model.streams import stream_categorical
 
 META_FILE = "coconav.json"
@@ -101,15 +100,29 @@ class GenerationOutput:
 
 @dataclass
 class DecodeState:
-    """The running state of batched decoding: cache, key mask, next positions, last hidden state.
+    """The running state of batched decoding: the cache with its key mask, next positions, last hidden state.
 
-    Shape: mask [B, S] over cached positions; next_position [B]; last_hidden [B, D].
+    Shape: next_position [B]; last_hidden [B, D]; the key mask is cache.mask [B, S] (coconav/model/cache.py).
     """
 
-    cache: DynamicCache
-    mask: torch.Tensor
+    cache: DecodeCache
     next_position: torch.Tensor
     last_hidden: torch.Tensor
+
+    def repeat_rows(self, k: int) -> DecodeState:
+        """k consecutive copies of every row: copy j of row i at i*k + j (the cache indexed, never recomputed)."""
+        self.cache.repeat_rows(k)
+        return DecodeState(cache=self.cache, next_position=self.next_position.repeat_interleave(k, 0),
+                           last_hidden=self.last_hidden.repeat_interleave(k, 0))
+
+    def select_rows(self, index: torch.Tensor) -> DecodeState:
+        """Rows `index` in that order. Shape: index [B']."""
+        self.cache.select_rows(index)
+        return DecodeState(cache=self.cache, next_position=self.next_position[index], last_hidden=self.last_hidden[index])
+
+    def release(self) -> None:
+        """Generation is over: static cache buffers go back to the model's pool."""
+        self.cache.release()
 
 
 def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -192,6 +205,9 @@ class LatentLM(nn.Module):
         self.special = SpecialTokens.from_tokenizer(tokenizer)
         self.thought_norm = thought_norm
         self.autocast_dtype = torch.bfloat16 if autocast == "bfloat16" else None
+        self.kv_cache = "dynamic"  # generation's cache layout: "dynamic" (the reference) or "static"
+        self._static_pool: StaticPool | None = None
+        self._compiled: dict | None = None  # torch.compile'd generation calls (compile_generation)
 
     # -- pieces of the backbone --------------------------------------------------------------
 
@@ -364,23 +380,78 @@ class LatentLM(nn.Module):
             mask[i, width - len(p):] = 1
         return ids.to(self.device), mask.to(self.device)
 
+    # -- the static KV cache and compiled generation ----------------------------------------------
+
+    def use_static_cache(self, enabled: bool = True) -> LatentLM:
+        """Generation with a preallocated KV cache of fixed shapes (coconav/model/cache.py, ``DecodeCache``)
+        instead of the growing one. Outputs equal the dynamic cache's within float rounding."""
+        self.kv_cache = "static" if enabled else "dynamic"
+        if enabled and self._static_pool is None:
+            self._static_pool = StaticPool(self.causal_lm.config)
+        return self
+
+    def compile_generation(self, mode: str | None = None) -> LatentLM:
+        """``torch.compile`` the backbone calls of generation: the prefill (dynamic shapes) and the one-column
+        step that serves every thought and every answer token (static KV cache, fixed shapes).
+
+        `mode` None: "reduce-overhead" (CUDA graphs) for the step on a GPU, inductor's default on a CPU.
+        The static cache is turned on. The eager path (without this call) stays the reference: greedy
+        tokens are the same and thoughts equal within float tolerance (tests/model/test_compile.py).
+        Compilation happens at the first call of each shape (the cache's capacity is rounded up to a
+        multiple of 16 columns; after the second shape the step is recompiled once with dynamic sizes).
+        """
+        self.use_static_cache(True)
+        step_mode = mode if mode is not None else ("reduce-overhead" if self.device.type == "cuda" else None)
+        self._compiled = {"prefill": torch.compile(self._prefill_call, dynamic=True, mode=mode),
+                          "step": torch.compile(self._step_call, mode=step_mode)}
+        return self
+
+    def configure_generation(self, kv_cache: str = "dynamic", compile: bool = False) -> LatentLM:
+        """Apply `model.kv_cache` / `model.compile` (coconav/config.py): compiling implies the static cache."""
+        if kv_cache not in ("dynamic", "static"):
+            raise ConfigError(f"model.kv_cache must be 'dynamic' or 'static', got {kv_cache!r}")
+        self.use_static_cache(kv_cache == "static" or compile)
+        if not compile:
+            self._compiled = None
+        return self.compile_generation() if compile else self
+
+    @property
+    def is_compiled(self) -> bool:
+        return self._compiled is not None
+
+    def _prefill_call(self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor:
+        return self._run(embeds, mask, positions, cache)
+
+    def _step_call(self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor:
+        return self._run(embeds, mask, positions, cache)
+
     def _step(self, state: DecodeState, embeds: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """Feed one column [B, 1, D]; examples with keep=False see it masked out. Returns hidden [B, D]."""
-        mask = torch.cat([state.mask, keep.long()[:, None]], dim=1)
+        mask = state.cache.column(keep)
         positions = state.next_position[:, None]
-        hidden = self._run(embeds, mask, positions, state.cache)[:, -1]
-        state.mask = mask
+        if self._compiled is not None and state.cache.is_static:
+            # a copy: a CUDA-graph replay overwrites its output buffers at the next step
+            hidden = self._compiled["step"](embeds, mask, positions, state.cache.cache)[:, -1].clone()
+        else:
+            hidden = self._step_call(embeds, mask, positions, state.cache.cache)[:, -1]
         state.next_position = state.next_position + keep.long()
         return hidden
 
     @torch.no_grad()
-    def prefill(self, prompts: list[list[int]]) -> DecodeState:
-        """Run the prompts (left-padded) through the backbone once, filling a fresh cache."""
+    def prefill(self, prompts: list[list[int]], max_new_columns: int | None = None) -> DecodeState:
+        """Run the prompts (left-padded) through the backbone once, filling a fresh cache.
+
+        `max_new_columns`: the most columns the steps after it will add (thoughts, <eot>, answer tokens);
+        with the static cache on it sizes the preallocated buffers (None: the dynamic layout)."""
         ids, mask = self.left_pad(prompts)
-        cache = DynamicCache()
+        capacity = None
+        if self.kv_cache == "static" and max_new_columns is not None:
+            capacity = static_capacity(mask.shape[1] + max_new_columns, 16 if self._compiled is not None else 1)
+        cache = DecodeCache(mask, capacity, self._static_pool)
+        call = self._compiled["prefill"] if self._compiled is not None else self._prefill_call
         with self._autocast():
-            hidden = self._run(self.embed(ids), mask, positions_from_mask(mask), cache)
-        return DecodeState(cache=cache, mask=mask, next_position=mask.sum(1), last_hidden=hidden[:, -1])
+            hidden = call(self.embed(ids), mask, positions_from_mask(mask), cache.cache)
+        return DecodeState(cache=cache, next_position=mask.sum(1), last_hidden=hidden[:, -1])
 
     @torch.no_grad()
     def think(self, state: DecodeState, num_thoughts: torch.Tensor, controller: ThoughtController | None = None,
@@ -466,7 +537,7 @@ class LatentLM(nn.Module):
             raise InputError(f"a prompt of {longest} tokens plus {thought_room} thoughts does not fit the model's "
                              f"context of {self.context_length} positions")
         max_new_tokens = min(max_new_tokens, room)
-        state = self.prefill(prompts)
+        state = self.prefill(prompts, max_new_columns=thought_room + 1 + max_new_tokens)
         thoughts = None
         if all(ends_bot) and ends_bot:
             used, thoughts = self.think(state, counts, controller, max_thoughts, return_thoughts)
@@ -475,6 +546,7 @@ class LatentLM(nn.Module):
                 raise InputError("thoughts were asked for but the prompts do not end with <bot>")
             used = torch.zeros(B, dtype=torch.long, device=self.device)
         sequences, new_tokens = self.decode(state, max_new_tokens, do_sample, temperature, top_p, generator)
+        state.release()
         texts = [self.decode_text(seq) for seq in sequences]
         return GenerationOutput(texts=texts, sequences=sequences, num_thoughts=used, new_tokens=new_tokens,
                                 forward_passes=1 + used + new_tokens, thoughts=thoughts)

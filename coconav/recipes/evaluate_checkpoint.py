@@ -35,7 +35,7 @@ from coconav.model.latent_lm import LatentLM
 def run(checkpoint: str | Path, data: str = "test", num_thoughts: int | None = None, max_questions: int | None = None,
         batch_size: int | None = None, steer: bool = True, memory: bool = True, max_new_tokens: int | None = None,
         device: str | None = None, dtype: str | None = None, num_trajectories: int | str = 1, fusion: str = "majority",
-        abstain_below: float = 0.0) -> dict:
+        abstain_below: float = 0.0, compile: bool = False) -> dict:
     """Evaluate; returns the JSON report (aggregates and per-question records).
 
     ``num_trajectories`` K > 1 or "auto" (navigator checkpoints): K trajectories per question fused by
@@ -43,12 +43,13 @@ def run(checkpoint: str | Path, data: str = "test", num_thoughts: int | None = N
 
     For a navigator checkpoint, ``steer=False`` keeps its halting but feeds plain COCONUT thoughts back
     (the steering ablation) and ``memory=False`` switches its episodic and persistent memory off.
-    ``max_new_tokens`` replaces the checkpoint's eval.max_new_tokens.
+    ``max_new_tokens`` replaces the checkpoint's eval.max_new_tokens. ``compile``: torch.compile generation's
+    steps (static KV cache; LatentLM.compile_generation).
     """
     if max_new_tokens is not None and max_new_tokens < 1:
         raise InputError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
     folder = latest_checkpoint(checkpoint)
-    model = CoconavModel.from_pretrained(folder, device=resolve_device(device), dtype=resolve_dtype(dtype))
+    model = CoconavModel.from_pretrained(folder, device=resolve_device(device), dtype=resolve_dtype(dtype), compile=compile)
     cfg = model.config
     if data in ("test", "validation"):
         examples = getattr(load_splits(cfg.data, cfg.seed), data)

@@ -79,7 +79,7 @@ def build_model(cfg: RunConfig, splits: Splits, resume_from: Path | None) -> Lat
                                       thought_norm=cfg.model.thought_norm, autocast=cfg.model.autocast)
         if cfg.model.gradient_checkpointing:
             lm.gradient_checkpointing_enable()
-        return lm
+        return lm.configure_generation(cfg.model.kv_cache, cfg.model.compile)
     tokenizer = None
     if cfg.model.name_or_path in SCRATCH:
         if cfg.data.task != "files":

@@ -163,7 +163,8 @@ def build(cfg: RunConfig, resume: str | None) -> tuple[NavRun, int]:
     base = latest_checkpoint(cfg.init_from)
     # model.dtype when set, else the checkpoint's own dtype (a bf16 COCONUT model stays bf16)
     dtype = DTYPE_NAMES[cfg.model.dtype] if cfg.model.dtype is not None else None
-    base_model = CoconavModel.from_pretrained(base, device=accelerator.device, dtype=dtype)
+    base_model = CoconavModel.from_pretrained(base, device=accelerator.device, dtype=dtype, compile=cfg.model.compile,
+                                              kv_cache=cfg.model.kv_cache)
     if base_model.navigator is not None:
         raise ConfigError(f"init_from={base} already holds a navigator: point it at the COCONUT checkpoint")
     lm = base_model.lm.eval()  # eval mode throughout: rollouts and replays run without dropout

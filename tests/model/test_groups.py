@@ -36,10 +36,10 @@ def test_variable_repeat_indexes_the_cache_without_recomputing():
     lm = tiny_lm()
     prompts = [[4, 5, 6, lm.special.bot], [7, lm.special.bot]]
     state = lm.prefill(prompts)
-    keys = [layer.keys.clone() for layer in state.cache.layers]
+    keys = [layer.keys.clone() for layer in state.cache.cache.layers]
     out = repeat_state(state, torch.tensor([3, 1]))
-    assert out.last_hidden.shape[0] == 4 and out.mask.shape[0] == 4
-    for before, layer in zip(keys, out.cache.layers):
+    assert out.last_hidden.shape[0] == 4 and out.cache.mask.shape[0] == 4
+    for before, layer in zip(keys, out.cache.cache.layers):
         assert torch.equal(layer.keys, before[[0, 0, 0, 1]])
 
 
