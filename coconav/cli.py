@@ -122,6 +122,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num-trajectories", default=None, metavar="K|auto",
                    help="navigator checkpoints: K trajectories per question fused into one answer (default 1; "
                         "auto: the K-selector under navigator.trajectories_budget)")
+    p.add_argument("--trajectories-budget", type=float, default=None, metavar="B",
+                   help="with --num-trajectories auto: the mean K per question to spend (default: the checkpoint's "
+                        "navigator.trajectories_budget)")
     p.add_argument("--fusion", default="majority", help="with K > 1: majority, value or scorer (default majority)")
     p.add_argument("--abstain-below", type=float, default=0.0, metavar="A",
                    help="with K > 1: also report coverage and accuracy answering only where >= A of the trajectories agree")
@@ -195,7 +198,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                                          steer=not args.no_steering, memory=not args.no_memory,
                                          max_new_tokens=args.max_new_tokens, device=args.device, dtype=args.dtype,
                                          num_trajectories=evaluate_checkpoint.parse_trajectories(args.num_trajectories),
-                                         fusion=args.fusion, abstain_below=args.abstain_below, compile=args.compile)
+                                         fusion=args.fusion, abstain_below=args.abstain_below, compile=args.compile,
+                                         trajectories_budget=args.trajectories_budget)
     else:
         raise CoconavError("eval needs --checkpoint DIR or --zero-shot MODEL")
     if args.out:

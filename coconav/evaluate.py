@@ -250,7 +250,8 @@ def multi_answers(lm: LatentLM, navigator: Navigator, prompts: list[list[int]], 
     answer per question by `fusion` over the answer keys of `answer_types` (one per prompt)."""
     check_multi(num_trajectories, fusion, navigator.cfg.max_trajectories)
     if num_trajectories == "auto" and navigator.cfg.trajectories_budget is None:
-        raise InputError("--num-trajectories auto needs navigator.trajectories_budget in the checkpoint's config")
+        raise InputError("--num-trajectories auto needs navigator.trajectories_budget in the checkpoint's config "
+                         "(or coconav eval --trajectories-budget B)")
     room = lm.context_length - max((len(p) for p in prompts), default=0) - navigator.cfg.max_thoughts - 1
     if room <= 0:
         raise InputError(f"a prompt plus {navigator.cfg.max_thoughts} thoughts does not fit the model's context "
@@ -333,6 +334,9 @@ def multi_summary(records: list[QuestionResult], extras: list[dict], num_traject
     return {"num_trajectories": num_trajectories, "fusion": fusion,
             "mean_trajectories": sum(e["trajectories"] for e in extras) / n,
             "mean_trajectories_by_difficulty": {str(d): sum(ks) / len(ks) for d, ks in sorted(by_diff.items())},
+            # K "auto": does K rise with difficulty (nan when every question got the same K)
+            "spearman_difficulty_trajectories": spearman([r.difficulty for r in records],
+                                                         [e["trajectories"] for e in extras]),
             "mean_agreement": float(agreement.mean()) if len(extras) else float("nan"),
             "first_trajectory_accuracy": sum(e["trajectory_correct"][0] for e in extras) / n,
             "oracle_accuracy": sum(any(e["trajectory_correct"]) for e in extras) / n,

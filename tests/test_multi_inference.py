@@ -79,6 +79,9 @@ def test_eval_with_k_trajectories_and_abstention(cli, nav_checkpoint: Path, tmp_
     (["--num-trajectories", "3", "--fusion", "best"], "--fusion must be one of majority, value, scorer, got 'best'"),
     (["--abstain-below", "0.5"], "--abstain-below needs --num-trajectories > 1 (one trajectory always agrees with itself)"),
     (["--num-trajectories", "3", "--abstain-below", "2"], "--abstain-below must be in [0, 1], got 2.0"),
+    (["--num-trajectories", "3", "--trajectories-budget", "2"], "--trajectories-budget needs --num-trajectories auto"),
+    (["--num-trajectories", "auto", "--trajectories-budget", "17"],
+     "--trajectories-budget must be in [1, navigator.max_trajectories=16], got 17.0"),
 ])
 def test_eval_multi_bad_values_are_one_line_errors(cli, nav_checkpoint: Path, args: list[str], message: str):
     assert cli("eval", "--checkpoint", nav_checkpoint, "--data", "test", *args).error() == message
@@ -87,3 +90,13 @@ def test_eval_multi_bad_values_are_one_line_errors(cli, nav_checkpoint: Path, ar
 def test_eval_multi_needs_a_navigator(cli, tiny_run: Path):
     message = cli("eval", "--checkpoint", tiny_run, "--data", "test", "--num-trajectories", "3").error()
     assert message.startswith("--num-trajectories needs a navigator checkpoint") and message.endswith("has no navigator)")
+
+
+def test_eval_auto_with_a_budget_override(cli, nav_checkpoint: Path, tmp_path: Path):
+    out = tmp_path / "auto.json"
+    res = cli("eval", "--checkpoint", nav_checkpoint, "--data", "test", "--num-trajectories", "auto",
+              "--trajectories-budget", "3", "--out", out)
+    assert res.rc == 0, res.err
+    report = json.loads(out.read_text())
+    assert report["num_trajectories"] == "auto" and report["mean_trajectories"] == pytest.approx(3.0, abs=0.05)
+    assert "spearman_difficulty_trajectories" in report  # nan here: an untrained selector gives every question K = 3

@@ -35,7 +35,7 @@ from coconav.model.latent_lm import LatentLM
 def run(checkpoint: str | Path, data: str = "test", num_thoughts: int | None = None, max_questions: int | None = None,
         batch_size: int | None = None, steer: bool = True, memory: bool = True, max_new_tokens: int | None = None,
         device: str | None = None, dtype: str | None = None, num_trajectories: int | str = 1, fusion: str = "majority",
-        abstain_below: float = 0.0, compile: bool = False) -> dict:
+        abstain_below: float = 0.0, compile: bool = False, trajectories_budget: float | None = None) -> dict:
     """Evaluate; returns the JSON report (aggregates and per-question records).
 
     ``num_trajectories`` K > 1 or "auto" (navigator checkpoints): K trajectories per question fused by
@@ -43,6 +43,7 @@ def run(checkpoint: str | Path, data: str = "test", num_thoughts: int | None = N
 
     For a navigator checkpoint, ``steer=False`` keeps its halting but feeds plain COCONUT thoughts back
     (the steering ablation) and ``memory=False`` switches its episodic and persistent memory off.
+    ``trajectories_budget`` (with K "auto") replaces the checkpoint's navigator.trajectories_budget.
     ``max_new_tokens`` replaces the checkpoint's eval.max_new_tokens. ``compile``: torch.compile generation's
     steps (static KV cache; LatentLM.compile_generation).
     """
@@ -71,6 +72,8 @@ def run(checkpoint: str | Path, data: str = "test", num_thoughts: int | None = N
             raise InputError(f"--num-trajectories needs a navigator checkpoint and no --num-thoughts ({folder} "
                              + ("has no navigator)" if model.navigator is None else "would run with a fixed thought count)"))
         check_multi(num_trajectories, fusion, model.navigator.cfg.max_trajectories)
+        if trajectories_budget is not None:
+            set_trajectories_budget(model, num_trajectories, trajectories_budget)
         if not multi:
             raise InputError("--abstain-below needs --num-trajectories > 1 (one trajectory always agrees with itself)")
     if multi:
@@ -87,6 +90,16 @@ def run(checkpoint: str | Path, data: str = "test", num_thoughts: int | None = N
         result = evaluate(model.lm, examples, plan.mode, plan.num_thoughts, eval_cfg, seed=cfg.seed, show_progress=True)
         how = {"mode": plan.mode, "navigator": False, "num_thoughts": plan.num_thoughts}
     return {"checkpoint": str(folder), "data": data, "stage": model.stage, **how, **result.to_json()}
+
+
+def set_trajectories_budget(model: CoconavModel, num_trajectories: int | str, budget: float) -> None:
+    """--trajectories-budget: the mean K per question that "auto" spends (replaces the checkpoint's)."""
+    if num_trajectories != "auto":
+        raise InputError("--trajectories-budget needs --num-trajectories auto")
+    top = model.navigator.cfg.max_trajectories
+    if not 1 <= budget <= top:
+        raise InputError(f"--trajectories-budget must be in [1, navigator.max_trajectories={top}], got {budget}")
+    model.navigator.cfg.trajectories_budget = float(budget)
 
 
 def run_zero_shot(model: str, data: str, max_questions: int | None = None, batch_size: int = 32,
