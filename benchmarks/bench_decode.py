@@ -79,6 +79,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=5, help="timed calls of each contender (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls first; the compiled contender's first "
                                                          "call is its compilation (default 1)")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile one call of each contender per shape, batch and workload: where the time goes "
+                        "(the top ops by self CPU time, and the share inside compiled graphs; JSON and stderr)")
     add_machine_args(p)
     args = p.parse_args(argv)
     if args.quick:
@@ -198,6 +201,20 @@ def timed(fn, *a) -> tuple[float, tuple]:
     return time.perf_counter() - t0, out
 
 
+def profile_call(fn, lm: LatentLM, nav: Navigator, prompts, args, top: int = 8) -> dict:
+    """torch.profiler over one call: total self CPU ms, the top ops, and the time inside compiled graphs."""
+    from torch.profiler import profile as torch_profile
+
+    with torch_profile() as prof:
+        fn(lm, nav, prompts, args)
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events) / 1e3
+    rows = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    compiled = sum(e.cpu_time_total for e in events if e.key.startswith("Torch-Compiled Region")) / 1e3
+    return {"self_cpu_ms": total, "inside_compiled_graphs_ms": compiled,
+            "top_ops": [{"op": e.key[:60], "self_ms": e.self_cpu_time_total / 1e3, "calls": e.count} for e in rows]}
+
+
 def measure(lm: LatentLM, nav: Navigator, prompts, workload: str, args, contenders: list[str],
             peak: float, compiled: dict | None) -> dict:
     fn = WORKLOADS[workload]
@@ -245,6 +262,13 @@ def measure(lm: LatentLM, nav: Navigator, prompts, workload: str, args, contende
     }
     if "compiled" in contenders:
         result["compile_seconds"] = max(0.0, first["compiled"] - median["compiled"])
+    if args.profile:
+        result["profile"] = {}
+        for c in contenders:
+            set_contender(lm, c, compiled)
+            result["profile"][c] = profile_call(fn, lm, nav, prompts, args)
+            log(f"profile {c}: " + ", ".join(f"{o['op']} {o['self_ms']:.1f} ms" for o in result["profile"][c]["top_ops"][:5]))
+        set_contender(lm, "dynamic", None)
     return result
 
 
