@@ -205,9 +205,9 @@ class TrainConfig:
     grad_accum: int = 1
     """Micro-batches per optimizer step; micro-batch = batch_size / grad_accum."""
     group_by_length: bool = True
-    """Order each global batch by length before cutting it into the processes' micro-batches (less padding)."""
+    """Order each global batch by length (by <bot>-aligned layout with length_pool) before cutting micro-batches."""
     length_pool: int = 0
-    """0: batches drawn at random; k >= 1: length-grouped batches from pools of k global batches (see data/grouping.py)."""
+    """0: random batches; k >= 1: length-grouped batches from pools of k global batches (data/grouping.py)."""
     lr: float = 1e-3
     """Peak learning rate (AdamW)."""
     min_lr: float = 1e-4

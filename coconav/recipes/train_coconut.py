@@ -16,6 +16,10 @@ train.fsdp=true the LM is sharded with torch FSDP2 (coconav/distributed.py), and
 evaluations gather the full weights on every rank for rank 0 to write and evaluate:
 
     torchrun --standalone --nproc_per_node 2 -m coconav train --config configs/demo.yaml train.fsdp=true
+
+Padding: a micro-batch computes rows x (longest question + longest rest) columns, because every <bot>
+shares one column. train.length_pool=k draws length-grouped batches (coconav/data/grouping.py); the
+metrics log real tokens (train/tokens), computed columns (train/columns) and train/padded_fraction.
 """
 
 from __future__ import annotations
