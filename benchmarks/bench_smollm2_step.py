@@ -24,7 +24,7 @@ micro-batches of ``--batch-size`` over the whole pool, in ``random`` order (``ba
 default sampler) and in ``grouped`` order (``grouped_batch_indices`` with one pool of all of them,
 or pools of ``--length-pool`` batches: what train.length_pool does): mean real tokens, columns and padded fraction per micro-batch. Then the
 same two steps are timed on ``--grouped-batches`` (3) grouped micro-batches spread over the length range
-(the narrowest, the median, the widest): ``grouped_micro_batches`` per precision, and ``grouped`` their
+(ranked by columns, cut into 3 strata, the middle batch of each): ``grouped_micro_batches`` per precision, and ``grouped`` their
 sums (MFU = all their FLOPs / all their seconds).
 
     python benchmarks/bench_smollm2_step.py                 # prints one JSON object
@@ -137,11 +137,12 @@ def batch_orders(tokenized, args, curriculum) -> tuple[dict, list[list[int]]]:
 
 
 def spread(batches: list[list[int]], tokenized, stage: int, curriculum, k: int) -> list[list[int]]:
-    """k of `batches` spread over the length range: by columns, the narrowest, ..., the widest."""
+    """k of `batches` spread over the length range: ranked by columns and cut into k equal strata, the middle
+    batch of each (a stratified sample: their sums approximate the whole pool's, unlike the two extremes)."""
     if k <= 0:
         return []
     ranked = sorted(batches, key=lambda b: columns([predicted_layout(tokenized[i], stage, curriculum) for i in b], len(b)))
-    picks = sorted({round(j * (len(ranked) - 1) / max(1, k - 1)) for j in range(k)})
+    picks = sorted({min(len(ranked) - 1, int((j + 0.5) * len(ranked) / k)) for j in range(k)})
     return [ranked[j] for j in picks]
 
 
