@@ -213,7 +213,9 @@ class TrainConfig:
     grad_accum: int = 1
     """Micro-batches per optimizer step; micro-batch = batch_size / grad_accum."""
     group_by_length: bool = True
-    """Sort each batch by length before splitting it into micro-batches (less padding)."""
+    """Order each global batch by length (by <bot>-aligned layout with length_pool) before cutting micro-batches."""
+    length_pool: int = 0
+    """0: random batches; k >= 1: length-grouped batches from pools of k global batches (data/grouping.py)."""
     lr: float = 1e-3
     """Peak learning rate (AdamW)."""
     min_lr: float = 1e-4
@@ -258,6 +260,8 @@ class TrainConfig:
             self.batch_size % self.grad_accum == 0,
             f"train.batch_size ({self.batch_size}) must be a multiple of train.grad_accum ({self.grad_accum})",
         )
+        _check(self.length_pool >= 0, f"train.length_pool must be >= 0 (0: batches drawn at random; k: pools of k "
+                                      f"global batches grouped by length), got {self.length_pool}")
         _check(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
         _check(0 <= self.min_lr <= self.lr, f"train.min_lr must be in [0, train.lr], got {self.min_lr}")
         _check(self.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {self.warmup_steps}")

@@ -193,3 +193,9 @@ def test_multi_trajectory_settings_are_checked(override: str, message: str) -> N
         load_config(DEMO_PRESET, ["init_from=x", "navigator.hidden=8", "ppo.num_trajectories=8", override]
                     if override.startswith("navigator.max") else ["init_from=x", "navigator.hidden=8", override])
     assert str(err.value) == message
+
+
+def test_negative_length_pool(cli) -> None:
+    assert cli("train", "--config", DEMO_PRESET, "train.length_pool=-1").error() == (
+        "train.length_pool must be >= 0 (0: batches drawn at random; k: pools of k global batches grouped by "
+        "length), got -1")

@@ -66,7 +66,7 @@ def batch_indices(num_examples: int, batch_size: int, step: int, seed: int) -> l
     position = step * batch_size
     while len(out) < batch_size:
         epoch, offset = divmod(position, num_examples)
-        perm = _permutation(num_examples, seed, epoch)
+        perm = epoch_permutation(num_examples, seed, epoch)
         take = min(batch_size - len(out), num_examples - offset)
         out.extend(perm[offset: offset + take])
         position += take
@@ -76,7 +76,8 @@ def batch_indices(num_examples: int, batch_size: int, step: int, seed: int) -> l
 _PERM_CACHE: dict[tuple[int, int, int], list[int]] = {}
 
 
-def _permutation(n: int, seed: int, epoch: int) -> list[int]:
+def epoch_permutation(n: int, seed: int, epoch: int) -> list[int]:
+    """The seeded order of the training examples in `epoch` (cached: callers must not change it)."""
     key = (n, seed, epoch)
     if key not in _PERM_CACHE:
         if len(_PERM_CACHE) > 4:

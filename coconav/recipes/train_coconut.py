@@ -16,6 +16,10 @@ train.fsdp=true the LM is sharded with torch FSDP2 (coconav/distributed.py), and
 evaluations gather the full weights on every rank for rank 0 to write and evaluate:
 
     torchrun --standalone --nproc_per_node 2 -m coconav train --config configs/demo.yaml train.fsdp=true
+
+Padding: a micro-batch computes rows x (longest question + longest rest) columns, because every <bot>
+shares one column. train.length_pool=k draws length-grouped batches (coconav/data/grouping.py); the
+metrics log real tokens (train/tokens), computed columns (train/columns) and train/padded_fraction.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -33,7 +37,8 @@ from coconav.checkpoint import (TrainState, latest_checkpoint, list_checkpoints,
                                 save_checkpoint)
 from coconav.common import DTYPE_NAMES, MetricLogger, print0, progress, seed_everything, set_threads, write_json_atomic
 from coconav.config import RunConfig, save_config, to_dict
-from coconav.data.curriculum import TokenizedExample, build_sequence, collate, tokenize_examples
+from coconav.data.curriculum import Sequence, TokenizedExample, build_sequence, collate, tokenize_examples
+from coconav.data.grouping import Layout, arrange, grouped_batch_indices, predicted_layout, sequence_layout
 from coconav.data.splits import batch_indices, data_vocabulary, load_splits
 from coconav.data.tasks import Splits, get_task
 from coconav.data.tokenizer import build_word_tokenizer
@@ -58,6 +63,7 @@ class Run:
     train_examples: list[TokenizedExample]
     logger: MetricLogger
     out_dir: Path
+    layouts: dict[int, list[Layout]] = field(default_factory=dict)  # stage -> predicted layout of each example
 
 
 # 1. setup -------------------------------------------------------------------------------------
@@ -128,20 +134,56 @@ def lr_at(step: int, total: int, cfg: RunConfig, warmup: int) -> float:
 
 # 3. one optimizer step ------------------------------------------------------------------------
 
-def train_step(run: Run, stage: int, global_step: int) -> dict[str, float]:
-    """Forward and backward over this rank's share of one global batch, then an optimizer step."""
-    cfg, acc = run.cfg, run.accelerator
-    world, rank = acc.num_processes, acc.process_index
-    indices = batch_indices(len(run.train_examples), cfg.train.batch_size * world, global_step, cfg.seed)
-    indices = indices[rank * cfg.train.batch_size:(rank + 1) * cfg.train.batch_size]
+def stage_at(cfg: RunConfig, step: int, num_train: int, world: int) -> int:
+    """The curriculum stage global step `step` trains (stages follow each other, zero-length ones skipped)."""
+    end, last = 0, cfg.curriculum.stages()[0]
+    for stage in cfg.curriculum.stages():
+        length = stage_length(cfg, stage, num_train, world)
+        end, last = end + length, stage if length else last
+        if step < end:
+            return stage
+    return last
+
+
+def predicted_layouts(run: Run, step: int, world: int) -> list[Layout]:
+    """(prefix, suffix) of every training example as laid out at the stage of global step `step`."""
+    stage = stage_at(run.cfg, step, len(run.train_examples), world)
+    if stage not in run.layouts:
+        run.layouts[stage] = [predicted_layout(ex, stage, run.cfg.curriculum) for ex in run.train_examples]
+    return run.layouts[stage]
+
+
+def global_batch(run: Run, stage: int, global_step: int, world: int) -> list[Sequence]:
+    """The sequences of global batch `global_step` in micro-batch order; rank r trains the r-th slice of
+    train.batch_size. Every rank builds the whole batch, so it does not depend on the number of ranks."""
+    cfg = run.cfg
+    size, micro, n = cfg.train.batch_size * world, cfg.train.micro_batch_size, len(run.train_examples)
+    if cfg.train.length_pool:
+        indices = grouped_batch_indices(n, size, global_step, cfg.seed, cfg.train.length_pool, micro,
+                                        lambda step: predicted_layouts(run, step, world))
+    else:
+        indices = batch_indices(n, size, global_step, cfg.seed)
     # one stream per example of the global batch: the curriculum's mixing does not depend on the number of ranks
-    rngs = [random.Random(f"{cfg.seed}-mix-{global_step}-{rank * cfg.train.batch_size + j}") for j in range(len(indices))]
-    seqs = [build_sequence(run.train_examples[i], stage, cfg.curriculum, run.lm.special, rng) for i, rng in zip(indices, rngs)]
-    if cfg.train.group_by_length:  # micro-batches of similar length waste less compute on padding
-        seqs.sort(key=lambda seq: len(seq.ids))
+    rngs = [random.Random(f"{cfg.seed}-mix-{global_step}-{j}") for j in range(size)]
+    seqs = [build_sequence(run.train_examples[i], stage, cfg.curriculum, run.lm.special, rng)
+            for i, rng in zip(indices, rngs)]
+    if not cfg.train.group_by_length:
+        return seqs
+    if cfg.train.length_pool:  # mixing may have drawn other stages: arrange the sequences as built
+        return [seqs[i] for i in arrange([sequence_layout(seq, run.lm.special) for seq in seqs], micro)]
+    return sorted(seqs, key=lambda seq: len(seq.ids))  # micro-batches of similar length waste less on padding
+
+
+def train_step(run: Run, stage: int, global_step: int) -> dict[str, float]:
+    """Forward and backward over this rank's share of one global batch, then an optimizer step.
+
+    Returns the mean losses and this rank's `tokens` (real) and `columns` (computed, padding included)."""
+    cfg, acc = run.cfg, run.accelerator
+    rank, per_rank = acc.process_index, cfg.train.batch_size
+    seqs = global_batch(run, stage, global_step, acc.num_processes)[rank * per_rank:(rank + 1) * per_rank]
     micro = cfg.train.micro_batch_size
     totals = {"loss": 0.0, "lm_loss": 0.0, "thought_loss": 0.0}
-    tokens = 0
+    tokens = columns = 0
     for lo in range(0, len(seqs), micro):
         batch = collate(seqs[lo:lo + micro], run.lm.special).to(acc.device)
         with acc.accumulate(run.model):
@@ -158,8 +200,17 @@ def train_step(run: Run, stage: int, global_step: int) -> dict[str, float]:
         if out.thought_loss is not None:
             totals["thought_loss"] += out.thought_loss.item() / cfg.train.grad_accum
         tokens += int(batch.attention_mask.sum())
+        columns += batch.input_ids.numel()
     totals["tokens"] = tokens
+    totals["columns"] = columns
     return totals
+
+
+def all_ranks_sum(acc: Accelerator, values: list[int]) -> list[int]:
+    """Collective: the sum of `values` over the processes."""
+    if acc.num_processes == 1:
+        return values
+    return [int(v) for v in acc.reduce(torch.tensor(values, dtype=torch.long, device=acc.device), "sum").tolist()]
 
 
 # 4. evaluation and checkpoints ----------------------------------------------------------------
@@ -283,7 +334,10 @@ def train_run(run: Run, state: TrainState, resumed: bool = False) -> dict:
             write_json_atomic(out_dir / "stages.json", stage_results)
 
     # 4. final test evaluation
-    results = {"stages": stage_results}
+    results = {"stages": stage_results, "train": padding_summary(stage_results)}
+    if results["train"]["columns"]:
+        print0(f"padding: {results['train']['padded_fraction']:.1%} of the {results['train']['columns']:,} computed "
+               f"columns ({results['train']['tokens']:,} real tokens)")
     snap = snapshot(run) if run.splits.test else Snapshot(None, None)
     if accelerator.is_main_process and run.splits.test:
         test = run_eval(run, snap.lm, run.splits.test, state.stage)
@@ -297,6 +351,14 @@ def train_run(run: Run, state: TrainState, resumed: bool = False) -> dict:
     accelerator.wait_for_everyone()
     run.logger.close()
     return results
+
+
+def padding_summary(stage_results: list[dict]) -> dict:
+    """Real tokens, computed columns (padding included) and the padded fraction over the stages trained
+    (a resumed stage counts the steps run since the resume)."""
+    tokens = sum(r.get("train_tokens", 0) for r in stage_results)
+    columns = sum(r.get("train_columns", 0) for r in stage_results)
+    return {"tokens": tokens, "columns": columns, "padded_fraction": 1 - tokens / columns if columns else 0.0}
 
 
 def train(cfg: RunConfig, resume: str | None = None) -> dict:
@@ -330,7 +392,9 @@ def train_stage(run: Run, stage: int, state: TrainState) -> dict:
     whole = sum(stage_length(cfg, s, len(run.train_examples), acc.num_processes) for s in cfg.curriculum.stages())
     bar = progress(total=total, desc=f"stage {stage}", enabled=cfg.log.progress)
     bar.update(state.step)
-    window = {"loss": 0.0, "lm_loss": 0.0, "thought_loss": 0.0, "tokens": 0, "n": 0, "start": time.perf_counter()}
+    window = {"loss": 0.0, "lm_loss": 0.0, "thought_loss": 0.0, "tokens": 0, "columns": 0, "n": 0,
+              "start": time.perf_counter()}
+    stage_tokens = stage_columns = 0  # this process's real tokens and computed columns over the stage
     while state.step < total:
         if cfg.train.restart_schedule:  # warm up when Adam's moments are fresh: the first stage or after a reset
             fresh = stage == cfg.curriculum.stages()[0] or cfg.train.reset_optimizer
@@ -343,22 +407,27 @@ def train_stage(run: Run, stage: int, state: TrainState) -> dict:
         state.step += 1
         state.global_step += 1
         bar.update(1)
-        for key in ("loss", "lm_loss", "thought_loss", "tokens"):
+        for key in ("loss", "lm_loss", "thought_loss", "tokens", "columns"):
             window[key] += stats[key]
         window["n"] += 1
+        stage_tokens, stage_columns = stage_tokens + stats["tokens"], stage_columns + stats["columns"]
         if state.step % cfg.train.log_every == 0 or state.step == total:
             seconds = time.perf_counter() - window["start"]
+            tokens, columns = all_ranks_sum(acc, [window["tokens"], window["columns"]])
             metrics = {"train/loss": window["loss"] / window["n"], "train/lm_loss": window["lm_loss"] / window["n"],
                        "train/thought_loss": window["thought_loss"] / window["n"], "train/lr": lr,
-                       "train/stage": stage, "train/tokens_per_second": window["tokens"] / max(seconds, 1e-9)}
+                       "train/stage": stage, "train/tokens_per_second": window["tokens"] / max(seconds, 1e-9),
+                       "train/tokens": tokens / window["n"], "train/columns": columns / window["n"],
+                       "train/padded_fraction": 1 - tokens / max(columns, 1)}
             run.logger.log(metrics, state.global_step)
             bar.set_postfix(loss=f"{metrics['train/loss']:.3f}")
-            window.update(loss=0.0, lm_loss=0.0, thought_loss=0.0, tokens=0, n=0, start=time.perf_counter())
+            window.update(loss=0.0, lm_loss=0.0, thought_loss=0.0, tokens=0, columns=0, n=0, start=time.perf_counter())
         if cfg.train.save_every and state.step % cfg.train.save_every == 0 and state.step < total:
             checkpoint(run, "last", state)
     bar.close()
     state.stage_done = True
-    result = {"stage": stage, "global_step": state.global_step}
+    tokens, columns = all_ranks_sum(acc, [stage_tokens, stage_columns])
+    result = {"stage": stage, "global_step": state.global_step, "train_tokens": tokens, "train_columns": columns}
     snap = snapshot(run)  # every rank: sharded weights are gathered for rank 0 to evaluate and save
     if cfg.train.eval_each_stage and acc.is_main_process and run.splits.validation:
         val = run_eval(run, snap.lm, run.splits.validation, stage)

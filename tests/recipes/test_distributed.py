@@ -20,8 +20,9 @@ TINY = ["model.hidden_size=16", "model.num_layers=1", "model.num_heads=2", "mode
         "data.train_size=256", "data.validation_size=0", "data.test_size=0", "train.batch_size=8",
         "train.first_stage_steps=3", "train.steps_per_stage=2", "train.warmup_steps=1", "curriculum.max_stage=2",
         "train.final_stage_steps=1", "log.progress=false", "threads=1", "train.grad_accum=2"]
-# the same global batch of 16 examples in 4 micro-batches of 4, on 2 ranks or on 1; validation for the FSDP check
-EQUAL = [*TINY, "train.group_by_length=false", "data.validation_size=8", "curriculum.mix_prob=0.3"]
+# the same global batch of 16 examples in 4 micro-batches of 4, on 2 ranks or on 1, length-grouped (pools of 2
+# global batches, re-arranged after mixing); validation for the FSDP check
+EQUAL = [*TINY, "train.length_pool=2", "data.validation_size=8", "curriculum.mix_prob=0.3"]
 TWO_RANKS = ["train.batch_size=8", "train.grad_accum=2"]
 ONE_RANK = ["train.batch_size=16", "train.grad_accum=4"]
 LAST = "stage-3"

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from coconav.config import RunConfig, from_dict
@@ -61,3 +63,43 @@ def test_init_from_and_resume_keep_the_checkpoint_dtype(bf16_coconut: Path, tmp_
     upcast, _ = train_coconut.build_run(continue_config(bf16_coconut, tmp_path / "run32", dtype="float32"))
     assert upcast.lm.causal_lm.dtype == torch.float32
     upcast.logger.close()
+
+
+def test_stage_at_follows_the_stage_lengths_and_skips_empty_stages():
+    cfg = from_dict(RunConfig, {"curriculum": {"mode": "coconut", "max_stage": 2},
+                                "train": {"first_stage_steps": 3, "steps_per_stage": 2, "final_stage_steps": 1}})
+    # stages 0, 1, 2, 3 last 3, 2, 2, 1 steps
+    assert [train_coconut.stage_at(cfg, s, 100, 1) for s in range(9)] == [0, 0, 0, 1, 1, 2, 2, 3, 3]
+    cfg.train.final_stage_steps = 0  # stage 3 skipped: step 7 on stays in the last stage that trains
+    assert [train_coconut.stage_at(cfg, s, 100, 1) for s in range(5, 9)] == [2, 2, 2, 2]
+
+
+def grouping_run(out_dir: Path, length_pool: int) -> dict:
+    """A 3-stage COCONUT run on arithmetic problems of 1-4 steps (lengths vary), 4 micro-batches per step."""
+    cfg = from_dict(RunConfig, {
+        "out_dir": str(out_dir), "threads": 1, "model": {"hidden_size": 16, "num_layers": 1, "num_heads": 2,
+                                                         "intermediate_size": 32},
+        "data": {"task": "arithmetic", "train_size": 96, "validation_size": 0, "test_size": 2, "max_difficulty": 4},
+        "curriculum": {"mode": "coconut", "thoughts_per_step": 1, "max_stage": 1},
+        "train": {"batch_size": 16, "grad_accum": 4, "length_pool": length_pool, "first_stage_steps": 6,
+                  "steps_per_stage": 6, "final_stage_steps": 6, "warmup_steps": 1, "log_every": 2},
+        "eval": {"max_new_tokens": 4}, "log": {"progress": False},
+    })
+    results = train_coconut.train(cfg)
+    records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    return {"results": results, "train": [r for r in records if "train/loss" in r]}
+
+
+def test_metrics_log_real_tokens_and_computed_columns_and_grouping_cuts_the_padding(tmp_path: Path):
+    drawn, grouped = grouping_run(tmp_path / "drawn", 0), grouping_run(tmp_path / "grouped", 4)
+    for run in (drawn, grouped):
+        assert len(run["train"]) == 9  # every 2 of 18 steps
+        for r in run["train"]:
+            assert 0 < r["train/tokens"] <= r["train/columns"]
+            assert r["train/padded_fraction"] == pytest.approx(1 - r["train/tokens"] / r["train/columns"])
+        summary = run["results"]["train"]
+        assert summary["tokens"] == sum(r["train/tokens"] * 2 for r in run["train"])  # logged means of 2 steps
+        assert summary["columns"] == sum(r["train/columns"] * 2 for r in run["train"])
+    # the same examples over the run (18 steps x 16 = 3 epochs of 96), with less padding when grouped
+    assert grouped["results"]["train"]["tokens"] == drawn["results"]["train"]["tokens"]
+    assert grouped["results"]["train"]["padded_fraction"] < 0.5 * drawn["results"]["train"]["padded_fraction"]
