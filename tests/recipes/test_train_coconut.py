@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from coconav.config import RunConfig, from_dict
+from coconav.errors import ConfigError
 from coconav.recipes import train_coconut
 
 
@@ -61,3 +63,31 @@ def test_init_from_and_resume_keep_the_checkpoint_dtype(bf16_coconut: Path, tmp_
     upcast, _ = train_coconut.build_run(continue_config(bf16_coconut, tmp_path / "run32", dtype="float32"))
     assert upcast.lm.causal_lm.dtype == torch.float32
     upcast.logger.close()
+
+
+def scratch_config(out_dir: Path, **train) -> RunConfig:
+    """A fresh tiny scratch-Llama COCONUT run on the arithmetic task."""
+    return from_dict(RunConfig, {
+        "out_dir": str(out_dir), "threads": 1,
+        "model": {"name_or_path": "scratch-llama", "hidden_size": 32, "num_layers": 1, "num_heads": 4,
+                  "intermediate_size": 64, "gradient_checkpointing": train.pop("gradient_checkpointing", False)},
+        "data": {"task": "arithmetic", "train_size": 8, "validation_size": 2, "test_size": 2, "max_difficulty": 2},
+        "curriculum": {"mode": "coconut", "thoughts_per_step": 1, "max_stage": 1},
+        "train": {"batch_size": 4, "steps_per_stage": 1, "warmup_steps": 1, **train},
+        "eval": {"max_new_tokens": 4}, "log": {"progress": False},
+    })
+
+
+def test_train_compile_compiles_the_training_forward_only(tmp_path: Path):
+    """train.compile=true hands the training forward a compiled decoder (compiled lazily, at the first step)."""
+    run, _ = train_coconut.build_run(scratch_config(tmp_path / "run", compile=True))
+    assert run.lm.compiled_decoder is not None
+    run.logger.close()
+    run, _ = train_coconut.build_run(scratch_config(tmp_path / "eager"))
+    assert run.lm.compiled_decoder is None
+    run.logger.close()
+
+
+def test_train_compile_with_gradient_checkpointing_is_refused(tmp_path: Path):
+    with pytest.raises(ConfigError, match="gradient checkpointing"):
+        train_coconut.build_run(scratch_config(tmp_path / "run", compile=True, gradient_checkpointing=True))
