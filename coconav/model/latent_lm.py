@@ -11,6 +11,8 @@ hidden state of the previous position is fed back as the next input embedding (a
   Examples may hold different numbers of thoughts: the collator aligns every example's first
   thought on one column (left padding, as the paper's collator does), so pass i computes column
   ``start + i - 1`` for every example, a thought where the example has one and a token elsewhere.
+  transformers' 4-D attention mask is built once for the whole sequence and each pass takes its
+  slice; ``compile_backbone`` (``train.compile``) runs the passes through ``torch.compile``.
 - ``LatentLM.generate``: batched generation with the KV cache throughout: prefill, a thought phase
   in which every example stops at its own count (or when a ``ThoughtController``, later the
   navigator, says halt: later columns are masked out for it), the forced ``<eot>``, then greedy or
@@ -369,11 +371,16 @@ class LatentLM(nn.Module):
         The rows [a, b) and columns [0, b) of it are the mask transformers would build for a pass over
         columns [a, b) on a cache of a columns, so each pass takes its slice instead of calling
         ``create_causal_mask`` again. None (each pass then builds its own from the 2-D mask) when the
-        attention kernel takes no plain 4-D tensor (flash, flex) or when transformers needs no mask
-        at all (no padding: sdpa's ``is_causal``). Shape: embeds [B, T, D], mask [B, T] -> [B, 1, T, T].
+        attention kernel takes no plain 4-D tensor (flash, flex), when some layers need another mask
+        (sliding-window or chunked attention: a 4-D mask would be handed to them as is), or when
+        transformers needs no mask at all (no padding: sdpa's ``is_causal``).
+        Shape: embeds [B, T, D], mask [B, T] -> [B, 1, T, T].
         """
         config = self.decoder.config
         if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager") or not getattr(config, "is_causal", True):
+            return None
+        other_layers = any(kind != "full_attention" for kind in getattr(config, "layer_types", None) or [])
+        if other_layers or getattr(config, "sliding_window", None) or getattr(config, "attention_chunk_size", None):
             return None
         mask = create_causal_mask(config=config, inputs_embeds=embeds, attention_mask=attention_mask, cache=None)
         return mask if isinstance(mask, torch.Tensor) and mask.dim() == 4 else None

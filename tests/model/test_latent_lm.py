@@ -123,6 +123,17 @@ def test_full_attention_mask_is_none_without_padding():
     assert lm.full_attention_mask(lm.embed(ids), torch.ones_like(ids)) is None
 
 
+@pytest.mark.parametrize("setting", [("sliding_window", 4), ("attention_chunk_size", 4),
+                                     ("layer_types", ["full_attention", "sliding_attention"])])
+def test_full_attention_mask_is_none_when_layers_need_other_masks(setting):
+    """transformers hands a 4-D mask to every layer as is: sliding-window or chunked layers need their own."""
+    lm = tiny_lm("scratch-llama")
+    ids, mask, _ = uneven_batch(lm)
+    assert lm.full_attention_mask(lm.embed(ids), mask) is not None
+    setattr(lm.decoder.config, *setting)
+    assert lm.full_attention_mask(lm.embed(ids), mask) is None
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_prepared_mask_gives_the_same_forward_and_gradients(arch, monkeypatch):
     """The forward with the sliced whole-sequence mask equals, bit for bit, the one building a mask per pass."""
