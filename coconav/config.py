@@ -90,7 +90,8 @@ class ModelConfig:
     compile: bool = False
     """torch.compile generation's prefill and one-column step (thoughts and answer tokens): inductor on
     a CPU, CUDA graphs ('reduce-overhead') on a GPU; implies kv_cache 'static'. Compiling takes tens of
-    seconds per new batch shape, so it pays on long evaluations and rollouts, not on a few questions."""
+    seconds per new batch shape, so it pays on long evaluations and rollouts, not on a few questions.
+    The training forward is compiled separately, by train.compile."""
     lora: LoraConfig | None = None
     """LoRA settings; None means full fine-tuning."""
 
@@ -252,9 +253,13 @@ class TrainConfig:
     """Evaluate on the validation split at the end of each stage."""
     fsdp: bool = False
     """Shard weights, gradients and optimizer state over the processes (torch FSDP2; full fine-tuning, 2+ processes)."""
+    compile: bool = False
+    """torch.compile the backbone's decoder for the training forward (inductor; opt-in, compiles for minutes on a CPU).
+    Generation (evaluation, rollouts) is compiled separately, by model.compile."""
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
+        _check(not (self.compile and self.fsdp), "train.compile does not work with train.fsdp: set one of them to false")
         _check(self.grad_accum >= 1, f"train.grad_accum must be >= 1, got {self.grad_accum}")
         _check(
             self.batch_size % self.grad_accum == 0,

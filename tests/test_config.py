@@ -130,6 +130,11 @@ def test_batch_size_not_multiple_of_grad_accum(cli) -> None:
         "train.batch_size (6) must be a multiple of train.grad_accum (4)"
 
 
+def test_compile_with_fsdp_is_refused(cli) -> None:
+    assert cli("train", "--config", DEMO_PRESET, "train.compile=true", "train.fsdp=true").error() == \
+        "train.compile does not work with train.fsdp: set one of them to false"
+
+
 def test_override_without_equals(cli) -> None:
     assert cli("train", "--config", DEMO_PRESET, "train.lr").error() == "override 'train.lr' must look like key.sub=value"
 

@@ -11,6 +11,8 @@ hidden state of the previous position is fed back as the next input embedding (a
   Examples may hold different numbers of thoughts: the collator aligns every example's first
   thought on one column (left padding, as the paper's collator does), so pass i computes column
   ``start + i - 1`` for every example, a thought where the example has one and a token elsewhere.
+  transformers' 4-D attention mask is built once for the whole sequence and each pass takes its
+  slice; ``compile_backbone`` (``train.compile``) runs the passes through ``torch.compile``.
 - ``LatentLM.generate``: batched generation with the KV cache throughout: prefill, a thought phase
   in which every example stops at its own count (or when a ``ThoughtController``, later the
   navigator, says halt: later columns are masked out for it), the forced ``<eot>``, then greedy or
@@ -34,6 +36,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from coconav.common import DTYPE_NAMES
@@ -266,6 +269,37 @@ class LatentLM(nn.Module):
         out = self.decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
         return out.last_hidden_state
 
+    def _pass(self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: PassCache) -> torch.Tensor:
+        """One pass of the training forward: `_run` through the compiled decoder when `compile_backbone` was called.
+
+        Shape: embeds [B, t, D], mask [B, S+t] or [B, 1, t, S+t] -> [B, t, D].
+        """
+        compiled = self.compiled_decoder
+        if compiled is None:
+            return self._run(embeds, mask, positions, cache)
+        return compiled(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=cache,
+                        use_cache=True).last_hidden_state
+
+    @property
+    def compiled_decoder(self) -> nn.Module | None:
+        """The ``torch.compile``d decoder that ``forward`` runs after ``compile_backbone``, else None."""
+        return self.__dict__.get("_compiled_decoder")
+
+    def compile_backbone(self) -> None:
+        """Run the training forward's passes through ``torch.compile(decoder)`` (inductor; opt-in).
+
+        Only ``forward`` (the teacher-forced thought loop) uses it; generation stays eager. The first
+        steps compile (a minute or more on a CPU); shapes are dynamic, so sequence length, batch size
+        and the number of thoughts vary without recompiling (dynamo keeps one graph per kind of pass:
+        prefix, first cached column, further single columns, wider passes; and per grad mode). Results
+        equal eager within float rounding. Not with activation checkpointing (refused). The compiled
+        module is kept outside the module tree: parameter names and the state dict are unchanged.
+        """
+        if any(getattr(m, "gradient_checkpointing", False) for m in self.causal_lm.modules()):
+            raise ConfigError("compiling the backbone does not work with gradient checkpointing: "
+                              "set train.compile=false or model.gradient_checkpointing=false")
+        object.__setattr__(self, "_compiled_decoder", torch.compile(self.decoder, dynamic=True))
+
     # -- activation checkpointing that keeps the thought loop's cache --------------------------
 
     def gradient_checkpointing_enable(self) -> None:
@@ -275,6 +309,9 @@ class LatentLM(nn.Module):
         checkpointed by transformers' layer wrapper with the cache kept, which is safe because
         ``PassCache.update`` is idempotent (see coconav/model/cache.py).
         """
+        if self.compiled_decoder is not None:
+            raise ConfigError("gradient checkpointing does not work with a compiled backbone (train.compile): "
+                              "set one of model.gradient_checkpointing, train.compile to false")
         base = self.causal_lm
         if _hf_checkpointing(base):
             base.gradient_checkpointing_disable()  # the model-level switch would drop the cache
@@ -325,20 +362,44 @@ class LatentLM(nn.Module):
         tok_embeds = self.embed(input_ids.masked_fill(is_thought, self.special.pad))  # [B, T, D]
         positions = positions_from_mask(attention_mask)  # [B, T]
         start, num_thoughts = thought_span(is_thought)
+        bounds = pass_bounds(input_ids.shape[1], start, num_thoughts)
+        full_mask = self.full_attention_mask(tok_embeds, attention_mask) if len(bounds) > 1 else None
         chunks: list[torch.Tensor] = []
         prefix = None
-        for i, (a, b) in enumerate(pass_bounds(input_ids.shape[1], start, num_thoughts)):
+        for i, (a, b) in enumerate(bounds):
             x = tok_embeds[:, a:b]
             if i > 0:  # column a is thought i-1 where the example has one: last pass's final hidden state
                 thought = self.to_thought(chunks[-1][:, -1])
                 if offsets is not None:
                     thought = thought + offsets[:, i - 1].to(thought.dtype)
-                fed = torch.where(is_thought[:, a, None], thought.to(x.dtype), x[:, 0])
-                x = torch.cat([fed[:, None], x[:, 1:]], dim=1)
+                fed = torch.where(is_thought[:, a, None], thought.to(x.dtype), x[:, 0])[:, None]  # [B, 1, D]
+                x = fed if b - a == 1 else torch.cat([fed, x[:, 1:]], dim=1)
+            # The pass's rows of the whole sequence's 4-D mask (transformers uses a 4-D mask as is).
+            mask = full_mask[:, :, a:b, :b] if full_mask is not None else attention_mask[:, :b]
             cache = PassCache(prefix, self.num_layers)
-            chunks.append(self._run(x, attention_mask[:, :b], positions[:, a:b], cache))
+            chunks.append(self._pass(x, mask, positions[:, a:b], cache))
             prefix = cache.kv()
         return torch.cat(chunks, dim=1), len(chunks)
+
+    def full_attention_mask(self, embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor | None:
+        """transformers' 4-D attention mask over the whole sequence, built once for all passes, or None.
+
+        The rows [a, b) and columns [0, b) of it are the mask transformers would build for a pass over
+        columns [a, b) on a cache of a columns, so each pass takes its slice instead of calling
+        ``create_causal_mask`` again. None (each pass then builds its own from the 2-D mask) when the
+        attention kernel takes no plain 4-D tensor (flash, flex), when some layers need another mask
+        (sliding-window or chunked attention: a 4-D mask would be handed to them as is), or when
+        transformers needs no mask at all (no padding: sdpa's ``is_causal``).
+        Shape: embeds [B, T, D], mask [B, T] -> [B, 1, T, T].
+        """
+        config = self.decoder.config
+        if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager") or not getattr(config, "is_causal", True):
+            return None
+        other_layers = any(kind != "full_attention" for kind in getattr(config, "layer_types", None) or [])
+        if other_layers or getattr(config, "sliding_window", None) or getattr(config, "attention_chunk_size", None):
+            return None
+        mask = create_causal_mask(config=config, inputs_embeds=embeds, attention_mask=attention_mask, cache=None)
+        return mask if isinstance(mask, torch.Tensor) and mask.dim() == 4 else None
 
     def suppress_latent(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits with <bot>, <eot>, <thought> and <pause> made impossible: decoding never emits them."""

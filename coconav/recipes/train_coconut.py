@@ -279,6 +279,8 @@ def build_run(cfg: RunConfig, resume: str | None = None) -> tuple[Run, TrainStat
     splits = load_splits(cfg.data, cfg.seed)
     lm = build_model(cfg, splits, resume_from)
     lm.train()
+    if cfg.train.compile:
+        lm.compile_backbone()  # the training forward only; evaluation's generation stays eager
     train_examples = tokenize_train(splits.train, lm, cfg.data.max_length)
     if cfg.train.fsdp:
         shard_lm(lm.to(accelerator.device))  # before the optimizer, which must hold the sharded parameters

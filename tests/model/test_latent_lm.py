@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers.masking_utils import create_causal_mask
 
 from coconav.config import LoraConfig, ModelConfig
 from coconav.data.tokenizer import build_word_tokenizer
 from coconav.model.build import build_latent_lm
-from coconav.model.latent_lm import LatentLM, ThoughtDecision, add_latent_tokens, positions_from_mask
+from coconav.errors import ConfigError
+from coconav.model.cache import PassCache
+from coconav.model.latent_lm import (LatentLM, ThoughtDecision, add_latent_tokens, pass_bounds, positions_from_mask,
+                                     thought_span)
 
 ARCHS = ["scratch-llama", "scratch-gpt2"]
 WORDS = [str(i) for i in range(10)] + "+ - * = << >> ? ###".split()
@@ -92,6 +96,103 @@ def test_gradients_match_naive_recompute(arch):
     for name, param in lm.named_parameters():
         if param.grad is not None:
             torch.testing.assert_close(ours[name], param.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_full_attention_mask_slices_equal_transformers_per_pass_masks(arch, attn):
+    """Each pass's slice of the mask built once equals what transformers builds for that pass on its cache."""
+    lm = tiny_lm(arch, attn_implementation=attn)
+    ids, mask, _ = uneven_batch(lm)
+    embeds = lm.embed(ids)
+    full = lm.full_attention_mask(embeds, mask)
+    assert full is not None and full.shape == (3, 1, 12, 12)
+    positions = positions_from_mask(mask)
+    heads, head_dim = 4, lm.hidden_size // 4
+    for a, b in pass_bounds(ids.shape[1], *thought_span(ids == lm.special.thought)):
+        prefix = [(torch.zeros(3, heads, a, head_dim),) * 2] * lm.num_layers if a > 0 else None
+        ref = create_causal_mask(config=lm.decoder.config, inputs_embeds=embeds[:, a:b], attention_mask=mask[:, :b],
+                                 cache=PassCache(prefix, lm.num_layers), position_ids=positions[:, a:b])
+        assert ref is not None and torch.equal(full[:, :, a:b, :b], ref), (a, b)
+
+
+def test_full_attention_mask_is_none_without_padding():
+    """No padding: transformers needs no mask (sdpa's is_causal); each pass then builds its own, as before."""
+    lm = tiny_lm("scratch-llama")
+    ids = torch.tensor([[7, 8, lm.special.bot, lm.special.thought, lm.special.eot, 11]])
+    assert lm.full_attention_mask(lm.embed(ids), torch.ones_like(ids)) is None
+
+
+@pytest.mark.parametrize("setting", [("sliding_window", 4), ("attention_chunk_size", 4),
+                                     ("layer_types", ["full_attention", "sliding_attention"])])
+def test_full_attention_mask_is_none_when_layers_need_other_masks(setting):
+    """transformers hands a 4-D mask to every layer as is: sliding-window or chunked layers need their own."""
+    lm = tiny_lm("scratch-llama")
+    ids, mask, _ = uneven_batch(lm)
+    assert lm.full_attention_mask(lm.embed(ids), mask) is not None
+    setattr(lm.decoder.config, *setting)
+    assert lm.full_attention_mask(lm.embed(ids), mask) is None
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_prepared_mask_gives_the_same_forward_and_gradients(arch, monkeypatch):
+    """The forward with the sliced whole-sequence mask equals, bit for bit, the one building a mask per pass."""
+    lm = tiny_lm(arch)
+    ids, mask, labels = uneven_batch(lm)
+
+    def run():
+        out = lm(ids, mask, labels=labels, return_logits=True)
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in lm.named_parameters() if p.grad is not None}
+        lm.zero_grad()
+        return out, grads
+
+    new, new_grads = run()
+    monkeypatch.setattr(LatentLM, "full_attention_mask", lambda self, embeds, attention_mask: None)
+    old, old_grads = run()
+    assert torch.equal(new.logits, old.logits) and torch.equal(new.loss, old.loss)
+    assert new_grads.keys() == old_grads.keys()
+    for name in new_grads:
+        assert torch.equal(new_grads[name], old_grads[name]), name
+
+
+def test_compile_refuses_gradient_checkpointing():
+    lm = tiny_lm("scratch-llama")
+    lm.gradient_checkpointing_enable()
+    with pytest.raises(ConfigError, match="gradient checkpointing"):
+        lm.compile_backbone()
+    lm = tiny_lm("scratch-llama")
+    lm.compile_backbone()  # lazy: nothing is compiled before the first forward
+    with pytest.raises(ConfigError, match="compiled backbone"):
+        lm.gradient_checkpointing_enable()
+
+
+@pytest.mark.slow
+def test_compiled_backbone_equals_eager():
+    """train.compile: loss, logits and gradients equal eager within float rounding; names and generation unchanged."""
+    lm = tiny_lm("scratch-llama")
+    lm.train()
+    ids, mask, labels = uneven_batch(lm)
+    prompts = [[7, 8, 9, lm.special.bot], [9, 10, lm.special.bot]]
+    eager = lm(ids, mask, labels=labels, return_logits=True)
+    eager.loss.backward()
+    ref = {n: p.grad.clone() for n, p in lm.named_parameters() if p.grad is not None}
+    lm.zero_grad()
+    keys = list(lm.state_dict())
+    lm.compile_backbone()
+    for _ in range(2):  # the second call runs the compiled graphs without compiling
+        out = lm(ids, mask, labels=labels, return_logits=True)
+        out.loss.backward()
+        torch.testing.assert_close(out.logits, eager.logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out.loss, eager.loss, atol=1e-6, rtol=1e-6)
+        for name, param in lm.named_parameters():
+            if param.grad is not None:
+                torch.testing.assert_close(param.grad, ref[name], atol=1e-6, rtol=1e-5, msg=name)
+        lm.zero_grad()
+    assert list(lm.state_dict()) == keys
+    lm.eval()
+    out = lm.generate(prompts, [1, 2], max_new_tokens=3)
+    assert lm.compiled_decoder is not None and out.sequences.shape == (2, 3)
 
 
 def test_thought_input_is_previous_hidden_state():

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from coconav.config import RunConfig, from_dict
+from coconav.errors import ConfigError
 from coconav.recipes import train_coconut
 
 
@@ -103,3 +104,31 @@ def test_metrics_log_real_tokens_and_computed_columns_and_grouping_cuts_the_padd
     # the same examples over the run (18 steps x 16 = 3 epochs of 96), with less padding when grouped
     assert grouped["results"]["train"]["tokens"] == drawn["results"]["train"]["tokens"]
     assert grouped["results"]["train"]["padded_fraction"] < 0.5 * drawn["results"]["train"]["padded_fraction"]
+
+
+def scratch_config(out_dir: Path, **train) -> RunConfig:
+    """A fresh tiny scratch-Llama COCONUT run on the arithmetic task."""
+    return from_dict(RunConfig, {
+        "out_dir": str(out_dir), "threads": 1,
+        "model": {"name_or_path": "scratch-llama", "hidden_size": 32, "num_layers": 1, "num_heads": 4,
+                  "intermediate_size": 64, "gradient_checkpointing": train.pop("gradient_checkpointing", False)},
+        "data": {"task": "arithmetic", "train_size": 8, "validation_size": 2, "test_size": 2, "max_difficulty": 2},
+        "curriculum": {"mode": "coconut", "thoughts_per_step": 1, "max_stage": 1},
+        "train": {"batch_size": 4, "steps_per_stage": 1, "warmup_steps": 1, **train},
+        "eval": {"max_new_tokens": 4}, "log": {"progress": False},
+    })
+
+
+def test_train_compile_compiles_the_training_forward_only(tmp_path: Path):
+    """train.compile=true hands the training forward a compiled decoder (compiled lazily, at the first step)."""
+    run, _ = train_coconut.build_run(scratch_config(tmp_path / "run", compile=True))
+    assert run.lm.compiled_decoder is not None
+    run.logger.close()
+    run, _ = train_coconut.build_run(scratch_config(tmp_path / "eager"))
+    assert run.lm.compiled_decoder is None
+    run.logger.close()
+
+
+def test_train_compile_with_gradient_checkpointing_is_refused(tmp_path: Path):
+    with pytest.raises(ConfigError, match="gradient checkpointing"):
+        train_coconut.build_run(scratch_config(tmp_path / "run", compile=True, gradient_checkpointing=True))
