@@ -39,8 +39,6 @@ step phase of decode (``aims``): the prompt's prefill is one large matmul-friend
 from __future__ import annotations
 
 import argparse
-import contextlib
-import dataclasses
 import platform
 import statistics
 import time
@@ -55,7 +53,7 @@ from coconav.model.groups import run_groups
 from coconav.model.latent_lm import LatentLM
 from coconav.model.navigator import Navigator
 
-from common import add_machine_args, log, print_result
+from common import add_machine_args, log, no_eos, print_result, sync
 
 SHAPES = {  # name: (hidden, layers, heads, mlp, prompt length)
     "demo": (128, 3, 4, 512, 12),
@@ -149,21 +147,6 @@ def matmul_gflops(device: str, n: int = 1024, repeats: int = 10) -> float:
         sync(device)
         times.append(time.perf_counter() - t0)
     return 2 * n ** 3 / statistics.median(times[2:]) / 1e9
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-@contextlib.contextmanager
-def no_eos(lm: LatentLM):
-    saved = lm.special
-    lm.special = dataclasses.replace(saved, eos=-1)
-    try:
-        yield
-    finally:
-        lm.special = saved
 
 
 def decode(lm: LatentLM, nav: Navigator, prompts, args) -> tuple[torch.Tensor, torch.Tensor]:

@@ -37,8 +37,6 @@ Output: ONE JSON object on stdout (keys explained in benchmarks/README.md); prog
 from __future__ import annotations
 
 import argparse
-import contextlib
-import dataclasses
 import platform
 import statistics
 import time
@@ -51,7 +49,7 @@ from coconav.data.tokenizer import task_tokenizer
 from coconav.model.build import build_latent_lm
 from coconav.model.latent_lm import LatentLM
 
-from common import add_machine_args, add_model_args, fill_defaults, log, print_result
+from common import add_machine_args, add_model_args, fill_defaults, log, no_eos, print_result, sync
 
 DEFAULTS = dict(batch_size=32, num_thoughts=6, max_new_tokens=16, question_len=12, jitter=3, hidden_size=128,
                 num_layers=3, num_heads=4, intermediate_size=512, repeats=10, naive_repeats=3, warmup=1, init_std=0.1)
@@ -108,17 +106,6 @@ def make_prompts(lm: LatentLM, args: argparse.Namespace) -> list[list[int]]:
     return prompts
 
 
-@contextlib.contextmanager
-def no_eos(lm: LatentLM):
-    """Make EOS impossible (eos=-1) so that every example generates exactly max_new_tokens tokens."""
-    saved = lm.special
-    lm.special = dataclasses.replace(saved, eos=-1)
-    try:
-        yield
-    finally:
-        lm.special = saved
-
-
 def ours_generate(lm: LatentLM, prompts: list[list[int]], args: argparse.Namespace,
                   return_thoughts: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(generated ids [B, N], thoughts [B, L, D] or None)."""
@@ -152,11 +139,6 @@ def naive_generate(lm: LatentLM, prompts: list[list[int]], args: argparse.Namesp
             emb = torch.cat([emb, lm.embed(token[:, None])], dim=1)
         rows.append(torch.cat(tokens))
     return torch.stack(rows), torch.stack(thoughts)
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def timed(fn, lm: LatentLM, prompts: list[list[int]], args: argparse.Namespace) -> tuple[float, tuple]:

@@ -55,7 +55,7 @@ from coconav.data.tokenizer import task_tokenizer
 from coconav.model.build import build_latent_lm
 from coconav.model.latent_lm import LatentLM, positions_from_mask
 
-from common import add_machine_args, add_model_args, fill_defaults, log, print_result
+from common import add_machine_args, add_model_args, fill_defaults, log, print_result, sync
 
 DEFAULTS = dict(batch_size=32, num_thoughts=6, question_len=12, answer_len=20, jitter=3, hidden_size=128,
                 num_layers=3, num_heads=4, intermediate_size=512, repeats=20, warmup=3)
@@ -151,11 +151,6 @@ def plain_loss(lm: LatentLM, b: dict) -> torch.Tensor:
 
 
 CONTENDERS = {"ours": ours_loss, "naive": naive_loss, "plain": plain_loss}
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def timed_step(lm: LatentLM, fn, b: dict, device: str) -> tuple[float, float]:

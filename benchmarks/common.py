@@ -1,4 +1,5 @@
-"""Plumbing shared by the benchmark scripts: progress on stderr, the model-size flags, defaults, JSON output.
+"""Plumbing shared by the benchmark scripts: progress on stderr, the model-size flags, defaults, JSON output,
+device synchronisation and EOS switched off while timing.
 
 The scripts import it as a sibling module (``python benchmarks/bench_x.py`` puts ``benchmarks/`` on
 ``sys.path``); it holds no measurement logic.
@@ -7,9 +8,11 @@ The scripts import it as a sibling module (``python benchmarks/bench_x.py`` puts
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 
 def log(msg: str) -> None:
@@ -50,3 +53,22 @@ def print_result(run: Callable[[argparse.Namespace], dict], args: argparse.Names
     result = run(args)
     print(json.dumps(result, indent=2))
     return result
+
+
+def sync(device: str) -> None:
+    """Wait for queued CUDA work, so a timed region ends when its work does (nothing to do on a CPU)."""
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+@contextlib.contextmanager
+def no_eos(lm) -> Iterator[None]:
+    """Make EOS impossible (eos=-1) on a LatentLM, so that every row generates exactly max_new_tokens tokens."""
+    saved = lm.special
+    lm.special = dataclasses.replace(saved, eos=-1)
+    try:
+        yield
+    finally:
+        lm.special = saved
