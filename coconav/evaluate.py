@@ -92,8 +92,8 @@ class QuestionResult:
 
 
 @dataclass
-class EvalResult:
-    """Aggregates over a test set (means per question) and the per-question records."""
+class QuestionMeans:
+    """The aggregates every evaluation reports, as `question_means` computes them (means per question)."""
 
     accuracy: float
     accuracy_by_difficulty: dict[str, float]
@@ -102,6 +102,12 @@ class EvalResult:
     mean_forward_passes: float
     seconds_per_question: float
     num_questions: int
+
+
+@dataclass
+class EvalResult(QuestionMeans):
+    """Aggregates over a test set (means per question) and the per-question records."""
+
     mean_thoughts_by_difficulty: dict[str, float] = field(default_factory=dict)
     questions: list[QuestionResult] = field(default_factory=list, repr=False)
     multi: dict | None = field(default=None, repr=False)  # K > 1: trajectories, agreement, fusion (see evaluate_multi)
@@ -134,7 +140,7 @@ def by_difficulty(records: list) -> dict[int, list]:
 
 
 def question_means(records: list, thoughts: str, seconds: float) -> dict:
-    """The aggregates every evaluation reports: accuracy (overall and by difficulty), mean thoughts (the
+    """The fields of QuestionMeans: accuracy (overall and by difficulty), mean thoughts (the
     records' attribute `thoughts`), answer tokens and forward passes per question, seconds per question."""
     n = max(len(records), 1)
     return {"accuracy": sum(r.correct for r in records) / n,

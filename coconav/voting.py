@@ -37,7 +37,7 @@ from coconav.data.scoring import score
 from coconav.errors import ConfigError
 from coconav.fusion import accuracy_coverage, fuse
 from coconav.model.latent_lm import LatentLM, ThoughtDecision
-from coconav.evaluate import ThoughtPlan, by_difficulty, generate_answers, question_means, question_prompts
+from coconav.evaluate import QuestionMeans, ThoughtPlan, by_difficulty, generate_answers, question_means, question_prompts
 
 DEFAULT_NOISE_GRID: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.4)
 _SEED_STRIDE = 1_000_003  # keeps (seed, question, trajectory) streams apart
@@ -92,18 +92,11 @@ class VoteQuestion:
 
 
 @dataclass
-class VoteResult:
+class VoteResult(QuestionMeans):
     """A vote baseline over a test set. Means are per question; passes, thoughts and tokens are summed
     over the question's K chains (all compute counted). ``mean_chain_accuracy`` is one chain's accuracy
     (the mean over chains), ``best_of_k`` the share of questions some chain got right (an oracle)."""
 
-    accuracy: float
-    accuracy_by_difficulty: dict[str, float]
-    mean_thoughts: float
-    mean_new_tokens: float
-    mean_forward_passes: float
-    seconds_per_question: float
-    num_questions: int
     mean_trajectories: float
     mean_trajectories_by_difficulty: dict[str, float]
     mean_agreement: float

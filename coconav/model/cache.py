@@ -182,10 +182,6 @@ class StaticPool:
         with self._lock:
             self._free.setdefault(key, []).append(cache)
 
-    def clear(self) -> None:
-        with self._lock:
-            self._free.clear()
-
 
 def static_capacity(columns: int, multiple: int = 1) -> int:
     """`columns` rounded up to a multiple of `multiple` (compiled steps: fewer distinct shapes to compile)."""

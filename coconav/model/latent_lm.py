@@ -471,15 +471,16 @@ class LatentLM(nn.Module):
         """Apply `model.kv_cache` / `model.compile` (coconav/config.py): compiling implies the static cache."""
         if kv_cache not in ("dynamic", "static"):
             raise ConfigError(f"model.kv_cache must be 'dynamic' or 'static', got {kv_cache!r}")
+        self._compiled = None
         self.use_static_cache(kv_cache == "static" or compile)
-        if not compile:
-            self._compiled = None
         return self.compile_generation() if compile else self
 
     @property
     def is_compiled(self) -> bool:
         return self._compiled is not None
 
+    # Two functions with the same body on purpose: torch.compile keys its graphs and its recompile limit
+    # on the code object, so the prefill's dynamic shapes and the step's fixed ones stay apart.
     def _prefill_call(self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor:
         return self._run(embeds, mask, positions, cache)
 
