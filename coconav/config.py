@@ -337,7 +337,11 @@ class NavigatorConfig:
     spread ** linspace(-1, 1, K) (geometric, mean 1 in log space; 1.0 = all alike; K = 1 gets x1)."""
     inference_temperature: float = 0.5
     """Inference with K > 1: trajectory 0 takes the mean action (greedy, as K = 1); trajectories 1..K-1
-    sample their steering with this temperature times the spread over K-1 (halting and answers greedy)."""
+    sample their steering with this temperature times the spread over K-1 (answers greedy)."""
+    inference_halting: Literal["greedy", "sample"] = "greedy"
+    """Inference with K > 1: how trajectories 1..K-1 halt. greedy: halt where p > 0.5, like trajectory 0;
+    sample: draw each halting decision from p with the trajectory's own stream, so the trajectories also
+    differ in how long they think (trajectory 0 stays greedy, the K = 1 answer)."""
     group_memory: bool = True
     """Cross-communication: each trajectory attends over the other trajectories of its question (their
     states at steps <= t); off = trajectories are independent (nothing else changes)."""
@@ -381,6 +385,8 @@ class NavigatorConfig:
         _check(1 <= self.max_trajectories <= 64, f"navigator.max_trajectories must be in [1, 64], got {self.max_trajectories}")
         _check(self.temperature_spread >= 1, f"navigator.temperature_spread must be >= 1, got {self.temperature_spread}")
         _check(self.inference_temperature >= 0, f"navigator.inference_temperature must be >= 0, got {self.inference_temperature}")
+        _check(self.inference_halting in ("greedy", "sample"),
+               f"navigator.inference_halting must be 'greedy' or 'sample', got {self.inference_halting!r}")
         _check(self.trajectories_budget is None or 1 <= self.trajectories_budget <= self.max_trajectories,
                f"navigator.trajectories_budget must be in [1, max_trajectories={self.max_trajectories}] or null, "
                f"got {self.trajectories_budget}")

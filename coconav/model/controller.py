@@ -12,7 +12,8 @@ that exist: a peer that halted stops adding states). Randomness is either one ge
 batch (as for K = 1) or per-row stream `seeds` (coconav/model/streams.py), so that a row draws the
 same noise whichever rows share its batch. The steering temperature may differ per row (a tensor):
 sampled rollouts multiply the std by it; greedy runs may still `explore` with per-row temperatures
-(0 = the mean action), halting staying greedy: K-trajectory inference.
+(0 = the mean action), halting staying greedy unless navigator.inference_halting = "sample" (then
+trajectories 1..K-1 draw it from their streams): K-trajectory inference.
 
     controller = NavigatorController(navigator, sample=False)
     out = lm.generate(prompts, num_thoughts=0, controller=controller, max_thoughts=navigator.cfg.max_thoughts)
@@ -78,6 +79,9 @@ class NavigatorController:
             p = torch.sigmoid(halt_logit)
             if not self.sample:
                 halt = p > 0.5
+                if self.explore is not None and cfg.inference_halting == "sample":  # trajectories 1..K-1
+                    drawn = stream_uniform(self.seeds, step, 1, HALT)[:, 0].to(p.device) < p
+                    halt = torch.where(self.trajectory.to(p.device) > 0, drawn, halt)
             elif self.seeds is not None:
                 halt = stream_uniform(self.seeds, step, 1, HALT)[:, 0].to(p.device) < p
             else:

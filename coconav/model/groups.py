@@ -22,7 +22,8 @@ K is an int (1..max_trajectories), per-question counts, or "auto": the K-selecto
 (``Navigator.success_logits`` on the question key h_0) and ``allocate_trajectories`` spend
 navigator.trajectories_budget trajectories per question on average, more on harder questions.
 With `explore=True` (inference, not sampling) trajectory 0 takes the mean action and trajectories
-1..K-1 sample their steering at ``inference_temperatures``; halting and answers stay greedy.
+1..K-1 sample their steering at ``inference_temperatures``; answers stay greedy, and so does halting unless
+navigator.inference_halting is "sample" (trajectories 1..K-1 then draw it from their streams).
 
     run = run_groups(lm, nav, prompts, num_trajectories=5, sample=True, temperature=1.0,
                      max_new_tokens=16, generator=torch.Generator().manual_seed(0))

@@ -70,3 +70,31 @@ def test_a_rollout_measures_the_scale_once_and_replay_uses_it():
     with torch.no_grad():
         rep = replay(lm, nav, traj, torch.arange(3))
     assert bool(torch.isfinite(rep.logprobs).all())
+
+
+@pytest.mark.parametrize("halting", ["greedy", "sample"])
+def test_inference_halting_is_greedy_for_trajectory_0_and_drawn_from_the_streams_when_sampled(halting):
+    from coconav.model.groups import run_groups
+    from coconav.model.streams import HALT, stream_uniform
+
+    lm = tiny_lm()
+    nav = steering_navigator(inference_halting=halting)
+    prompts = [[4, 5, 6, lm.special.bot], [7, lm.special.bot], [8, 9, lm.special.bot]]
+    run = run_groups(lm, nav, prompts, num_trajectories=6, sample=False, explore=True, max_new_tokens=3,
+                     generator=torch.Generator().manual_seed(0))
+    probs = torch.stack(run.controller.halt_probs, dim=1)  # [B, steps]
+    for row in range(len(run.group)):
+        n = int(run.num_thoughts[row])
+        if halting == "sample" and int(run.trajectory[row]) > 0:
+            draws = [float(stream_uniform(run.seeds[row:row + 1], t, 1, HALT)) < float(probs[row, t]) for t in range(n + 1)]
+        else:
+            draws = [float(probs[row, t]) > 0.5 for t in range(n + 1)]
+        # a row halts at the first step whose decision says so (or at the budget)
+        assert not any(draws[:n]) and (n == nav.cfg.max_thoughts or draws[n]), (row, n, draws)
+    first = run.num_thoughts[run.trajectory == 0]
+    others = run.num_thoughts.view(3, 6)[:, 1:]
+    if halting == "greedy":  # with greedy halting the halting differs only through the steered states
+        single = run_groups(lm, nav, prompts, num_trajectories=1, sample=False, explore=True, max_new_tokens=3)
+        assert torch.equal(first, single.num_thoughts)
+    else:
+        assert bool((others != first[:, None]).any())  # sampled halting spreads the thought counts
