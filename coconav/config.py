@@ -385,8 +385,6 @@ class NavigatorConfig:
         _check(1 <= self.max_trajectories <= 64, f"navigator.max_trajectories must be in [1, 64], got {self.max_trajectories}")
         _check(self.temperature_spread >= 1, f"navigator.temperature_spread must be >= 1, got {self.temperature_spread}")
         _check(self.inference_temperature >= 0, f"navigator.inference_temperature must be >= 0, got {self.inference_temperature}")
-        _check(self.inference_halting in ("greedy", "sample"),
-               f"navigator.inference_halting must be 'greedy' or 'sample', got {self.inference_halting!r}")
         _check(self.trajectories_budget is None or 1 <= self.trajectories_budget <= self.max_trajectories,
                f"navigator.trajectories_budget must be in [1, max_trajectories={self.max_trajectories}] or null, "
                f"got {self.trajectories_budget}")

@@ -185,6 +185,7 @@ def test_preset_loads(preset: Path) -> None:
 @pytest.mark.parametrize("override, message", [
     ("navigator.max_trajectories=0", "navigator.max_trajectories must be in [1, 64], got 0"),
     ("navigator.temperature_spread=0.5", "navigator.temperature_spread must be >= 1, got 0.5"),
+    ("navigator.inference_halting=always", "navigator.inference_halting: 'always' is not one of 'greedy' | 'sample'"),
     ("navigator.trajectories_budget=20", "navigator.trajectories_budget must be in [1, max_trajectories=16] or null, got 20.0"),
     ("navigator.steer_scale=norm", "navigator.steer_scale: 'norm' is not one of 'none' | 'rms'"),
     ("navigator.temperature_schedule=step",
