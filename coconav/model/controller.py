@@ -57,6 +57,12 @@ class NavigatorController:
             return stream_normal(self.seeds, step, like.shape[-1], STEER).to(like.device)
         return torch.randn(like.shape, generator=self.generator, device=like.device)
 
+    def _draw_halt(self, step: int, p: torch.Tensor) -> torch.Tensor:
+        """Bernoulli(p) per row: from the rows' streams when they have them, else the batch generator."""
+        if self.seeds is not None:
+            return stream_uniform(self.seeds, step, 1, HALT)[:, 0].to(p.device) < p
+        return torch.bernoulli(p, generator=self.generator).bool()
+
     def _per_row(self, value: float | torch.Tensor, like: torch.Tensor) -> float | torch.Tensor:
         return value.to(like.device, like.dtype)[:, None] if isinstance(value, torch.Tensor) else value
 
@@ -71,21 +77,17 @@ class NavigatorController:
         if self.peers is not None and nav.group is not None and nav.use_group:
             peers = gather_peers(states, self.peers.to(states.device), torch.stack(self.alive, dim=1))
         out = nav(states, states[:, 0], self.trajectory, peers, last_only=True)
-        mean, halt_logit = out.mean[:, -1], out.halt_logits[:, -1]  # [B, A], [B]
-        self.halt_probs.append(torch.sigmoid(halt_logit))
+        mean, p = out.mean[:, -1], torch.sigmoid(out.halt_logits[:, -1])  # [B, A], [B]
+        self.halt_probs.append(p)
         self.values.append(out.values[:, -1])
         self.scores.append(out.scores[:, -1])
         if cfg.halting and step >= cfg.min_thoughts:
-            p = torch.sigmoid(halt_logit)
-            if not self.sample:
+            if self.sample:
+                halt = self._draw_halt(step, p)
+            else:
                 halt = p > 0.5
                 if self.explore is not None and cfg.inference_halting == "sample":  # trajectories 1..K-1
-                    drawn = stream_uniform(self.seeds, step, 1, HALT)[:, 0].to(p.device) < p
-                    halt = torch.where(self.trajectory.to(p.device) > 0, drawn, halt)
-            elif self.seeds is not None:
-                halt = stream_uniform(self.seeds, step, 1, HALT)[:, 0].to(p.device) < p
-            else:
-                halt = torch.bernoulli(p, generator=self.generator).bool()
+                    halt = torch.where(self.trajectory.to(p.device) > 0, self._draw_halt(step, p), halt)
         else:
             halt = torch.zeros_like(active)
         if self.steer and self.sample:
