@@ -414,6 +414,9 @@ class PPOConfig:
     that were right). It reads the detached question key with its own parameters (0 = not trained)."""
     fusion: Literal["majority", "value", "scorer"] = "majority"
     """Fusion rule of the rollout diagnostic rollout/fused_accuracy and of the final multi-trajectory test row."""
+    eval_trajectories: int | None = None
+    """K of the final multi-trajectory test row (navigator_multi), which is written when this K is > 1; null: the
+    num_trajectories the run trains with (a run may train with 8 per question and answer with 5)."""
     epsilon: float = 0.2
     """Clip range of the probability ratio."""
     gamma: float = 1.0
@@ -443,6 +446,15 @@ class PPOConfig:
     token_cost: float = 0.0
     """Reward subtracted per generated answer token (with token_cost = thought_cost every forward pass
     costs the same, so the policy cannot trade thoughts for language steps for free)."""
+    pass_budget: float | None = None
+    """A compute budget: the mean forward passes per trajectory (the prefill, each thought and each answer token,
+    as mean_forward_passes counts them) that the sampled rollouts may spend. When set, the price of a forward
+    pass is learned instead of fixed: a Lagrange multiplier that starts at thought_cost (= token_cost) and after
+    each rollout moves by budget_lr x (mean passes - budget) / budget, never below 0 (coconav.ppo.price_step).
+    The policy then buys accuracy with passes up to the budget, whatever price that takes on a given model.
+    null: the fixed prices thought_cost and token_cost."""
+    budget_lr: float = 0.05
+    """Step size of the learned pass price (pass_budget only)."""
     format_coef: float = 0.0
     """Reward for an answer in the '### answer' format (0: off)."""
     answer_in_policy: bool = True
@@ -464,6 +476,8 @@ class PPOConfig:
         _check(self.advantage != "group" or self.num_trajectories >= 2,
                f"ppo.advantage='group' compares the K trajectories of a question and needs ppo.num_trajectories >= 2, "
                f"got {self.num_trajectories}: set ppo.num_trajectories=4 (for example) or ppo.advantage=gae")
+        _check(self.eval_trajectories is None or 1 <= self.eval_trajectories <= 16,
+               f"ppo.eval_trajectories must be in [1, 16] or null, got {self.eval_trajectories}")
         _check(self.scorer_coef >= 0, f"ppo.scorer_coef must be >= 0, got {self.scorer_coef}")
         _check(self.selector_coef >= 0, f"ppo.selector_coef must be >= 0, got {self.selector_coef}")
         _check(self.epsilon > 0, f"ppo.epsilon must be > 0 (the clip range, e.g. 0.2), got {self.epsilon}")
@@ -484,6 +498,13 @@ class PPOConfig:
         _check(self.lr > 0, f"ppo.lr must be > 0, got {self.lr}")
         _check(self.thought_cost >= 0, f"ppo.thought_cost must be >= 0, got {self.thought_cost}")
         _check(self.token_cost >= 0, f"ppo.token_cost must be >= 0, got {self.token_cost}")
+        _check(self.pass_budget is None or self.pass_budget > 1,
+               f"ppo.pass_budget must be > 1 (forward passes per trajectory, the prefill included) or null, "
+               f"got {self.pass_budget}")
+        _check(self.pass_budget is None or self.token_cost == self.thought_cost,
+               f"ppo.pass_budget prices every forward pass alike: set ppo.token_cost = ppo.thought_cost (the starting "
+               f"price), got {self.token_cost} and {self.thought_cost}")
+        _check(self.budget_lr > 0, f"ppo.budget_lr must be > 0, got {self.budget_lr}")
         _check(self.beta >= 0, f"ppo.beta must be >= 0, got {self.beta}")
         _check(self.eval_every >= 1, f"ppo.eval_every must be >= 1, got {self.eval_every}")
 

@@ -134,12 +134,13 @@ def navigator_multi_row(ctx: RowContext) -> tuple[dict, dict]:
     from coconav.recipes import train_navigator
 
     cfg = navigator_config(ctx.cfg, ctx.out, ctx.coconut_checkpoint, ctx.navigator_multi_preset, name="navigator_multi")
-    if cfg.ppo.num_trajectories != ctx.cfg.demo.num_trajectories:
-        print0(f"navigator_multi: K = {cfg.ppo.num_trajectories} (its preset), the vote rows use K = "
-               f"{ctx.cfg.demo.num_trajectories}")
+    k = cfg.ppo.eval_trajectories or cfg.ppo.num_trajectories
+    if k != ctx.cfg.demo.num_trajectories:
+        print0(f"navigator_multi: K = {k} (its preset), the vote rows use K = {ctx.cfg.demo.num_trajectories}")
     res = train_navigator.train(cfg)
-    return res["navigator_multi"], {"num_trajectories": cfg.ppo.num_trajectories, "fusion": cfg.ppo.fusion,
-                                    "navigator_k1": res["navigator"], "preset": ctx.navigator_multi_preset}
+    return res["navigator_multi"], {"num_trajectories": k, "trained_with": cfg.ppo.num_trajectories,
+                                    "fusion": cfg.ppo.fusion, "navigator_k1": res["navigator"],
+                                    "preset": ctx.navigator_multi_preset}
 
 
 # Rows beyond no_cot / cot / coconut / navigator: name -> (test summary, details for results.json).

@@ -45,7 +45,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from accelerate import Accelerator, DistributedDataParallelKwargs
 
-from coconav.checkpoint import TrainState, latest_checkpoint, list_checkpoints, load_trainer_state, save_checkpoint
+from coconav.checkpoint import TrainState, checkpoint_meta, latest_checkpoint, list_checkpoints, load_trainer_state, save_checkpoint
 from coconav.common import (DTYPE_NAMES, MetricLogger, print0, progress, seed_everything, set_threads,
                             write_json_atomic)
 from coconav.config import RunConfig, save_config, to_dict
@@ -60,7 +60,7 @@ from coconav.model.groups import measure_thought_scale
 from coconav.model.latent_lm import LatentLM
 from coconav.model.navigator import Navigator
 from coconav.ppo import (Advantages, anneal, compute_gae, explained_variance, group_advantages, normalize_advantages,
-                         ppo_loss, scorer_loss, selector_loss)
+                         ppo_loss, price_step, scorer_loss, selector_loss)
 from coconav.rewards import correctness, format_ok, step_rewards
 from coconav.rollout import Replay, Trajectories, replay, roll_out
 
@@ -77,6 +77,7 @@ class NavRun:
     logger: MetricLogger
     out_dir: Path
     base_thoughts: int  # the COCONUT checkpoint's fixed thought count (its last stage)
+    pass_price: float = 0.0  # ppo.pass_budget: the learned price of a forward pass (saved with each checkpoint)
     reference_adapter: str | None = None  # train_lm on a LoRA checkpoint: the frozen copy of its adapter (KL reference)
     accelerator: Accelerator | None = None
     policy: torch.nn.Module | None = None  # PolicyReplay, wrapped by DDP when there are several ranks
@@ -180,16 +181,17 @@ def build(cfg: RunConfig, resume: str | None) -> tuple[NavRun, int]:
     if lm_params:
         groups.append({"params": lm_params, "lr": cfg.ppo.lm_lr})
     optimizer = torch.optim.Adam(groups, eps=1e-5)
-    first = 0
+    first, price = 0, cfg.ppo.thought_cost
     if ckpt is not None:
         state = load_trainer_state(ckpt, optimizer, modules={"navigator": navigator})
         first = state.global_step
+        price = float(checkpoint_meta(ckpt)["metrics"].get("pass_price", price))
         print0(f"resuming from {ckpt} at update {first}")
     splits = load_splits(cfg.data, cfg.seed)
     base_thoughts = base_model.default_thoughts()
     print0(f"coconav navigator: base {base} ({base_thoughts} thoughts), budget {cfg.navigator.max_thoughts}, "
            f"{sum(p.numel() for p in navigator.parameters()) / 1e3:.0f}k navigator parameters, out_dir={out_dir}")
-    run = NavRun(cfg, lm, navigator, optimizer, splits, logger, out_dir, base_thoughts, reference)
+    run = NavRun(cfg, lm, navigator, optimizer, splits, logger, out_dir, base_thoughts, price, reference)
     return prepare_distributed(run, accelerator), first
 
 
@@ -452,8 +454,9 @@ def train(cfg: RunConfig, resume: str | None = None) -> dict:
         # 2. rewards
         correct, formatted = correctness(traj.texts, traj.examples), format_ok(traj.texts)
         T = cfg.navigator.max_thoughts + 1
-        rewards = step_rewards(correct, formatted, traj.num_thoughts.cpu(), T, ppo.thought_cost, ppo.format_coef,
-                               traj.new_tokens.cpu(), ppo.token_cost)
+        thought_cost, token_cost = pass_prices(run)
+        rewards = step_rewards(correct, formatted, traj.num_thoughts.cpu(), T, thought_cost, ppo.format_coef,
+                               traj.new_tokens.cpu(), token_cost)
         returns = rewards.sum(1)
         # 3-5. PPO
         run.navigator.train()
@@ -466,10 +469,15 @@ def train(cfg: RunConfig, resume: str | None = None) -> dict:
         run.navigator.remember(keys, means, returns)
         # 7. log (rollout numbers over the global batch)
         num_thoughts = gather_global(run, traj.num_thoughts)
+        passes = float(gather_global(run, 1 + traj.num_thoughts + traj.new_tokens.to(traj.num_thoughts.device))
+                       .float().mean())
+        if ppo.pass_budget is not None:  # the price the next rollout pays (every rank computes the same)
+            run.pass_price = price_step(run.pass_price, passes, ppo.pass_budget, ppo.budget_lr)
         seconds = time.perf_counter() - start
         metrics = {"rollout/accuracy": float(correct.mean()), "rollout/reward_mean": float(returns.mean()),
                    "rollout/reward_std": float(returns.std()) if len(returns) > 1 else 0.0,
                    "rollout/mean_thoughts": float(num_thoughts.float().mean()),
+                   "rollout/forward_passes": passes, "rollout/pass_price": thought_cost,
                    "rollout/temperature": temperature, "rollout/halt_prob": float(traj.halt_probs[:, 0].mean()),
                    "navigator/steer_norm": float(run.navigator.up.weight.detach().norm()),
                    "navigator/action_std": float(run.navigator.log_std.detach().exp().mean()),
@@ -489,7 +497,7 @@ def train(cfg: RunConfig, resume: str | None = None) -> dict:
                 validate(run, update + 1)
                 save_checkpoint(run.out_dir / "checkpoints" / "last", run.lm, TrainState(0, update + 1, update + 1),
                                 to_dict(cfg), run.optimizer, modules={"navigator": run.navigator},
-                                metrics={"base_thoughts": run.base_thoughts})
+                                metrics={"base_thoughts": run.base_thoughts, "pass_price": run.pass_price})
             barrier(run)
     bar.close()
     results = final_evaluation(run, curve) if is_writer(run) else {"curve": curve, "base_thoughts": run.base_thoughts}
@@ -498,16 +506,28 @@ def train(cfg: RunConfig, resume: str | None = None) -> dict:
     return results
 
 
+def pass_prices(run: NavRun) -> tuple[float, float]:
+    """(price of a thought, price of an answer token) for this rollout: the fixed ppo.thought_cost and
+    ppo.token_cost, or under ppo.pass_budget the learned price of a forward pass for both."""
+    ppo = run.cfg.ppo
+    if ppo.pass_budget is None:
+        return ppo.thought_cost, ppo.token_cost
+    return run.pass_price, run.pass_price
+
+
 def validate(run: NavRun, update: int) -> EvalResult:
     result = evaluate_navigator(run.lm, run.navigator, run.splits.validation, run.cfg.eval, seed=run.cfg.seed)
-    run.logger.log({"eval/accuracy": result.accuracy, "eval/mean_thoughts": result.mean_thoughts}, update)
-    print0(f"update {update}: validation accuracy {result.accuracy:.3f}, mean thoughts {result.mean_thoughts:.2f}")
+    run.logger.log({"eval/accuracy": result.accuracy, "eval/mean_thoughts": result.mean_thoughts,
+                    "eval/forward_passes": result.mean_forward_passes}, update)
+    print0(f"update {update}: validation accuracy {result.accuracy:.3f}, mean thoughts {result.mean_thoughts:.2f}, "
+           f"forward passes {result.mean_forward_passes:.1f}")
     return result
 
 
 def final_evaluation(run: NavRun, curve: list[dict]) -> dict:
     """Test accuracy of the navigator (K = 1), of its ablations (steering off, memory off), of fixed-count COCONUT
-    and, for a run with ppo.num_trajectories > 1, of its K trajectories fused by ppo.fusion (navigator_multi)."""
+    and, when K = ppo.eval_trajectories (default ppo.num_trajectories) is > 1, of K trajectories fused by ppo.fusion
+    (navigator_multi)."""
     cfg, test = run.cfg, run.splits.test
     results: dict = {"curve": curve, "base_thoughts": run.base_thoughts}
     if not test:
@@ -519,8 +539,9 @@ def final_evaluation(run: NavRun, curve: list[dict]) -> dict:
                                                   episodic_memory=False, seed=cfg.seed),
         "coconut_fixed": evaluate(run.lm, test, "coconut", run.base_thoughts, cfg.eval, seed=cfg.seed),
     }
-    if cfg.ppo.num_trajectories > 1:  # the K trajectories it was trained with, fused (beside K = 1 above)
-        rows["navigator_multi"] = evaluate_multi(run.lm, run.navigator, test, cfg.eval, cfg.ppo.num_trajectories,
+    k = cfg.ppo.eval_trajectories or cfg.ppo.num_trajectories
+    if k > 1:  # K trajectories (those it was trained with, or ppo.eval_trajectories), fused, beside K = 1 above
+        rows["navigator_multi"] = evaluate_multi(run.lm, run.navigator, test, cfg.eval, k,
                                                  cfg.ppo.fusion, seed=cfg.seed)
     for name, res in rows.items():
         results[name] = res.summary()
