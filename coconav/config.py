@@ -342,6 +342,21 @@ class NavigatorConfig:
     """Inference with K > 1: how trajectories 1..K-1 halt. greedy: halt where p > 0.5, like trajectory 0;
     sample: draw each halting decision from p with the trajectory's own stream, so the trajectories also
     differ in how long they think (trajectory 0 stays greedy, the K = 1 answer)."""
+    halt_threshold: float = 0.5
+    """Inference (evaluation, generate): halt where the halting probability exceeds this. It shifts the halting
+    logit by -logit(halt_threshold) at inference, so that the sampled halting of inference_halting = sample moves
+    with it; training rollouts sample the policy's own probability. Chosen by the recipe under pass_budget."""
+    pass_budget: float | None = None
+    """A compute budget at inference: the mean forward passes per question (the prefill, each thought and each
+    answer token, of every trajectory) of the run's final evaluation at K = ppo.eval_trajectories (default
+    ppo.num_trajectories; K = 1: the greedy navigator; K > 1: fused by ppo.fusion). When set, the recipe chooses
+    halt_threshold after training, on the validation split: the most accurate threshold of halt_threshold_grid
+    whose mean passes fit the budget (ties: fewer passes); it is saved in the checkpoint's config and reported in
+    results.json. null: halt_threshold as set."""
+    halt_threshold_grid: list[float] = field(default_factory=lambda: [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2,
+                                                                      0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95,
+                                                                      0.98])
+    """Thresholds tried under pass_budget (each one evaluation of the validation split)."""
     group_memory: bool = True
     """Cross-communication: each trajectory attends over the other trajectories of its question (their
     states at steps <= t); off = trajectories are independent (nothing else changes)."""
@@ -385,6 +400,12 @@ class NavigatorConfig:
         _check(1 <= self.max_trajectories <= 64, f"navigator.max_trajectories must be in [1, 64], got {self.max_trajectories}")
         _check(self.temperature_spread >= 1, f"navigator.temperature_spread must be >= 1, got {self.temperature_spread}")
         _check(self.inference_temperature >= 0, f"navigator.inference_temperature must be >= 0, got {self.inference_temperature}")
+        _check(0 < self.halt_threshold < 1, f"navigator.halt_threshold must be in (0, 1), got {self.halt_threshold}")
+        _check(self.pass_budget is None or self.pass_budget > 1,
+               f"navigator.pass_budget must be > 1 (forward passes per question, the prefill included) or null, "
+               f"got {self.pass_budget}")
+        _check(len(self.halt_threshold_grid) >= 1 and all(0 < t < 1 for t in self.halt_threshold_grid),
+               f"navigator.halt_threshold_grid must hold thresholds in (0, 1), got {self.halt_threshold_grid}")
         _check(self.trajectories_budget is None or 1 <= self.trajectories_budget <= self.max_trajectories,
                f"navigator.trajectories_budget must be in [1, max_trajectories={self.max_trajectories}] or null, "
                f"got {self.trajectories_budget}")
@@ -446,15 +467,6 @@ class PPOConfig:
     token_cost: float = 0.0
     """Reward subtracted per generated answer token (with token_cost = thought_cost every forward pass
     costs the same, so the policy cannot trade thoughts for language steps for free)."""
-    pass_budget: float | None = None
-    """A compute budget: the mean forward passes per trajectory (the prefill, each thought and each answer token,
-    as mean_forward_passes counts them) that the sampled rollouts may spend. When set, the price of a forward
-    pass is learned instead of fixed: a Lagrange multiplier that starts at thought_cost (= token_cost) and after
-    each rollout moves by budget_lr x (mean passes - budget) / budget, never below 0 (coconav.ppo.price_step).
-    The policy then buys accuracy with passes up to the budget, whatever price that takes on a given model.
-    null: the fixed prices thought_cost and token_cost."""
-    budget_lr: float = 0.05
-    """Step size of the learned pass price (pass_budget only)."""
     format_coef: float = 0.0
     """Reward for an answer in the '### answer' format (0: off)."""
     answer_in_policy: bool = True
@@ -498,13 +510,6 @@ class PPOConfig:
         _check(self.lr > 0, f"ppo.lr must be > 0, got {self.lr}")
         _check(self.thought_cost >= 0, f"ppo.thought_cost must be >= 0, got {self.thought_cost}")
         _check(self.token_cost >= 0, f"ppo.token_cost must be >= 0, got {self.token_cost}")
-        _check(self.pass_budget is None or self.pass_budget > 1,
-               f"ppo.pass_budget must be > 1 (forward passes per trajectory, the prefill included) or null, "
-               f"got {self.pass_budget}")
-        _check(self.pass_budget is None or self.token_cost == self.thought_cost,
-               f"ppo.pass_budget prices every forward pass alike: set ppo.token_cost = ppo.thought_cost (the starting "
-               f"price), got {self.token_cost} and {self.thought_cost}")
-        _check(self.budget_lr > 0, f"ppo.budget_lr must be > 0, got {self.budget_lr}")
         _check(self.beta >= 0, f"ppo.beta must be >= 0, got {self.beta}")
         _check(self.eval_every >= 1, f"ppo.eval_every must be >= 1, got {self.eval_every}")
 

@@ -215,6 +215,44 @@ def evaluate_navigator(lm: LatentLM, navigator: Navigator, examples: list[Exampl
 
 
 @dataclass
+class ThresholdChoice:
+    """The halting threshold chosen for a compute budget, and what each threshold tried gave (threshold,
+    accuracy, mean_forward_passes, mean_thoughts) on the split it was chosen on."""
+
+    threshold: float
+    budget: float
+    fits: bool
+    tried: list[dict]
+
+
+def choose_halt_threshold(lm: LatentLM, navigator: Navigator, examples: list[Example], cfg: EvalConfig,
+                          budget: float, grid: list[float], seed: int = 0, num_trajectories: int = 1,
+                          fusion: str = "majority") -> ThresholdChoice:
+    """The halting threshold for a budget of mean forward passes per question, chosen on `examples` (the
+    validation split, never the test split): the navigator is evaluated at every threshold of `grid` as it will be
+    used (K = 1 greedy, or K trajectories fused by `fusion`, every trajectory's passes counted); the most accurate
+    threshold whose mean passes fit the budget wins (ties: fewer passes); when none fits, the one with the fewest
+    passes. The navigator's own threshold is left as it was."""
+    saved = navigator.cfg.halt_threshold
+    tried = []
+    try:
+        for threshold in sorted(set(grid)):
+            navigator.cfg.halt_threshold = threshold
+            res = (evaluate_navigator(lm, navigator, examples, cfg, seed=seed) if num_trajectories == 1 else
+                   evaluate_multi(lm, navigator, examples, cfg, num_trajectories, fusion, seed=seed))
+            tried.append({"threshold": threshold, "accuracy": res.accuracy,
+                          "mean_forward_passes": res.mean_forward_passes, "mean_thoughts": res.mean_thoughts})
+    finally:
+        navigator.cfg.halt_threshold = saved
+    fitting = [t for t in tried if t["mean_forward_passes"] <= budget]
+    if fitting:
+        best = max(fitting, key=lambda t: (t["accuracy"], -t["mean_forward_passes"]))
+    else:
+        best = min(tried, key=lambda t: t["mean_forward_passes"])
+    return ThresholdChoice(threshold=best["threshold"], budget=budget, fits=bool(fitting), tried=tried)
+
+
+@dataclass
 class MultiAnswers:
     """K trajectories per question and their fusion. texts [B] (each trajectory's answer); forward_passes [Q]:
     the shared prefill once plus every thought and answer token of every trajectory."""

@@ -8,8 +8,7 @@ Also the pieces that train multi-trajectory navigation beside PPO: ``anneal`` (t
 temperature over training), ``scorer_loss`` (the fusion scorer: binary cross-entropy of each
 trajectory's final-step score against its correctness) and ``selector_loss`` (the K-selector:
 binary cross-entropy of the question's success logit against the share of its trajectories
-that were right), and ``price_step`` (the price of a forward pass under a compute budget: the
-Lagrange multiplier of the constraint, moved by dual ascent after each rollout).
+that were right).
 
 An episode is one trajectory's thought steps: step t is the navigator's decision at thought t
 (continue and steer, or halt and answer). Every tensor is [B, T] with a `mask` marking real
@@ -163,14 +162,6 @@ def anneal(start: float, end: float, progress: float, shape: str = "linear") -> 
             raise ValueError(f"an exponential schedule needs start and end > 0, got {start} and {end}")
         return start * (end / start) ** p
     raise ValueError(f"unknown schedule shape {shape!r} (expected linear, cosine or exponential)")
-
-
-def price_step(price: float, spent: float, budget: float, lr: float) -> float:
-    """One dual-ascent step on the price of a resource under the constraint mean spend <= budget: the price
-    rises when the rollout spent more than the budget and falls when it spent less, in proportion to the
-    relative excess, and never goes below 0 (the Lagrange multiplier of an inequality constraint; e.g.
-    Stooke et al., "Responsive Safety in RL by PID Lagrangian Methods", arXiv 2007.03964, its integral term)."""
-    return max(0.0, price + lr * (spent - budget) / budget)
 
 
 def scorer_loss(final_scores: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:

@@ -192,8 +192,6 @@ def test_preset_loads(preset: Path) -> None:
      "navigator.temperature_schedule: 'step' is not one of 'linear' | 'cosine' | 'exponential'"),
     ("ppo.num_trajectories=17", "ppo.num_trajectories must be in [1, 16], got 17"),
     ("ppo.eval_trajectories=17", "ppo.eval_trajectories must be in [1, 16] or null, got 17"),
-    ("ppo.pass_budget=1", "ppo.pass_budget must be > 1 (forward passes per trajectory, the prefill included) or null, got 1.0"),
-    ("ppo.budget_lr=0", "ppo.budget_lr must be > 0, got 0.0"),
     ("ppo.num_trajectories=0", "ppo.num_trajectories must be in [1, 16], got 0"),
     ("navigator.max_trajectories=4", "ppo.num_trajectories (8) must be <= navigator.max_trajectories (4)"),
 ])
@@ -209,11 +207,3 @@ def test_negative_length_pool(cli) -> None:
         "train.length_pool must be >= 0 (0: batches drawn at random; k: pools of k global batches grouped by "
         "length), got -1")
 
-
-def test_a_pass_budget_needs_one_price_for_every_forward_pass() -> None:
-    with pytest.raises(ConfigError) as err:
-        load_config(DEMO_PRESET, ["init_from=x", "ppo.pass_budget=12", "ppo.thought_cost=0.02", "ppo.token_cost=0.0"])
-    assert str(err.value) == ("ppo.pass_budget prices every forward pass alike: set ppo.token_cost = ppo.thought_cost "
-                              "(the starting price), got 0.0 and 0.02")
-    cfg = load_config(DEMO_PRESET, ["init_from=x", "ppo.pass_budget=12", "ppo.thought_cost=0.02", "ppo.token_cost=0.02"])
-    assert cfg.ppo.pass_budget == 12 and cfg.ppo.budget_lr == 0.05

@@ -273,15 +273,3 @@ def test_anneal_linear_is_the_recipes_old_schedule_bit_for_bit(start, end):
         for update in range(updates + 1):
             frac = update / max(1, updates - 1)
             assert anneal(start, end, frac) == start + (end - start) * min(1.0, frac), (updates, update)
-
-
-def test_price_step_is_dual_ascent_on_the_relative_excess():
-    from coconav.ppo import price_step
-    # spent 20 against a budget of 16: +lr x 4 / 16
-    assert price_step(0.01, 20.0, 16.0, 0.1) == pytest.approx(0.01 + 0.1 * 0.25)
-    # spent 12: -lr x 4 / 16, down to 0 and never below
-    assert price_step(0.05, 12.0, 16.0, 0.1) == pytest.approx(0.025)
-    assert price_step(0.01, 12.0, 16.0, 0.1) == 0.0
-    assert price_step(0.0, 12.0, 16.0, 0.1) == 0.0
-    # on budget: the price stays
-    assert price_step(0.03, 16.0, 16.0, 0.1) == 0.03

@@ -231,3 +231,21 @@ def test_scorer_and_selector_losses_reach_their_heads_but_not_the_policy_heads(l
     grads = {n for n, p in nav.named_parameters() if p.grad is not None and bool(p.grad.abs().sum() > 0)}
     assert "scorer_head.weight" in grads and "selector.3.weight" in grads
     assert not {"up.weight", "mean_head.weight", "halt_head.weight"} & grads  # the policy is not shaped by them
+
+
+def test_evaluation_at_k1_is_the_k1_rollout_trajectory_embedding_included(lm):
+    """Greedy evaluation (and inference) at K = 1 used to skip the trajectory-0 embedding that every rollout,
+    K = 1 included, trains: a navigator trained with K > 1 then answered differently alone than as trajectory 0."""
+    from coconav.config import EvalConfig
+    from coconav.evaluate import evaluate_navigator
+    from coconav.rollout import roll_out
+    nav = group_reading_navigator()
+    with torch.no_grad():
+        nav.trajectory_embedding.weight[0].normal_(0, 3.0)  # a strong trajectory-0 bias: it moves halting
+    examples = questions(6)
+    traj = roll_out(lm, nav, examples, sample=False, max_new_tokens=5)
+    res = evaluate_navigator(lm, nav, examples, EvalConfig(max_new_tokens=5, batch_size=6))
+    assert [q.num_thoughts for q in res.questions] == traj.num_thoughts.tolist()
+    states = torch.randn(4, 3, 32)
+    torch.testing.assert_close(nav(states, states[:, 0]).halt_logits,
+                               nav(states, states[:, 0], torch.zeros(4, dtype=torch.long)).halt_logits)

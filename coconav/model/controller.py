@@ -13,7 +13,8 @@ batch (as for K = 1) or per-row stream `seeds` (coconav/model/streams.py), so th
 same noise whichever rows share its batch. The steering temperature may differ per row (a tensor):
 sampled rollouts multiply the std by it; greedy runs may still `explore` with per-row temperatures
 (0 = the mean action), halting staying greedy unless navigator.inference_halting = "sample" (then
-trajectories 1..K-1 draw it from their streams): K-trajectory inference.
+trajectories 1..K-1 draw it from their streams): K-trajectory inference. Greedy and inference-sampled
+halting read the probability shifted by navigator.halt_threshold (greedy: halt where p > threshold).
 
     controller = NavigatorController(navigator, sample=False)
     out = lm.generate(prompts, num_thoughts=0, controller=controller, max_thoughts=navigator.cfg.max_thoughts)
@@ -22,11 +23,19 @@ trajectories 1..K-1 draw it from their streams): K-trajectory inference.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from coconav.model.latent_lm import ThoughtDecision
 from coconav.model.navigator import Navigator, gather_peers, peer_index
 from coconav.model.streams import HALT, STEER, stream_normal, stream_uniform
+
+
+def inference_halt_prob(halt_logits: torch.Tensor, threshold: float) -> torch.Tensor:
+    """The halting probability used at inference: sigmoid(logit - logit(threshold)), which exceeds 1/2 exactly
+    where the policy's own probability exceeds `threshold` (threshold 0.5: the policy's probability)."""
+    return torch.sigmoid(halt_logits - math.log(threshold / (1 - threshold)))
 
 
 class NavigatorController:
@@ -85,9 +94,10 @@ class NavigatorController:
             if self.sample:
                 halt = self._draw_halt(step, p)
             else:
-                halt = p > 0.5
+                shifted = inference_halt_prob(out.halt_logits[:, -1], cfg.halt_threshold)
+                halt = shifted > 0.5  # p > halt_threshold
                 if self.explore is not None and cfg.inference_halting == "sample":  # trajectories 1..K-1
-                    halt = torch.where(self.trajectory.to(p.device) > 0, self._draw_halt(step, p), halt)
+                    halt = torch.where(self.trajectory.to(p.device) > 0, self._draw_halt(step, shifted), halt)
         else:
             halt = torch.zeros_like(active)
         if self.steer and self.sample:

@@ -163,8 +163,10 @@ class Navigator(nn.Module):
         B, T, _ = states.shape
         start = T - 1 if last_only else 0
         x = embedded = self.embed_states(states)
-        if trajectory is not None:
-            x = x + self.trajectory_embedding(trajectory.to(x.device))[:, None]
+        # every row is some trajectory: a single one (evaluation and inference at K = 1) is index 0, as in a K = 1
+        # rollout, whose trajectory-0 embedding trains with the policy
+        index = trajectory if trajectory is not None else torch.zeros(B, dtype=torch.long)
+        x = x + self.trajectory_embedding(index.to(x.device))[:, None]
         if self.episodic is not None and self.use_episodic:
             x = x[:, start:] + self.episodic(x, start)
         else:

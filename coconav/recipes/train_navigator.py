@@ -37,7 +37,7 @@ from __future__ import annotations
 import contextlib
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -45,7 +45,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from accelerate import Accelerator, DistributedDataParallelKwargs
 
-from coconav.checkpoint import TrainState, checkpoint_meta, latest_checkpoint, list_checkpoints, load_trainer_state, save_checkpoint
+from coconav.checkpoint import TrainState, latest_checkpoint, list_checkpoints, load_trainer_state, save_checkpoint
 from coconav.common import (DTYPE_NAMES, MetricLogger, print0, progress, seed_everything, set_threads,
                             write_json_atomic)
 from coconav.config import RunConfig, save_config, to_dict
@@ -53,14 +53,15 @@ from coconav.data.curriculum import encode_question
 from coconav.data.splits import load_splits
 from coconav.data.tasks import Splits
 from coconav.errors import CheckpointError, ConfigError
-from coconav.evaluate import EvalResult, evaluate, evaluate_multi, evaluate_navigator, fusion_scores, spearman
+from coconav.evaluate import (EvalResult, choose_halt_threshold, evaluate, evaluate_multi, evaluate_navigator,
+                              fusion_scores, spearman)
 from coconav.fusion import fuse
 from coconav.inference import CoconavModel
 from coconav.model.groups import measure_thought_scale
 from coconav.model.latent_lm import LatentLM
 from coconav.model.navigator import Navigator
 from coconav.ppo import (Advantages, anneal, compute_gae, explained_variance, group_advantages, normalize_advantages,
-                         ppo_loss, price_step, scorer_loss, selector_loss)
+                         ppo_loss, scorer_loss, selector_loss)
 from coconav.rewards import correctness, format_ok, step_rewards
 from coconav.rollout import Replay, Trajectories, replay, roll_out
 
@@ -77,7 +78,6 @@ class NavRun:
     logger: MetricLogger
     out_dir: Path
     base_thoughts: int  # the COCONUT checkpoint's fixed thought count (its last stage)
-    pass_price: float = 0.0  # ppo.pass_budget: the learned price of a forward pass (saved with each checkpoint)
     reference_adapter: str | None = None  # train_lm on a LoRA checkpoint: the frozen copy of its adapter (KL reference)
     accelerator: Accelerator | None = None
     policy: torch.nn.Module | None = None  # PolicyReplay, wrapped by DDP when there are several ranks
@@ -181,17 +181,19 @@ def build(cfg: RunConfig, resume: str | None) -> tuple[NavRun, int]:
     if lm_params:
         groups.append({"params": lm_params, "lr": cfg.ppo.lm_lr})
     optimizer = torch.optim.Adam(groups, eps=1e-5)
-    first, price = 0, cfg.ppo.thought_cost
+    first = 0
     if ckpt is not None:
         state = load_trainer_state(ckpt, optimizer, modules={"navigator": navigator})
         first = state.global_step
-        price = float(checkpoint_meta(ckpt)["metrics"].get("pass_price", price))
         print0(f"resuming from {ckpt} at update {first}")
     splits = load_splits(cfg.data, cfg.seed)
+    if cfg.navigator.pass_budget is not None and not splits.validation:
+        raise ConfigError("navigator.pass_budget chooses the halting threshold on the validation split, which is empty: "
+                          "set data.validation_size (or a validation file)")
     base_thoughts = base_model.default_thoughts()
     print0(f"coconav navigator: base {base} ({base_thoughts} thoughts), budget {cfg.navigator.max_thoughts}, "
            f"{sum(p.numel() for p in navigator.parameters()) / 1e3:.0f}k navigator parameters, out_dir={out_dir}")
-    run = NavRun(cfg, lm, navigator, optimizer, splits, logger, out_dir, base_thoughts, price, reference)
+    run = NavRun(cfg, lm, navigator, optimizer, splits, logger, out_dir, base_thoughts, reference)
     return prepare_distributed(run, accelerator), first
 
 
@@ -454,9 +456,8 @@ def train(cfg: RunConfig, resume: str | None = None) -> dict:
         # 2. rewards
         correct, formatted = correctness(traj.texts, traj.examples), format_ok(traj.texts)
         T = cfg.navigator.max_thoughts + 1
-        thought_cost, token_cost = pass_prices(run)
-        rewards = step_rewards(correct, formatted, traj.num_thoughts.cpu(), T, thought_cost, ppo.format_coef,
-                               traj.new_tokens.cpu(), token_cost)
+        rewards = step_rewards(correct, formatted, traj.num_thoughts.cpu(), T, ppo.thought_cost, ppo.format_coef,
+                               traj.new_tokens.cpu(), ppo.token_cost)
         returns = rewards.sum(1)
         # 3-5. PPO
         run.navigator.train()
@@ -471,13 +472,11 @@ def train(cfg: RunConfig, resume: str | None = None) -> dict:
         num_thoughts = gather_global(run, traj.num_thoughts)
         passes = float(gather_global(run, 1 + traj.num_thoughts + traj.new_tokens.to(traj.num_thoughts.device))
                        .float().mean())
-        if ppo.pass_budget is not None:  # the price the next rollout pays (every rank computes the same)
-            run.pass_price = price_step(run.pass_price, passes, ppo.pass_budget, ppo.budget_lr)
         seconds = time.perf_counter() - start
         metrics = {"rollout/accuracy": float(correct.mean()), "rollout/reward_mean": float(returns.mean()),
                    "rollout/reward_std": float(returns.std()) if len(returns) > 1 else 0.0,
                    "rollout/mean_thoughts": float(num_thoughts.float().mean()),
-                   "rollout/forward_passes": passes, "rollout/pass_price": thought_cost,
+                   "rollout/forward_passes": passes,
                    "rollout/temperature": temperature, "rollout/halt_prob": float(traj.halt_probs[:, 0].mean()),
                    "navigator/steer_norm": float(run.navigator.up.weight.detach().norm()),
                    "navigator/action_std": float(run.navigator.log_std.detach().exp().mean()),
@@ -495,24 +494,39 @@ def train(cfg: RunConfig, resume: str | None = None) -> dict:
             barrier(run)
             if is_writer(run):
                 validate(run, update + 1)
-                save_checkpoint(run.out_dir / "checkpoints" / "last", run.lm, TrainState(0, update + 1, update + 1),
-                                to_dict(cfg), run.optimizer, modules={"navigator": run.navigator},
-                                metrics={"base_thoughts": run.base_thoughts, "pass_price": run.pass_price})
+                save_last(run, update + 1)
             barrier(run)
     bar.close()
-    results = final_evaluation(run, curve) if is_writer(run) else {"curve": curve, "base_thoughts": run.base_thoughts}
+    results = {"curve": curve, "base_thoughts": run.base_thoughts}
+    if is_writer(run):
+        budget = fit_pass_budget(run) if cfg.navigator.pass_budget is not None else None
+        results = final_evaluation(run, curve, budget)
     barrier(run)
     run.logger.close()
     return results
 
 
-def pass_prices(run: NavRun) -> tuple[float, float]:
-    """(price of a thought, price of an answer token) for this rollout: the fixed ppo.thought_cost and
-    ppo.token_cost, or under ppo.pass_budget the learned price of a forward pass for both."""
-    ppo = run.cfg.ppo
-    if ppo.pass_budget is None:
-        return ppo.thought_cost, ppo.token_cost
-    return run.pass_price, run.pass_price
+def save_last(run: NavRun, update: int) -> None:
+    """The resumable checkpoint 'last' (atomic): LM adapters if any, navigator, optimizer, config."""
+    save_checkpoint(run.out_dir / "checkpoints" / "last", run.lm, TrainState(0, update, update), to_dict(run.cfg),
+                    run.optimizer, modules={"navigator": run.navigator}, metrics={"base_thoughts": run.base_thoughts})
+
+
+def fit_pass_budget(run: NavRun) -> dict:
+    """navigator.pass_budget: choose the halting threshold on the validation split for the run's final multi row
+    (K = ppo.eval_trajectories, default num_trajectories; K = 1: the greedy navigator), set it, and save it
+    in the last checkpoint's config (so inference and `coconav eval` use it); returns the choice for results.json."""
+    nav, ppo = run.cfg.navigator, run.cfg.ppo
+    choice = choose_halt_threshold(run.lm, run.navigator, run.splits.validation, run.cfg.eval, nav.pass_budget,
+                                   nav.halt_threshold_grid, seed=run.cfg.seed,
+                                   num_trajectories=ppo.eval_trajectories or ppo.num_trajectories, fusion=ppo.fusion)
+    nav.halt_threshold = run.navigator.cfg.halt_threshold = choice.threshold
+    save_last(run, run.cfg.ppo.updates)
+    chosen = next(t for t in choice.tried if t["threshold"] == choice.threshold)
+    print0(f"pass budget {nav.pass_budget:g}: halt threshold {choice.threshold:g}, validation accuracy "
+           f"{chosen['accuracy']:.3f} at {chosen['mean_forward_passes']:.1f} forward passes"
+           + ("" if choice.fits else " (no threshold fits the budget: the fewest passes)"))
+    return asdict(choice)
 
 
 def validate(run: NavRun, update: int) -> EvalResult:
@@ -524,12 +538,14 @@ def validate(run: NavRun, update: int) -> EvalResult:
     return result
 
 
-def final_evaluation(run: NavRun, curve: list[dict]) -> dict:
+def final_evaluation(run: NavRun, curve: list[dict], budget: dict | None = None) -> dict:
     """Test accuracy of the navigator (K = 1), of its ablations (steering off, memory off), of fixed-count COCONUT
     and, when K = ppo.eval_trajectories (default ppo.num_trajectories) is > 1, of K trajectories fused by ppo.fusion
-    (navigator_multi)."""
+    (navigator_multi). `budget`: the halting threshold chosen for navigator.pass_budget, recorded as is."""
     cfg, test = run.cfg, run.splits.test
     results: dict = {"curve": curve, "base_thoughts": run.base_thoughts}
+    if budget is not None:
+        results["pass_budget"] = budget
     if not test:
         return results
     rows = {

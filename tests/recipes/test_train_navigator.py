@@ -551,47 +551,6 @@ def test_single_trajectory_run_logs_group_diagnostics_and_no_multi_row(cli, tiny
     assert "navigator_multi" not in json.loads((out / "results.json").read_text())
 
 
-@pytest.mark.parametrize("budget", [2.0, 1000.0])
-def test_pass_budget_learns_the_price_of_a_forward_pass(tiny_run, tmp_path, monkeypatch, budget):
-    """ppo.pass_budget: each rollout pays the current price for every thought and answer token, and the price moves
-    by price_step on the rollout's mean passes (up when over budget, to 0 when far under); it survives a resume."""
-    from coconav.checkpoint import checkpoint_meta
-    from coconav.ppo import price_step
-
-    paid = []
-    real = train_navigator.step_rewards
-
-    def spy(correct, formatted, num_thoughts, T, thought_cost, format_coef, new_tokens, token_cost):
-        paid.append((thought_cost, token_cost))
-        return real(correct, formatted, num_thoughts, T, thought_cost, format_coef, new_tokens, token_cost)
-
-    monkeypatch.setattr(train_navigator, "step_rewards", spy)
-    data = nav_config(tiny_run, tmp_path / "nav", ppo_epochs=1, thought_cost=0.02, token_cost=0.02,
-                      pass_budget=budget, budget_lr=0.1)
-    train_navigator.train(from_dict(RunConfig, data))
-    records = [json.loads(line) for line in (tmp_path / "nav" / "metrics.jsonl").read_text().splitlines()]
-    rollouts = [r for r in records if "rollout/pass_price" in r]
-    assert len(rollouts) == 2
-    prices = [0.02, price_step(0.02, rollouts[0]["rollout/forward_passes"], budget, 0.1)]
-    assert paid == [(p, p) for p in prices]
-    assert [r["rollout/pass_price"] for r in rollouts] == pytest.approx(prices)
-    assert prices[1] > 0.02 if budget == 2.0 else prices[1] == 0.0
-    final = price_step(prices[1], rollouts[1]["rollout/forward_passes"], budget, 0.1)
-    last = tmp_path / "nav" / "checkpoints" / "last"
-    assert checkpoint_meta(last)["metrics"]["pass_price"] == pytest.approx(final)
-    data["ppo"]["updates"] = 3
-    run, first = train_navigator.build(from_dict(RunConfig, data), resume=str(tmp_path / "nav"))
-    assert first == 2 and run.pass_price == pytest.approx(final)
-    assert train_navigator.pass_prices(run) == (run.pass_price, run.pass_price)
-    run.logger.close()
-
-
-def test_fixed_prices_without_a_budget(tiny_run, tmp_path):
-    run = multi_run(tiny_run, tmp_path / "nav", thought_cost=0.03, token_cost=0.01)
-    assert train_navigator.pass_prices(run) == (0.03, 0.01)
-    run.logger.close()
-
-
 def test_eval_trajectories_sets_the_k_of_the_multi_row(cli, tiny_run, tmp_path):
     cfg, out = write_config(tiny_run, tmp_path, ppo_epochs=1, updates=1, num_trajectories=2, advantage="group",
                             eval_trajectories=3)
