@@ -126,6 +126,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="with --num-trajectories auto: the mean K per question to spend (default: the checkpoint's "
                         "navigator.trajectories_budget)")
     p.add_argument("--fusion", default="majority", help="with K > 1: majority, value or scorer (default majority)")
+    p.add_argument("--halt-threshold", type=float, default=None, metavar="P",
+                   help="navigator checkpoints: halt where the halting probability exceeds P (default: the "
+                        "checkpoint's navigator.halt_threshold, chosen for its pass_budget when it had one)")
     p.add_argument("--abstain-below", type=float, default=0.0, metavar="A",
                    help="with K > 1: also report coverage and accuracy answering only where >= A of the trajectories agree")
     p.add_argument("--out", help="write the JSON report here (default: print the summary)")
@@ -199,7 +202,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                                          max_new_tokens=args.max_new_tokens, device=args.device, dtype=args.dtype,
                                          num_trajectories=evaluate_checkpoint.parse_trajectories(args.num_trajectories),
                                          fusion=args.fusion, abstain_below=args.abstain_below, compile=args.compile,
-                                         trajectories_budget=args.trajectories_budget)
+                                         trajectories_budget=args.trajectories_budget,
+                                         halt_threshold=args.halt_threshold)
     else:
         raise CoconavError("eval needs --checkpoint DIR or --zero-shot MODEL")
     if args.out:

@@ -63,3 +63,34 @@ def test_metric_logger_writes_jsonl_and_starts_fresh(tmp_path):
     assert [(d["step"], d["train/loss"]) for d in lines] == [(1, 1.5), (2, 1.0)]
     MetricLogger(tmp_path, fresh=True).log({"train/loss": 9.0}, step=1)
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+@pytest.mark.parametrize("budget, chosen, fits", [(16.0, 0.5, True), (25.0, 0.1, True), (5.0, 0.7, False)])
+def test_halt_threshold_for_a_budget_is_the_most_accurate_that_fits(monkeypatch, budget, chosen, fits):
+    """Threshold -> (accuracy, passes): the most accurate that fits wins, ties go to fewer passes, and when none
+    fits the fewest passes; K > 1 evaluates the fused trajectories; the navigator keeps its own threshold."""
+    from types import SimpleNamespace
+
+    from coconav import evaluate as ev
+    from coconav.config import NavigatorConfig
+
+    table = {0.1: (0.95, 20.0), 0.3: (0.90, 15.0), 0.5: (0.90, 14.0), 0.7: (0.80, 10.0)}
+    calls = []
+
+    def fake(kind):
+        def run(lm, navigator, examples, cfg, *args, **kwargs):
+            calls.append((kind, navigator.cfg.halt_threshold, args))
+            acc, passes = table[navigator.cfg.halt_threshold]
+            return SimpleNamespace(accuracy=acc, mean_forward_passes=passes, mean_thoughts=1.0)
+        return run
+
+    monkeypatch.setattr(ev, "evaluate_navigator", fake("k1"))
+    monkeypatch.setattr(ev, "evaluate_multi", fake("multi"))
+    nav = SimpleNamespace(cfg=NavigatorConfig(halt_threshold=0.4))
+    choice = ev.choose_halt_threshold(None, nav, [], EvalConfig(), budget, [0.7, 0.1, 0.5, 0.3, 0.5])
+    assert (choice.threshold, choice.fits, choice.budget) == (chosen, fits, budget)
+    assert [t["threshold"] for t in choice.tried] == [0.1, 0.3, 0.5, 0.7]  # each once, in order
+    assert nav.cfg.halt_threshold == 0.4 and {c[0] for c in calls} == {"k1"}
+    calls.clear()
+    ev.choose_halt_threshold(None, nav, [], EvalConfig(), budget, [0.3], num_trajectories=5, fusion="value")
+    assert calls == [("multi", 0.3, (5, "value"))]

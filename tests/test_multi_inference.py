@@ -82,6 +82,7 @@ def test_eval_with_k_trajectories_and_abstention(cli, nav_checkpoint: Path, tmp_
     (["--num-trajectories", "3", "--trajectories-budget", "2"], "--trajectories-budget needs --num-trajectories auto"),
     (["--num-trajectories", "auto", "--trajectories-budget", "17"],
      "--trajectories-budget must be in [1, navigator.max_trajectories=16], got 17.0"),
+    (["--halt-threshold", "1"], "--halt-threshold must be in (0, 1), got 1.0"),
 ])
 def test_eval_multi_bad_values_are_one_line_errors(cli, nav_checkpoint: Path, args: list[str], message: str):
     assert cli("eval", "--checkpoint", nav_checkpoint, "--data", "test", *args).error() == message
@@ -100,3 +101,15 @@ def test_eval_auto_with_a_budget_override(cli, nav_checkpoint: Path, tmp_path: P
     report = json.loads(out.read_text())
     assert report["num_trajectories"] == "auto" and report["mean_trajectories"] == pytest.approx(3.0, abs=0.05)
     assert "spearman_difficulty_trajectories" in report  # nan here: an untrained selector gives every question K = 3
+
+
+def test_eval_halt_threshold_moves_where_the_navigator_stops(cli, nav_checkpoint: Path, tiny_run: Path, tmp_path: Path):
+    thoughts = {}
+    for threshold in ("0.001", "0.999"):
+        out = tmp_path / f"{threshold}.json"
+        assert cli("eval", "--checkpoint", nav_checkpoint, "--data", "test", "--halt-threshold", threshold,
+                   "--out", out).rc == 0
+        thoughts[threshold] = json.loads(out.read_text())["mean_thoughts"]
+    assert thoughts["0.001"] < thoughts["0.999"]
+    message = cli("eval", "--checkpoint", tiny_run, "--data", "test", "--halt-threshold", "0.3").error()
+    assert message == "--halt-threshold needs a navigator checkpoint"

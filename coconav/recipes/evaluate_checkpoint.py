@@ -35,7 +35,8 @@ from coconav.model.latent_lm import LatentLM
 def run(checkpoint: str | Path, data: str = "test", num_thoughts: int | None = None, max_questions: int | None = None,
         batch_size: int | None = None, steer: bool = True, memory: bool = True, max_new_tokens: int | None = None,
         device: str | None = None, dtype: str | None = None, num_trajectories: int | str = 1, fusion: str = "majority",
-        abstain_below: float = 0.0, compile: bool = False, trajectories_budget: float | None = None) -> dict:
+        abstain_below: float = 0.0, compile: bool = False, trajectories_budget: float | None = None,
+        halt_threshold: float | None = None) -> dict:
     """Evaluate; returns the JSON report (aggregates and per-question records).
 
     ``num_trajectories`` K > 1 or "auto" (navigator checkpoints): K trajectories per question fused by
@@ -44,6 +45,7 @@ def run(checkpoint: str | Path, data: str = "test", num_thoughts: int | None = N
     For a navigator checkpoint, ``steer=False`` keeps its halting but feeds plain COCONUT thoughts back
     (the steering ablation) and ``memory=False`` switches its episodic and persistent memory off.
     ``trajectories_budget`` (with K "auto") replaces the checkpoint's navigator.trajectories_budget.
+    ``halt_threshold`` replaces the checkpoint's navigator.halt_threshold (halt where p exceeds it).
     ``max_new_tokens`` replaces the checkpoint's eval.max_new_tokens. ``compile``: torch.compile generation's
     steps (static KV cache; LatentLM.compile_generation).
     """
@@ -65,6 +67,8 @@ def run(checkpoint: str | Path, data: str = "test", num_thoughts: int | None = N
         flag = "--no-steering" if not steer else "--no-memory"
         raise InputError(f"{flag} needs a navigator checkpoint and no --num-thoughts ({folder} "
                          + ("has no navigator)" if model.navigator is None else "would run with a fixed thought count)"))
+    if halt_threshold is not None:
+        set_halt_threshold(model, halt_threshold)
     plan = model.plan(num_thoughts, steer=steer)
     multi = num_trajectories != 1
     if multi or abstain_below:
@@ -100,6 +104,15 @@ def set_trajectories_budget(model: CoconavModel, num_trajectories: int | str, bu
     if not 1 <= budget <= top:
         raise InputError(f"--trajectories-budget must be in [1, navigator.max_trajectories={top}], got {budget}")
     model.navigator.cfg.trajectories_budget = float(budget)
+
+
+def set_halt_threshold(model: CoconavModel, threshold: float) -> None:
+    """--halt-threshold: where greedy halting stops (replaces the checkpoint's navigator.halt_threshold)."""
+    if model.navigator is None:
+        raise InputError("--halt-threshold needs a navigator checkpoint")
+    if not 0 < threshold < 1:
+        raise InputError(f"--halt-threshold must be in (0, 1), got {threshold}")
+    model.navigator.cfg.halt_threshold = float(threshold)
 
 
 def run_zero_shot(model: str, data: str, max_questions: int | None = None, batch_size: int = 32,

@@ -72,13 +72,19 @@ def test_a_rollout_measures_the_scale_once_and_replay_uses_it():
     assert bool(torch.isfinite(rep.logprobs).all())
 
 
-@pytest.mark.parametrize("halting", ["greedy", "sample"])
-def test_inference_halting_is_greedy_for_trajectory_0_and_drawn_from_the_streams_when_sampled(halting):
+@pytest.mark.parametrize("halting, threshold", [("greedy", 0.5), ("sample", 0.5), ("greedy", 0.2), ("sample", 0.2)])
+def test_inference_halting_is_greedy_for_trajectory_0_and_drawn_from_the_streams_when_sampled(halting, threshold):
+    """Greedy rows halt where p > halt_threshold; sampled rows draw from p with its odds divided by the threshold's
+    (the halting logit shifted by -logit(threshold)), so both move with the threshold."""
     from coconav.model.groups import run_groups
     from coconav.model.streams import HALT, stream_uniform
 
+    def shifted(p: float) -> float:
+        odds = p / (1 - p) / (threshold / (1 - threshold))
+        return odds / (1 + odds)
+
     lm = tiny_lm()
-    nav = steering_navigator(inference_halting=halting)
+    nav = steering_navigator(inference_halting=halting, halt_threshold=threshold)
     prompts = [[4, 5, 6, lm.special.bot], [7, lm.special.bot], [8, 9, lm.special.bot]]
     run = run_groups(lm, nav, prompts, num_trajectories=6, sample=False, explore=True, max_new_tokens=3,
                      generator=torch.Generator().manual_seed(0))
@@ -86,9 +92,10 @@ def test_inference_halting_is_greedy_for_trajectory_0_and_drawn_from_the_streams
     for row in range(len(run.group)):
         n = int(run.num_thoughts[row])
         if halting == "sample" and int(run.trajectory[row]) > 0:
-            draws = [float(stream_uniform(run.seeds[row:row + 1], t, 1, HALT)) < float(probs[row, t]) for t in range(n + 1)]
+            draws = [float(stream_uniform(run.seeds[row:row + 1], t, 1, HALT)) < shifted(float(probs[row, t]))
+                     for t in range(n + 1)]
         else:
-            draws = [float(probs[row, t]) > 0.5 for t in range(n + 1)]
+            draws = [float(probs[row, t]) > threshold for t in range(n + 1)]
         # a row halts at the first step whose decision says so (or at the budget)
         assert not any(draws[:n]) and (n == nav.cfg.max_thoughts or draws[n]), (row, n, draws)
     first = run.num_thoughts[run.trajectory == 0]

@@ -557,3 +557,38 @@ def test_eval_trajectories_sets_the_k_of_the_multi_row(cli, tiny_run, tmp_path):
     assert cli("train", "--config", cfg).rc == 0
     results = json.loads((out / "results.json").read_text())
     assert results["navigator_multi"]["num_trajectories"] == 3 and results["navigator_multi"]["mean_trajectories"] == 3
+
+
+def test_pass_budget_chooses_the_halting_threshold_on_validation_and_saves_it(cli, tiny_run, tmp_path):
+    data = nav_config(tiny_run, tmp_path / "nav", ppo_epochs=1, updates=1)
+    data["navigator"].update(pass_budget=9.0, halt_threshold_grid=[0.05, 0.5, 0.95])
+    cfg, out = tmp_path / "nav.yaml", tmp_path / "nav"
+    cfg.write_text(yaml.safe_dump(data), encoding="utf-8")
+    res = cli("train", "--config", cfg)
+    assert res.rc == 0, res.err
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    budget = results["pass_budget"]
+    assert budget["budget"] == 9.0 and [t["threshold"] for t in budget["tried"]] == [0.05, 0.5, 0.95]
+    fitting = [t for t in budget["tried"] if t["mean_forward_passes"] <= 9.0]
+    assert budget["fits"] == bool(fitting)
+    if fitting:
+        assert budget["threshold"] in [t["threshold"] for t in fitting]
+    # the chosen threshold is in the checkpoint's config: inference and `coconav eval` halt with it
+    from coconav.inference import CoconavModel
+
+    model = CoconavModel.from_pretrained(out / "checkpoints" / "last")
+    assert model.navigator.cfg.halt_threshold == budget["threshold"]
+    report = tmp_path / "eval.json"
+    assert cli("eval", "--checkpoint", out, "--data", "test", "--max-questions", 4, "--out", report).rc == 0
+    assert json.loads(report.read_text())["mean_forward_passes"] == pytest.approx(
+        results["navigator"]["mean_forward_passes"])
+
+
+def test_pass_budget_needs_a_validation_split(tiny_run, tmp_path):
+    from coconav.errors import ConfigError
+
+    data = nav_config(tiny_run, tmp_path / "nav", updates=1)
+    data["navigator"]["pass_budget"] = 9.0
+    data["data"]["validation_size"] = 0
+    with pytest.raises(ConfigError, match="navigator.pass_budget chooses the halting threshold on the validation split"):
+        train_navigator.build(from_dict(RunConfig, data), resume=None)
