@@ -339,9 +339,9 @@ class NavigatorConfig:
     """Inference with K > 1: trajectory 0 takes the mean action (greedy, as K = 1); trajectories 1..K-1
     sample their steering with this temperature times the spread over K-1 (answers greedy)."""
     inference_halting: Literal["greedy", "sample"] = "greedy"
-    """Inference with K > 1: how trajectories 1..K-1 halt. greedy: halt where p > 0.5, like trajectory 0;
-    sample: draw each halting decision from p with the trajectory's own stream, so the trajectories also
-    differ in how long they think (trajectory 0 stays greedy, the K = 1 answer)."""
+    """Inference with K > 1: how trajectories 1..K-1 halt. greedy: halt where p > halt_threshold, like trajectory
+    0; sample: draw each halting decision from p (shifted by halt_threshold) with the trajectory's own stream, so
+    the trajectories also differ in how long they think (trajectory 0 stays greedy)."""
     halt_threshold: float = 0.5
     """Inference (evaluation, generate): halt where the halting probability exceeds this. It shifts the halting
     logit by -logit(halt_threshold) at inference, so that the sampled halting of inference_halting = sample moves

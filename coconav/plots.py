@@ -133,8 +133,31 @@ def plot_thoughts_by_difficulty(methods: dict[str, dict], path: Path, plt) -> Pa
     return path
 
 
+def plot_pass_budgets(choices: dict[str, dict], path: Path, plt) -> Path:
+    """Halting under a compute budget: validation accuracy against forward passes at every halting threshold
+    tried, one curve per navigator row, its budget (dashed) and the threshold chosen (circled)."""
+    fig, axes = plt.subplots(1, len(choices), figsize=(5.5 * len(choices), 4), squeeze=False)
+    for i, (ax, (name, choice)) in enumerate(zip(axes[0], choices.items())):
+        tried = sorted(choice["tried"], key=lambda t: t["mean_forward_passes"])
+        ax.plot([t["mean_forward_passes"] for t in tried], [100 * t["accuracy"] for t in tried], marker=".",
+                color=f"C{i + 3}")
+        best = next(t for t in tried if t["threshold"] == choice["threshold"])
+        ax.scatter([best["mean_forward_passes"]], [100 * best["accuracy"]], s=120, facecolors="none",
+                   edgecolors="k", zorder=3, label=f"chosen: p > {choice['threshold']:g}")
+        ax.axvline(choice["budget"], color="gray", linestyle="--", label=f"budget {choice['budget']:g}")
+        ax.set_xlabel("forward passes per question (validation)")
+        ax.set_ylabel("validation accuracy (%)")
+        ax.set_title(f"{name}: one point per halting threshold")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_demo(results: dict, out_dir: str | Path) -> list[Path]:
-    """The demo's three plots; returns the files written."""
+    """The demo's plots; returns the files written."""
     plt = _pyplot()
     if plt is None:
         return []
@@ -146,4 +169,9 @@ def plot_demo(results: dict, out_dir: str | Path) -> list[Path]:
     if results.get("navigator", {}).get("curve"):
         paths.append(plot_learning_curves(results["navigator"]["curve"], out_dir / "navigator_learning_curves.png", plt))
         paths.append(plot_thoughts_by_difficulty(results["methods"], out_dir / "thoughts_by_difficulty.png", plt))
+    budgets = {name: row["pass_budget"] for name, row in (("navigator", results.get("navigator", {})),
+                                                          ("navigator_multi", results.get("rows", {}).get("navigator_multi", {})))
+               if row.get("pass_budget")}
+    if budgets:
+        paths.append(plot_pass_budgets(budgets, out_dir / "halting_thresholds.png", plt))
     return paths

@@ -37,3 +37,26 @@ def test_the_standard_demo_plot_stays_linear(tmp_path, monkeypatch):
     ax = drawn({"no_cot": row(0.28, 4), "cot": row(1.0, 28.4), "coconut": row(1.0, 10), "navigator": row(1.0, 8)},
                tmp_path, monkeypatch)
     assert ax.get_xscale() == "linear" and ax.get_xlim()[0] == 0
+
+
+def test_the_pass_budget_plot_draws_every_threshold_and_marks_the_choice(tmp_path):
+    def choice(chosen: float, budget: float) -> dict:
+        tried = [{"threshold": t, "accuracy": a, "mean_forward_passes": n}
+                 for t, a, n in ((0.1, 0.95, 20.0), (0.5, 0.9, 14.0), (0.9, 0.8, 9.0))]
+        return {"threshold": chosen, "budget": budget, "fits": True, "tried": tried}
+
+    results = {"methods": {"navigator": row(0.9, 14.0)}, "navigator": {"pass_budget": choice(0.5, 16.0)},
+               "rows": {"navigator_multi": {"pass_budget": choice(0.1, 80.0)}}}
+    paths = plots.plot_demo(results, tmp_path)
+    assert tmp_path / "halting_thresholds.png" in paths
+    figs = []
+    real_close = plt.close
+    plt.close = lambda fig=None: figs.append(fig) or real_close(fig)
+    try:
+        plots.plot_pass_budgets({"navigator": choice(0.5, 16.0)}, tmp_path / "b.png", plt)
+    finally:
+        plt.close = real_close
+    ax = figs[0].axes[0]
+    assert list(ax.lines[0].get_xdata()) == [9.0, 14.0, 20.0]  # every threshold, in order of passes
+    assert [tuple(o) for o in ax.collections[0].get_offsets()] == [(14.0, 90.0)]  # the chosen one
+    assert ax.lines[1].get_xdata()[0] == 16.0  # the budget

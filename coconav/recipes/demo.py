@@ -140,7 +140,7 @@ def navigator_multi_row(ctx: RowContext) -> tuple[dict, dict]:
     res = train_navigator.train(cfg)
     return res["navigator_multi"], {"num_trajectories": k, "trained_with": cfg.ppo.num_trajectories,
                                     "fusion": cfg.ppo.fusion, "navigator_k1": res["navigator"],
-                                    "preset": ctx.navigator_multi_preset}
+                                    "pass_budget": res.get("pass_budget"), "preset": ctx.navigator_multi_preset}
 
 
 # Rows beyond no_cot / cot / coconut / navigator: name -> (test summary, details for results.json).
@@ -218,7 +218,8 @@ def run(out: str | Path = "runs/demo", seed: int = 0, config: str | None = None,
         computed["navigator"] = {k: v for k, v in nav["navigator"].items() if k != "spearman_steps_thoughts"}
         results["navigator"] = {"spearman_steps_thoughts": nav["navigator"]["spearman_steps_thoughts"],
                                 "no_steering": nav["navigator_no_steering"], "no_memory": nav["navigator_no_memory"],
-                                "coconut_fixed_same_model": nav["coconut_fixed"], "curve": nav["curve"]}
+                                "coconut_fixed_same_model": nav["coconut_fixed"], "curve": nav["curve"],
+                                "pass_budget": nav.get("pass_budget")}
     extra = [r for r in rows if r in EXTRA_ROWS]
     if extra:
         multi = navigator_preset(cfg, config, None, cfg.demo.navigator_multi_config) if "navigator_multi" in extra else None
