@@ -481,6 +481,11 @@ class PPOConfig:
     eval_every: int = 10
     """Updates between evaluations on the validation split."""
 
+    @property
+    def answer_trajectories(self) -> int:
+        """K of the final multi-trajectory row: eval_trajectories, else num_trajectories."""
+        return self.eval_trajectories or self.num_trajectories
+
     def __post_init__(self) -> None:
         _check(self.updates >= 1, f"ppo.updates must be >= 1, got {self.updates}")
         _check(self.rollout_batch >= 1, f"ppo.rollout_batch must be >= 1, got {self.rollout_batch}")

@@ -134,7 +134,7 @@ def navigator_multi_row(ctx: RowContext) -> tuple[dict, dict]:
     from coconav.recipes import train_navigator
 
     cfg = navigator_config(ctx.cfg, ctx.out, ctx.coconut_checkpoint, ctx.navigator_multi_preset, name="navigator_multi")
-    k = cfg.ppo.eval_trajectories or cfg.ppo.num_trajectories
+    k = cfg.ppo.answer_trajectories
     if k != ctx.cfg.demo.num_trajectories:
         print0(f"navigator_multi: K = {k} (its preset), the vote rows use K = {ctx.cfg.demo.num_trajectories}")
     res = train_navigator.train(cfg)

@@ -519,7 +519,7 @@ def fit_pass_budget(run: NavRun) -> dict:
     nav, ppo = run.cfg.navigator, run.cfg.ppo
     choice = choose_halt_threshold(run.lm, run.navigator, run.splits.validation, run.cfg.eval, nav.pass_budget,
                                    nav.halt_threshold_grid, seed=run.cfg.seed,
-                                   num_trajectories=ppo.eval_trajectories or ppo.num_trajectories, fusion=ppo.fusion)
+                                   num_trajectories=ppo.answer_trajectories, fusion=ppo.fusion)
     nav.halt_threshold = run.navigator.cfg.halt_threshold = choice.threshold
     save_last(run, run.cfg.ppo.updates)
     chosen = next(t for t in choice.tried if t["threshold"] == choice.threshold)
@@ -555,7 +555,7 @@ def final_evaluation(run: NavRun, curve: list[dict], budget: dict | None = None)
                                                   episodic_memory=False, seed=cfg.seed),
         "coconut_fixed": evaluate(run.lm, test, "coconut", run.base_thoughts, cfg.eval, seed=cfg.seed),
     }
-    k = cfg.ppo.eval_trajectories or cfg.ppo.num_trajectories
+    k = cfg.ppo.answer_trajectories
     if k > 1:  # K trajectories (those it was trained with, or ppo.eval_trajectories), fused, beside K = 1 above
         rows["navigator_multi"] = evaluate_multi(run.lm, run.navigator, test, cfg.eval, k,
                                                  cfg.ppo.fusion, seed=cfg.seed)

@@ -44,7 +44,7 @@ def test_navigator_multi_needs_its_preset_and_the_hard_demo_names_one():
     multi = demo.navigator_preset(hard, str(HARD), None, hard.demo.navigator_multi_config)
     assert "navigator_multi" in hard.demo.rows and multi == str(REPO / "configs" / "demo_hard_navigator_multi.yaml")
     preset = load_config(multi)
-    assert (preset.ppo.eval_trajectories or preset.ppo.num_trajectories) == hard.demo.num_trajectories  # equal K with the vote rows
+    assert preset.ppo.answer_trajectories == hard.demo.num_trajectories  # equal K with the vote rows
     assert preset.navigator.max_thoughts == hard.curriculum.max_stage * hard.curriculum.thoughts_per_step
 
 
