@@ -165,8 +165,8 @@ class Navigator(nn.Module):
         x = embedded = self.embed_states(states)
         # every row is some trajectory: a single one (evaluation and inference at K = 1) is index 0, as in a K = 1
         # rollout, whose trajectory-0 embedding trains with the policy
-        index = trajectory if trajectory is not None else torch.zeros(B, dtype=torch.long)
-        x = x + self.trajectory_embedding(index.to(x.device))[:, None]
+        index = trajectory.to(x.device) if trajectory is not None else x.new_zeros(B, dtype=torch.long)
+        x = x + self.trajectory_embedding(index)[:, None]
         if self.episodic is not None and self.use_episodic:
             x = x[:, start:] + self.episodic(x, start)
         else:
