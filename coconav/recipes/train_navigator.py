@@ -156,6 +156,11 @@ def build(cfg: RunConfig, resume: str | None) -> tuple[NavRun, int]:
     if resume is None and list_checkpoints(out_dir):
         raise ConfigError(f"{out_dir} already holds checkpoints: pass --resume {out_dir} to continue it, or choose another out_dir")
     ckpt = latest_checkpoint(out_dir) if resume is not None else None
+    # the data before anything is written: a bad data setting leaves no half-made run folder behind
+    splits = load_splits(cfg.data, cfg.seed)
+    if cfg.navigator.pass_budget is not None and not splits.validation:
+        raise ConfigError("navigator.pass_budget chooses the halting threshold on the validation split, which is empty: "
+                          "set data.validation_size (or a validation file)")
     out_dir.mkdir(parents=True, exist_ok=True)
     if accelerator.is_main_process:
         save_config(cfg, out_dir / "config.yaml")
@@ -186,10 +191,6 @@ def build(cfg: RunConfig, resume: str | None) -> tuple[NavRun, int]:
         state = load_trainer_state(ckpt, optimizer, modules={"navigator": navigator})
         first = state.global_step
         print0(f"resuming from {ckpt} at update {first}")
-    splits = load_splits(cfg.data, cfg.seed)
-    if cfg.navigator.pass_budget is not None and not splits.validation:
-        raise ConfigError("navigator.pass_budget chooses the halting threshold on the validation split, which is empty: "
-                          "set data.validation_size (or a validation file)")
     base_thoughts = base_model.default_thoughts()
     print0(f"coconav navigator: base {base} ({base_thoughts} thoughts), budget {cfg.navigator.max_thoughts}, "
            f"{sum(p.numel() for p in navigator.parameters()) / 1e3:.0f}k navigator parameters, out_dir={out_dir}")

@@ -592,3 +592,4 @@ def test_pass_budget_needs_a_validation_split(tiny_run, tmp_path):
     data["data"]["validation_size"] = 0
     with pytest.raises(ConfigError, match="navigator.pass_budget chooses the halting threshold on the validation split"):
         train_navigator.build(from_dict(RunConfig, data), resume=None)
+    assert not (tmp_path / "nav").exists()  # refused before the run folder is made
