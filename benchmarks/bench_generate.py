@@ -43,34 +43,70 @@ import time
 
 import torch
 import transformers
+from common import add_machine_args, add_model_args, fill_defaults, log, no_eos, print_result, sync
 
 from coconav.config import ModelConfig
 from coconav.data.tokenizer import task_tokenizer
 from coconav.model.build import build_latent_lm
 from coconav.model.latent_lm import LatentLM
 
-from common import add_machine_args, add_model_args, fill_defaults, log, no_eos, print_result, sync
-
-DEFAULTS = dict(batch_size=32, num_thoughts=6, max_new_tokens=16, question_len=12, jitter=3, hidden_size=128,
-                num_layers=3, num_heads=4, intermediate_size=512, repeats=10, naive_repeats=3, warmup=1, init_std=0.1)
-QUICK = dict(batch_size=4, num_thoughts=2, max_new_tokens=4, question_len=5, jitter=1, hidden_size=32,
-             num_layers=2, num_heads=4, intermediate_size=64, repeats=2, naive_repeats=1, warmup=1, init_std=0.1)
+DEFAULTS = dict(
+    batch_size=32,
+    num_thoughts=6,
+    max_new_tokens=16,
+    question_len=12,
+    jitter=3,
+    hidden_size=128,
+    num_layers=3,
+    num_heads=4,
+    intermediate_size=512,
+    repeats=10,
+    naive_repeats=3,
+    warmup=1,
+    init_std=0.1,
+)
+QUICK = dict(
+    batch_size=4,
+    num_thoughts=2,
+    max_new_tokens=4,
+    question_len=5,
+    jitter=1,
+    hidden_size=32,
+    num_layers=2,
+    num_heads=4,
+    intermediate_size=64,
+    repeats=2,
+    naive_repeats=1,
+    warmup=1,
+    init_std=0.1,
+)
 AIM_SPEEDUP = 20.0
 THOUGHT_TOLERANCE = 1e-4
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="tiny sizes and few repeats (a smoke test, seconds)")
     p.add_argument("--batch-size", type=int, help=f"prompts per batch (default {DEFAULTS['batch_size']})")
     p.add_argument("--num-thoughts", type=int, help=f"thoughts per prompt (default {DEFAULTS['num_thoughts']})")
-    p.add_argument("--max-new-tokens", type=int, help=f"answer tokens per prompt (default {DEFAULTS['max_new_tokens']})")
+    p.add_argument(
+        "--max-new-tokens", type=int, help=f"answer tokens per prompt (default {DEFAULTS['max_new_tokens']})"
+    )
     p.add_argument("--question-len", type=int, help=f"longest question, tokens (default {DEFAULTS['question_len']})")
-    p.add_argument("--jitter", type=int, help="question lengths are drawn from [len - jitter, len] "
-                                              f"(left padding; default {DEFAULTS['jitter']})")
+    p.add_argument(
+        "--jitter",
+        type=int,
+        help=f"question lengths are drawn from [len - jitter, len] (left padding; default {DEFAULTS['jitter']})",
+    )
     add_model_args(p, DEFAULTS)
-    p.add_argument("--init-std", type=float, help="redraw every weight matrix from N(0, std^2); 0 keeps "
-                                                 f"transformers' init (default {DEFAULTS['init_std']})")
+    p.add_argument(
+        "--init-std",
+        type=float,
+        help="redraw every weight matrix from N(0, std^2); 0 keeps "
+        f"transformers' init (default {DEFAULTS['init_std']})",
+    )
     p.add_argument("--repeats", type=int, help=f"timed batches of ours (default {DEFAULTS['repeats']})")
     p.add_argument("--naive-repeats", type=int, help=f"timed batches of naive (default {DEFAULTS['naive_repeats']})")
     p.add_argument("--warmup", type=int, help=f"untimed batches of each first (default {DEFAULTS['warmup']})")
@@ -83,9 +119,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def build_model(args: argparse.Namespace) -> LatentLM:
     torch.manual_seed(args.seed)
-    cfg = ModelConfig(name_or_path="scratch-llama", hidden_size=args.hidden_size, num_layers=args.num_layers,
-                      num_heads=args.num_heads, intermediate_size=args.intermediate_size, tie_embeddings=True,
-                      thought_norm=args.thought_norm, attn_implementation=args.attn)
+    cfg = ModelConfig(
+        name_or_path="scratch-llama",
+        hidden_size=args.hidden_size,
+        num_layers=args.num_layers,
+        num_heads=args.num_heads,
+        intermediate_size=args.intermediate_size,
+        tie_embeddings=True,
+        thought_norm=args.thought_norm,
+        attn_implementation=args.attn,
+    )
     lm = build_latent_lm(cfg, task_tokenizer("arithmetic")).to(args.device).eval()
     if args.init_std > 0:  # see the module docstring: makes greedy tokens vary, so the check means something
         with torch.no_grad():
@@ -106,18 +149,22 @@ def make_prompts(lm: LatentLM, args: argparse.Namespace) -> list[list[int]]:
     return prompts
 
 
-def ours_generate(lm: LatentLM, prompts: list[list[int]], args: argparse.Namespace,
-                  return_thoughts: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+def ours_generate(
+    lm: LatentLM, prompts: list[list[int]], args: argparse.Namespace, return_thoughts: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(generated ids [B, N], thoughts [B, L, D] or None)."""
-    out = lm.generate(prompts, num_thoughts=args.num_thoughts, max_new_tokens=args.max_new_tokens,
-                      return_thoughts=return_thoughts)
+    out = lm.generate(
+        prompts, num_thoughts=args.num_thoughts, max_new_tokens=args.max_new_tokens, return_thoughts=return_thoughts
+    )
     expected = len(prompts) * args.max_new_tokens
     assert int(out.new_tokens.sum()) == expected, f"ours generated {int(out.new_tokens.sum())} tokens, not {expected}"
     return out.sequences, out.thoughts
 
 
 @torch.no_grad()
-def naive_generate(lm: LatentLM, prompts: list[list[int]], args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
+def naive_generate(
+    lm: LatentLM, prompts: list[list[int]], args: argparse.Namespace
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per example, no cache: every thought and every token recomputes the whole sequence so far.
 
     Returns (generated ids [B, N], thoughts [B, L, D])."""
@@ -128,12 +175,14 @@ def naive_generate(lm: LatentLM, prompts: list[list[int]], args: argparse.Namesp
         for _ in range(args.num_thoughts):
             hidden = lm.causal_lm(inputs_embeds=emb, output_hidden_states=True, use_cache=False).hidden_states[-1]
             emb = torch.cat([emb, lm.to_thought(hidden[:, -1:])], dim=1)
-        thoughts.append(emb[0, len(prompt):])
+        thoughts.append(emb[0, len(prompt) :])
         emb = torch.cat([emb, lm.embed(eot)], dim=1)
         tokens = []
         for _ in range(args.max_new_tokens):
             # the same rule as ours: latent-control tokens (<bot>, <eot>, <thought>) are never generated
-            logits = lm.suppress_latent(lm.causal_lm(inputs_embeds=emb, use_cache=False).logits[:, -1].float())  # [1, V]
+            logits = lm.suppress_latent(
+                lm.causal_lm(inputs_embeds=emb, use_cache=False).logits[:, -1].float()
+            )  # [1, V]
             token = logits.argmax(-1)
             tokens.append(token)
             emb = torch.cat([emb, lm.embed(token[:, None])], dim=1)
@@ -171,9 +220,11 @@ def run(args: argparse.Namespace) -> dict:
     lm = build_model(args)
     prompts = make_prompts(lm, args)
     B, N, L = len(prompts), args.max_new_tokens, args.num_thoughts
-    log(f"model: {sum(p.numel() for p in lm.parameters()):,} parameters; {B} prompts of "
+    log(
+        f"model: {sum(p.numel() for p in lm.parameters()):,} parameters; {B} prompts of "
         f"{min(map(len, prompts))}-{max(map(len, prompts))} tokens; {L} thoughts, {N} new tokens; "
-        f"{torch.get_num_threads()} threads")
+        f"{torch.get_num_threads()} threads"
+    )
 
     seconds: dict[str, list[float]] = {"ours": [], "naive": []}
     outputs: dict[str, tuple] = {}
@@ -192,8 +243,10 @@ def run(args: argparse.Namespace) -> dict:
     matching = [bool(torch.equal(ours_seq[b], naive_seq[b])) for b in range(B)]
     thought_diff = float((ours_thoughts - naive_thoughts).abs().max()) if L > 0 else 0.0
     thought_scale = float(naive_thoughts.abs().max()) if L > 0 else 0.0
-    log(f"check: {sum(matching)}/{B} examples generate the same tokens in ours and naive; "
-        f"max thought difference {thought_diff:.2e} (thoughts up to {thought_scale:.2f})")
+    log(
+        f"check: {sum(matching)}/{B} examples generate the same tokens in ours and naive; "
+        f"max thought difference {thought_diff:.2e} (thoughts up to {thought_scale:.2f})"
+    )
     if not all(matching):
         log(f"WARNING: token mismatch in examples {[b for b, ok in enumerate(matching) if not ok]}")
 
@@ -212,21 +265,47 @@ def run(args: argparse.Namespace) -> dict:
         # Backbone forward calls per batch: ours batched and cached (counted: prefill, thoughts, <eot>,
         # one step per token); naive one uncached full forward per example per thought and per token.
         "forward_calls_per_batch": {"ours": ours_passes, "naive": B * (L + N)},
-        "check": {"examples_compared": B, "examples_matching": sum(matching), "tokens_match": all(matching),
-                  "distinct_tokens_generated": len(set(ours_seq.flatten().tolist())),
-                  "thought_max_abs_diff": thought_diff, "thought_max_abs": thought_scale,
-                  "thoughts_match": thought_diff <= THOUGHT_TOLERANCE * max(1.0, thought_scale),
-                  "first_example_ours": ours_seq[0].tolist(), "first_example_naive": naive_seq[0].tolist()},
+        "check": {
+            "examples_compared": B,
+            "examples_matching": sum(matching),
+            "tokens_match": all(matching),
+            "distinct_tokens_generated": len(set(ours_seq.flatten().tolist())),
+            "thought_max_abs_diff": thought_diff,
+            "thought_max_abs": thought_scale,
+            "thoughts_match": thought_diff <= THOUGHT_TOLERANCE * max(1.0, thought_scale),
+            "first_example_ours": ours_seq[0].tolist(),
+            "first_example_naive": naive_seq[0].tolist(),
+        },
         "config": {
-            "model": "scratch-llama", "hidden_size": args.hidden_size, "num_layers": args.num_layers,
-            "num_heads": args.num_heads, "intermediate_size": args.intermediate_size, "tie_embeddings": True,
-            "vocab_size": len(lm.tokenizer), "parameters": sum(p.numel() for p in lm.parameters()),
-            "thought_norm": args.thought_norm, "attn_implementation": args.attn, "init_std": args.init_std,
-            "batch_size": B, "num_thoughts": L, "max_new_tokens": N, "question_len": args.question_len,
-            "jitter": args.jitter, "prompt_lengths": [len(p) for p in prompts], "greedy": True, "eos_disabled": True,
-            "repeats": args.repeats, "naive_repeats": args.naive_repeats, "warmup": args.warmup, "quick": args.quick,
-            "seed": args.seed, "threads": torch.get_num_threads(), "device": args.device, "torch": torch.__version__,
-            "transformers": transformers.__version__, "python": platform.python_version(),
+            "model": "scratch-llama",
+            "hidden_size": args.hidden_size,
+            "num_layers": args.num_layers,
+            "num_heads": args.num_heads,
+            "intermediate_size": args.intermediate_size,
+            "tie_embeddings": True,
+            "vocab_size": len(lm.tokenizer),
+            "parameters": sum(p.numel() for p in lm.parameters()),
+            "thought_norm": args.thought_norm,
+            "attn_implementation": args.attn,
+            "init_std": args.init_std,
+            "batch_size": B,
+            "num_thoughts": L,
+            "max_new_tokens": N,
+            "question_len": args.question_len,
+            "jitter": args.jitter,
+            "prompt_lengths": [len(p) for p in prompts],
+            "greedy": True,
+            "eos_disabled": True,
+            "repeats": args.repeats,
+            "naive_repeats": args.naive_repeats,
+            "warmup": args.warmup,
+            "quick": args.quick,
+            "seed": args.seed,
+            "threads": torch.get_num_threads(),
+            "device": args.device,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "python": platform.python_version(),
             "machine": platform.machine(),
         },
     }

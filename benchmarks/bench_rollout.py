@@ -1,4 +1,4 @@
-"""Benchmark: navigator rollout throughput, batched (``coconav.rollout.roll_out``) vs one question at a time.
+"""Benchmark: navigator rollout throughput, batched (``coconav.rl.rollout.roll_out``) vs one question at a time.
 
 Side by side in one run, on a randomly initialised demo-size model (scratch Llama: hidden 128, 3 layers,
 4 heads, MLP 512, the arithmetic task's vocabulary) and a navigator whose halting and steering heads
@@ -15,7 +15,7 @@ Nothing is downloaded.
 Both run greedy (``sample=False``) so that the check is exact: after timing, the script compares the
 thought counts and answers of the two.
 
-Then, side by side in the same run, **K trajectories per question** (issue 8's aim: K = 5 within 1.6x
+Then, side by side in the same run, **K trajectories per question** (the aim: K = 5 within 1.6x
 the wall time of K = 1): sampled training rollouts (``sample=True``: per-trajectory streams and
 temperatures, group memory on) of the same questions with K = 1, 5 and 16 (``--ks``), interleaved
 repeats, each question prefilled once and its cache expanded K times. ``multi.ratio_vs_k1`` is the
@@ -40,30 +40,55 @@ import time
 
 import torch
 import transformers
+from common import add_machine_args, add_model_args, fill_defaults, log, print_result
 
 from coconav.config import ModelConfig, NavigatorConfig
 from coconav.data.tasks import get_task
 from coconav.data.tokenizer import task_tokenizer
 from coconav.model.build import build_latent_lm
 from coconav.model.navigator import Navigator
-from coconav.rollout import Trajectories, roll_out
+from coconav.rl.rollout import Trajectories, roll_out
 
-from common import add_machine_args, add_model_args, fill_defaults, log, print_result
-
-DEFAULTS = {"ks": "1,5,16", "questions": 64, "trajectories": 1, "max_thoughts": 6, "max_new_tokens": 8, "repeats": 5, "warmup": 1,
-            "hidden_size": 128, "num_layers": 3, "num_heads": 4, "intermediate_size": 512}
-QUICK = {"ks": "1,5", "questions": 8, "repeats": 1, "warmup": 0, "hidden_size": 32, "num_layers": 2, "intermediate_size": 64}
+DEFAULTS = {
+    "ks": "1,5,16",
+    "questions": 64,
+    "trajectories": 1,
+    "max_thoughts": 6,
+    "max_new_tokens": 8,
+    "repeats": 5,
+    "warmup": 1,
+    "hidden_size": 128,
+    "num_layers": 3,
+    "num_heads": 4,
+    "intermediate_size": 512,
+}
+QUICK = {
+    "ks": "1,5",
+    "questions": 8,
+    "repeats": 1,
+    "warmup": 0,
+    "hidden_size": 32,
+    "num_layers": 2,
+    "intermediate_size": 64,
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes and one repeat (a smoke test, seconds)")
     p.add_argument("--questions", type=int, help=f"questions per rollout (default {DEFAULTS['questions']})")
-    p.add_argument("--trajectories", type=int, help=f"trajectories per question, K (default {DEFAULTS['trajectories']})")
-    p.add_argument("--layouts", default="dynamic,static",
-                   help="generation cache layouts for the K comparison: dynamic, static, compiled (default dynamic,static)")
+    p.add_argument(
+        "--trajectories", type=int, help=f"trajectories per question, K (default {DEFAULTS['trajectories']})"
+    )
+    p.add_argument(
+        "--layouts",
+        default="dynamic,static",
+        help="generation cache layouts for the K comparison: dynamic, static, compiled (default dynamic,static)",
+    )
     p.add_argument("--ks", help=f"K values compared side by side, sampled (default {DEFAULTS['ks']}; '' to skip)")
-    p.add_argument("--max-thoughts", type=int, help=f"the navigator's thought budget (default {DEFAULTS['max_thoughts']})")
+    p.add_argument(
+        "--max-thoughts", type=int, help=f"the navigator's thought budget (default {DEFAULTS['max_thoughts']})"
+    )
     p.add_argument("--max-new-tokens", type=int, help=f"answer tokens at most (default {DEFAULTS['max_new_tokens']})")
     add_model_args(p, DEFAULTS, kernels=False)
     p.add_argument("--repeats", type=int, help=f"timed runs of each (default {DEFAULTS['repeats']})")
@@ -74,8 +99,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build(args: argparse.Namespace):
     torch.manual_seed(args.seed)
-    cfg = ModelConfig(name_or_path="scratch-llama", hidden_size=args.hidden_size, num_layers=args.num_layers,
-                      num_heads=args.num_heads, intermediate_size=args.intermediate_size, tie_embeddings=True)
+    cfg = ModelConfig(
+        name_or_path="scratch-llama",
+        hidden_size=args.hidden_size,
+        num_layers=args.num_layers,
+        num_heads=args.num_heads,
+        intermediate_size=args.intermediate_size,
+        tie_embeddings=True,
+    )
     lm = build_latent_lm(cfg, task_tokenizer("arithmetic")).eval()
     nav = Navigator(args.hidden_size, NavigatorConfig(max_thoughts=args.max_thoughts)).eval()
     with torch.no_grad():  # random heads: halting and steering that depend on the state
@@ -91,20 +122,32 @@ def build(args: argparse.Namespace):
 
 @torch.no_grad()
 def batched(lm, nav, questions, args) -> list[Trajectories]:
-    return [roll_out(lm, nav, questions, num_trajectories=args.trajectories, sample=False,
-                     max_new_tokens=args.max_new_tokens)]
+    return [
+        roll_out(
+            lm, nav, questions, num_trajectories=args.trajectories, sample=False, max_new_tokens=args.max_new_tokens
+        )
+    ]
 
 
 @torch.no_grad()
 def loop(lm, nav, questions, args) -> list[Trajectories]:
-    return [roll_out(lm, nav, [q], num_trajectories=args.trajectories, sample=False,
-                     max_new_tokens=args.max_new_tokens) for q in questions]
+    return [
+        roll_out(lm, nav, [q], num_trajectories=args.trajectories, sample=False, max_new_tokens=args.max_new_tokens)
+        for q in questions
+    ]
 
 
 @torch.no_grad()
 def sampled(lm, nav, questions, args, k: int) -> Trajectories:
-    return roll_out(lm, nav, questions, num_trajectories=k, sample=True, max_new_tokens=args.max_new_tokens,
-                    generator=torch.Generator().manual_seed(args.seed))
+    return roll_out(
+        lm,
+        nav,
+        questions,
+        num_trajectories=k,
+        sample=True,
+        max_new_tokens=args.max_new_tokens,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
 
 
 def compare_layouts(lm, nav, questions, args) -> dict[str, dict | None]:
@@ -140,13 +183,15 @@ def compare_k(lm, nav, questions, args) -> dict | None:
                 log(f"K={k} repeat {r - args.warmup + 1}/{args.repeats}: {s:.3f} s")
     median = {k: statistics.median(ts) for k, ts in seconds.items()}
     base = median.get(1)
-    return {"seconds_per_rollout": {str(k): v for k, v in median.items()},
-            "min_seconds_per_rollout": {str(k): min(ts) for k, ts in seconds.items()},
-            "ratio_vs_k1": {str(k): v / base for k, v in median.items()} if base else None,
-            "trajectories_per_second": {str(k): len(last[k]) / v for k, v in median.items()},
-            "mean_thoughts": {str(k): float(last[k].num_thoughts.float().mean()) for k in ks},
-            "thought_phase_steps": {str(k): int(last[k].num_thoughts.max()) for k in ks},
-            "mean_new_tokens": {str(k): float(last[k].new_tokens.float().mean()) for k in ks}}
+    return {
+        "seconds_per_rollout": {str(k): v for k, v in median.items()},
+        "min_seconds_per_rollout": {str(k): min(ts) for k, ts in seconds.items()},
+        "ratio_vs_k1": {str(k): v / base for k, v in median.items()} if base else None,
+        "trajectories_per_second": {str(k): len(last[k]) / v for k, v in median.items()},
+        "mean_thoughts": {str(k): float(last[k].num_thoughts.float().mean()) for k in ks},
+        "thought_phase_steps": {str(k): int(last[k].num_thoughts.max()) for k in ks},
+        "mean_new_tokens": {str(k): float(last[k].new_tokens.float().mean()) for k in ks},
+    }
 
 
 def summary(trajs: list[Trajectories]) -> tuple[list[int], list[str]]:
@@ -158,8 +203,10 @@ def run(args: argparse.Namespace) -> dict:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     lm, nav, questions = build(args)
-    log(f"{len(questions)} questions x {args.trajectories} trajectories, up to {args.max_thoughts} thoughts, "
-        f"{args.max_new_tokens} answer tokens; {torch.get_num_threads()} threads")
+    log(
+        f"{len(questions)} questions x {args.trajectories} trajectories, up to {args.max_thoughts} thoughts, "
+        f"{args.max_new_tokens} answer tokens; {torch.get_num_threads()} threads"
+    )
     seconds: dict[str, list[float]] = {"batched": [], "loop": []}
     outputs = {}
     for r in range(args.warmup + args.repeats):  # interleaved, so machine noise hits both alike
@@ -181,17 +228,34 @@ def run(args: argparse.Namespace) -> dict:
         "seconds_per_rollout": {name: statistics.median(ts) for name, ts in seconds.items()},
         "min_seconds_per_rollout": {name: min(ts) for name, ts in seconds.items()},
         "speedup": qps["batched"] / qps["loop"],
-        "check": {"thought_counts_match": t_b == t_l, "answers_match": a_b == a_l,
-                  "answers_matching": sum(x == y for x, y in zip(a_b, a_l)), "trajectories": len(a_b),
-                  "distinct_thought_counts": sorted(set(t_b)), "mean_thoughts": statistics.mean(t_b)},
+        "check": {
+            "thought_counts_match": t_b == t_l,
+            "answers_match": a_b == a_l,
+            "answers_matching": sum(x == y for x, y in zip(a_b, a_l)),
+            "trajectories": len(a_b),
+            "distinct_thought_counts": sorted(set(t_b)),
+            "mean_thoughts": statistics.mean(t_b),
+        },
         "multi": multi,
         "multi_by_layout": by_layout,
-        "config": {"questions": n, "trajectories": args.trajectories, "ks": args.ks, "max_thoughts": args.max_thoughts,
-                   "max_new_tokens": args.max_new_tokens, "hidden_size": args.hidden_size,
-                   "num_layers": args.num_layers, "num_heads": args.num_heads,
-                   "intermediate_size": args.intermediate_size, "repeats": args.repeats, "warmup": args.warmup,
-                   "threads": torch.get_num_threads(), "quick": args.quick, "cpu": platform.processor() or platform.machine(),
-                   "torch": torch.__version__, "transformers": transformers.__version__},
+        "config": {
+            "questions": n,
+            "trajectories": args.trajectories,
+            "ks": args.ks,
+            "max_thoughts": args.max_thoughts,
+            "max_new_tokens": args.max_new_tokens,
+            "hidden_size": args.hidden_size,
+            "num_layers": args.num_layers,
+            "num_heads": args.num_heads,
+            "intermediate_size": args.intermediate_size,
+            "repeats": args.repeats,
+            "warmup": args.warmup,
+            "threads": torch.get_num_threads(),
+            "quick": args.quick,
+            "cpu": platform.processor() or platform.machine(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+        },
     }
 
 

@@ -42,16 +42,14 @@ import time
 from pathlib import Path
 
 import torch
+from common import log, print_result
 
 from coconav.config import CurriculumConfig, ModelConfig
 from coconav.data.curriculum import build_sequence, collate, tokenize_examples
 from coconav.data.grouping import columns, grouped_batch_indices, predicted_layout
-from coconav.data.splits import batch_indices
 from coconav.data.readers import load_examples
+from coconav.data.splits import batch_indices
 from coconav.model.build import build_latent_lm
-
-from common import log, print_result
-
 
 
 def default_data() -> str:
@@ -70,12 +68,12 @@ def matmul_flops(dtype: torch.dtype, max_n: int = 2048, repeats: int = 5) -> flo
     n = 256
     while True:
         a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-        first = _timed(lambda: a @ b)
+        first = _timed(lambda: a @ b)  # noqa: B023  (called at once, inside this iteration)
         if n >= max_n or first > 0.2:
             break
         n *= 2
     best = min(_timed(lambda: a @ b) for _ in range(repeats))
-    return 2 * n ** 3 / best
+    return 2 * n**3 / best
 
 
 def _timed(fn) -> float:
@@ -90,7 +88,7 @@ def model_flops(lm, tokens: int, labelled: int, seq_len: int, batch: int) -> flo
     nonembed = sum(p.numel() for p in lm.causal_lm.parameters()) - embed.numel()
     if not cfg.tie_word_embeddings:
         nonembed -= lm.causal_lm.get_output_embeddings().weight.numel()
-    attention = 12 * cfg.num_hidden_layers * cfg.hidden_size * seq_len ** 2 / 2 * batch
+    attention = 12 * cfg.num_hidden_layers * cfg.hidden_size * seq_len**2 / 2 * batch
     return 6 * nonembed * tokens + 6 * embed.shape[1] * embed.shape[0] * labelled + attention
 
 
@@ -104,12 +102,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--precisions", default="float32,bfloat16")
     p.add_argument("--pool", type=int, default=128, help="GSM8K problems for the batch-order comparison")
-    p.add_argument("--length-pool", type=int, default=0,
-                   help="batches per pool of the grouped order (train.length_pool; 0: one pool of the whole --pool)")
+    p.add_argument(
+        "--length-pool",
+        type=int,
+        default=0,
+        help="batches per pool of the grouped order (train.length_pool; 0: one pool of the whole --pool)",
+    )
     p.add_argument("--grouped-batches", type=int, default=3, help="grouped micro-batches to time (0: none)")
-    p.add_argument("--data", default=default_data(),
-                   help="GSM8K data: a .jsonl file or a hub id (default: $COCONAV_TEST_DATA/gsm8k/train.jsonl, "
-                   "else openai/gsm8k:train)")
+    p.add_argument(
+        "--data",
+        default=default_data(),
+        help="GSM8K data: a .jsonl file or a hub id (default: $COCONAV_TEST_DATA/gsm8k/train.jsonl, "
+        "else openai/gsm8k:train)",
+    )
     return p.parse_args(argv)
 
 
@@ -117,8 +122,12 @@ def order_stats(batches: list[list[int]], layouts: list[tuple[int, int]]) -> dic
     """Mean real tokens, columns and padded fraction per micro-batch of `batches`."""
     real = [sum(sum(layouts[i]) for i in b) for b in batches]
     cols = [columns([layouts[i] for i in b], len(b)) for b in batches]
-    return {"micro_batches": len(batches), "mean_real_tokens": statistics.mean(real), "mean_columns": statistics.mean(cols),
-            "padded_fraction": 1 - sum(real) / sum(cols)}
+    return {
+        "micro_batches": len(batches),
+        "mean_real_tokens": statistics.mean(real),
+        "mean_columns": statistics.mean(cols),
+        "padded_fraction": 1 - sum(real) / sum(cols),
+    }
 
 
 def batch_orders(tokenized, args, curriculum) -> tuple[dict, list[list[int]]]:
@@ -128,10 +137,18 @@ def batch_orders(tokenized, args, curriculum) -> tuple[dict, list[list[int]]]:
     steps = n // B
     drawn = [batch_indices(n, B, step, seed=0) for step in range(steps)]
     pool = args.length_pool or steps
-    grouped = [grouped_batch_indices(n, B, step, seed=0, pool=pool, micro=B, layouts_at=lambda _: layouts)
-               for step in range(steps)]
-    stats = {"pool": n, "length_pool": pool, "micro_batch": B, "stage": args.stage, "random": order_stats(drawn, layouts),
-             "grouped": order_stats(grouped, layouts)}
+    grouped = [
+        grouped_batch_indices(n, B, step, seed=0, pool=pool, micro=B, layouts_at=lambda _: layouts)
+        for step in range(steps)
+    ]
+    stats = {
+        "pool": n,
+        "length_pool": pool,
+        "micro_batch": B,
+        "stage": args.stage,
+        "random": order_stats(drawn, layouts),
+        "grouped": order_stats(grouped, layouts),
+    }
     stats["columns_grouped_over_random"] = stats["grouped"]["mean_columns"] / stats["random"]["mean_columns"]
     return stats, grouped
 
@@ -141,7 +158,9 @@ def spread(batches: list[list[int]], tokenized, stage: int, curriculum, k: int) 
     batch of each (a stratified sample: their sums approximate the whole pool's, unlike the two extremes)."""
     if k <= 0:
         return []
-    ranked = sorted(batches, key=lambda b: columns([predicted_layout(tokenized[i], stage, curriculum) for i in b], len(b)))
+    ranked = sorted(
+        batches, key=lambda b: columns([predicted_layout(tokenized[i], stage, curriculum) for i in b], len(b))
+    )
     picks = sorted({min(len(ranked) - 1, int((j + 0.5) * len(ranked) / k)) for j in range(k)})
     return [ranked[j] for j in picks]
 
@@ -171,17 +190,29 @@ def time_batch(lm, batch, precision: str, args: argparse.Namespace, peak: float,
     for i in range(args.repeats):  # interleaved, so machine noise hits both alike
         times["coconut"].append(_timed(coconut_step))
         times["plain"].append(_timed(plain_step))
-        log(f"{precision} {label} repeat {i + 1}: coconut {times['coconut'][-1]:.2f} s, plain {times['plain'][-1]:.2f} s")
+        log(
+            f"{precision} {label} repeat {i + 1}: coconut {times['coconut'][-1]:.2f} s, plain {times['plain'][-1]:.2f} s"
+        )
     B, T = batch.input_ids.shape
     flops = model_flops(lm, tokens, labelled, T, B)
     computed = model_flops(lm, B * T, labelled, T, B)  # padding columns are computed too
-    row = {"tokens_per_step": tokens, "columns_per_step": B * T, "padded_fraction": 1 - tokens / (B * T),
-           "labelled_tokens": labelled, "seq_len": T,
-           "model_gflop_per_step": flops / 1e9, "computed_gflop_per_step": computed / 1e9}
+    row = {
+        "tokens_per_step": tokens,
+        "columns_per_step": B * T,
+        "padded_fraction": 1 - tokens / (B * T),
+        "labelled_tokens": labelled,
+        "seq_len": T,
+        "model_gflop_per_step": flops / 1e9,
+        "computed_gflop_per_step": computed / 1e9,
+    }
     for name, ts in times.items():
         med = statistics.median(ts)
-        row[name] = {"seconds_per_step": med, "tokens_per_second": tokens / med, "mfu": flops / med / peak,
-                     "mfu_incl_padding": computed / med / peak}
+        row[name] = {
+            "seconds_per_step": med,
+            "tokens_per_second": tokens / med,
+            "mfu": flops / med / peak,
+            "mfu_incl_padding": computed / med / peak,
+        }
     row["coconut_over_plain"] = row["coconut"]["seconds_per_step"] / row["plain"]["seconds_per_step"]
     return row
 
@@ -192,9 +223,12 @@ def total(rows: list[dict], peak: float) -> dict:
     out["padded_fraction"] = 1 - out["tokens_per_step"] / out["columns_per_step"]
     for name in ("coconut", "plain"):
         seconds = sum(r[name]["seconds_per_step"] for r in rows)
-        out[name] = {"seconds": seconds, "tokens_per_second": out["tokens_per_step"] / seconds,
-                     "mfu": sum(r["model_gflop_per_step"] for r in rows) * 1e9 / seconds / peak,
-                     "mfu_incl_padding": sum(r["computed_gflop_per_step"] for r in rows) * 1e9 / seconds / peak}
+        out[name] = {
+            "seconds": seconds,
+            "tokens_per_second": out["tokens_per_step"] / seconds,
+            "mfu": sum(r["model_gflop_per_step"] for r in rows) * 1e9 / seconds / peak,
+            "mfu_incl_padding": sum(r["computed_gflop_per_step"] for r in rows) * 1e9 / seconds / peak,
+        }
     out["coconut_over_plain"] = out["coconut"]["seconds"] / out["plain"]["seconds"]
     return out
 
@@ -204,14 +238,25 @@ def run(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     examples = load_examples(args.data, limit=max(args.batch_size, args.pool))
-    out: dict = {"machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                             "torch": torch.__version__},
-                 "batch_size": args.batch_size, "num_thoughts": args.stage * args.thoughts_per_step}
-    out["matmul_tflops"] = {"float32": matmul_flops(torch.float32) / 1e12, "bfloat16": matmul_flops(torch.bfloat16) / 1e12}
+    out: dict = {
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        },
+        "batch_size": args.batch_size,
+        "num_thoughts": args.stage * args.thoughts_per_step,
+    }
+    out["matmul_tflops"] = {
+        "float32": matmul_flops(torch.float32) / 1e12,
+        "bfloat16": matmul_flops(torch.bfloat16) / 1e12,
+    }
     log(f"matmul: {out['matmul_tflops']}")
     curriculum = CurriculumConfig(mode="coconut", thoughts_per_step=args.thoughts_per_step, max_stage=3)
     for precision in args.precisions.split(","):
-        lm = build_latent_lm(ModelConfig(name_or_path="smollm2-135m", autocast="bfloat16" if precision == "bfloat16" else "none"))
+        lm = build_latent_lm(
+            ModelConfig(name_or_path="smollm2-135m", autocast="bfloat16" if precision == "bfloat16" else "none")
+        )
         lm.train()
         tokenized = tokenize_examples(examples, lm.tokenizer)
         if "batch_orders" not in out:
@@ -219,12 +264,22 @@ def run(args: argparse.Namespace) -> dict:
             log(f"batch orders: {out['batch_orders']}")
         seqs = [build_sequence(t, args.stage, curriculum, lm.special) for t in tokenized]
         peak = out["matmul_tflops"][precision] * 1e12
-        row = time_batch(lm, collate(seqs[:args.batch_size], lm.special), precision, args, peak, "first batch")
+        row = time_batch(lm, collate(seqs[: args.batch_size], lm.special), precision, args, peak, "first batch")
         picked = spread(grouped, tokenized, args.stage, curriculum, args.grouped_batches)
         row["grouped_micro_batches"] = [
-            {"examples": b, **time_batch(lm, collate([seqs[i] for i in b], lm.special), precision, args, peak,
-                                         f"grouped {j + 1}/{len(picked)}")}
-            for j, b in enumerate(picked)]
+            {
+                "examples": b,
+                **time_batch(
+                    lm,
+                    collate([seqs[i] for i in b], lm.special),
+                    precision,
+                    args,
+                    peak,
+                    f"grouped {j + 1}/{len(picked)}",
+                ),
+            }
+            for j, b in enumerate(picked)
+        ]
         if picked:
             row["grouped"] = total(row["grouped_micro_batches"], peak)
         out[precision] = row

@@ -1,7 +1,7 @@
 """Measurement: how far a navigator's steering moves a thought, with steer_scale "none" and "rms".
 
 The steering offset is s U a (coconav/model/navigator.py): a Gaussian action a, an up-projection U
-and s = 1 ("none") or the RMS of plain COCONUT thoughts ("rms", issue 8 §4). The same navigator
+and s = 1 ("none") or the RMS of plain COCONUT thoughts ("rms"). The same navigator
 configuration should move a thought by a comparable fraction on any backbone; this script measures
 that fraction, |s U a| / |thought|, with no training: plain COCONUT thoughts of the built-in arithmetic
 task's questions (the model's own hidden states fed back, max_thoughts each), actions drawn at the
@@ -24,19 +24,25 @@ import argparse
 import random
 
 import torch
+from common import add_machine_args, add_model_args, fill_defaults, log, print_result
 
 from coconav.config import ModelConfig, NavigatorConfig
 from coconav.data.curriculum import encode_question
 from coconav.data.tasks import get_task
 from coconav.data.tokenizer import task_tokenizer
+from coconav.decode.groups import measure_thought_scale
 from coconav.model.build import build_latent_lm
-from coconav.model.groups import measure_thought_scale
 from coconav.model.navigator import Navigator
 
-from common import add_machine_args, add_model_args, fill_defaults, log, print_result
-
-DEFAULTS = {"questions": 32, "max_thoughts": 6, "sigma_u": 0.1, "hidden_size": 128, "num_layers": 3, "num_heads": 4,
-            "intermediate_size": 512}
+DEFAULTS = {
+    "questions": 32,
+    "max_thoughts": 6,
+    "sigma_u": 0.1,
+    "hidden_size": 128,
+    "num_layers": 3,
+    "num_heads": 4,
+    "intermediate_size": 512,
+}
 QUICK = {"questions": 4, "hidden_size": 32, "num_layers": 2, "intermediate_size": 64}
 
 
@@ -61,9 +67,13 @@ def measure(lm, args: argparse.Namespace) -> dict:
     counts = torch.full((len(prompts),), args.max_thoughts, dtype=torch.long)
     _, thoughts = lm.think(lm.prefill(prompts), counts, return_thoughts=True)  # [Q, L, D]
     thoughts = thoughts.float().flatten(0, 1)
-    out = {"hidden_size": lm.hidden_size, "thoughts": thoughts.shape[0],
-           "thought_norm_mean": float(thoughts.norm(dim=-1).mean()),
-           "thought_rms": float(thoughts.pow(2).mean().sqrt()), "offset_over_norm": {}}
+    out = {
+        "hidden_size": lm.hidden_size,
+        "thoughts": thoughts.shape[0],
+        "thought_norm_mean": float(thoughts.norm(dim=-1).mean()),
+        "thought_rms": float(thoughts.pow(2).mean().sqrt()),
+        "offset_over_norm": {},
+    }
     for scale in ("none", "rms"):
         torch.manual_seed(args.seed)
         nav = Navigator(lm.hidden_size, NavigatorConfig(max_thoughts=args.max_thoughts, steer_scale=scale))
@@ -80,8 +90,14 @@ def run(args: argparse.Namespace) -> dict:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    cfg = ModelConfig(name_or_path="scratch-llama", hidden_size=args.hidden_size, num_layers=args.num_layers,
-                      num_heads=args.num_heads, intermediate_size=args.intermediate_size, tie_embeddings=True)
+    cfg = ModelConfig(
+        name_or_path="scratch-llama",
+        hidden_size=args.hidden_size,
+        num_layers=args.num_layers,
+        num_heads=args.num_heads,
+        intermediate_size=args.intermediate_size,
+        tie_embeddings=True,
+    )
     result = {"benchmark": "steer_scale", "backbones": {}}
     log("demo-size scratch Llama")
     result["backbones"]["demo_scratch"] = measure(build_latent_lm(cfg, task_tokenizer("arithmetic")).eval(), args)
@@ -89,13 +105,20 @@ def run(args: argparse.Namespace) -> dict:
         log("SmolLM2-135M (from the local GGUF or its cache)")
         lm = build_latent_lm(ModelConfig(name_or_path="smollm2-135m")).eval()
         result["backbones"]["smollm2_135m"] = measure(lm, args)
-    result["config"] = {"questions": args.questions, "max_thoughts": args.max_thoughts, "sigma_u": args.sigma_u,
-                        "action_std": float(torch.tensor(NavigatorConfig().init_log_std).exp()), "quick": args.quick,
-                        "threads": torch.get_num_threads()}
+    result["config"] = {
+        "questions": args.questions,
+        "max_thoughts": args.max_thoughts,
+        "sigma_u": args.sigma_u,
+        "action_std": float(torch.tensor(NavigatorConfig().init_log_std).exp()),
+        "quick": args.quick,
+        "threads": torch.get_num_threads(),
+    }
     b = result["backbones"]
     if "smollm2_135m" in b:  # how different the same navigator's push is on the two backbones
-        result["smollm2_over_demo"] = {s: b["smollm2_135m"]["offset_over_norm"][s]["mean"]
-                                       / b["demo_scratch"]["offset_over_norm"][s]["mean"] for s in ("none", "rms")}
+        result["smollm2_over_demo"] = {
+            s: b["smollm2_135m"]["offset_over_norm"][s]["mean"] / b["demo_scratch"]["offset_over_norm"][s]["mean"]
+            for s in ("none", "rms")
+        }
     return result
 
 

@@ -27,8 +27,12 @@ def add_model_args(p: argparse.ArgumentParser, defaults: dict, kernels: bool = T
     p.add_argument("--num-heads", type=int, help=f"attention heads (default {defaults['num_heads']})")
     p.add_argument("--intermediate-size", type=int, help=f"MLP width (default {defaults['intermediate_size']})")
     if kernels:
-        p.add_argument("--thought-norm", choices=["none", "embedding"], default="none",
-                       help="how a hidden state becomes a thought (default 'none', the paper's rule)")
+        p.add_argument(
+            "--thought-norm",
+            choices=["none", "embedding"],
+            default="none",
+            help="how a hidden state becomes a thought (default 'none', the paper's rule)",
+        )
         p.add_argument("--attn", choices=["sdpa", "eager"], default="sdpa", help="attention kernel (default sdpa)")
 
 

@@ -4,7 +4,11 @@ A checkpoint folder ``RUN/checkpoints/NAME`` holds
 - the backbone and tokenizer as ``save_pretrained`` writes them (loadable by transformers alone),
 - ``coconav.json``: special token ids, the resolved run config, stage, step, metrics,
 - ``trainer_state.safetensors`` + ``trainer_state.json``: optimizer tensors and their structure
-  and the torch RNG state; extra modules (the navigator) as ``NAME.safetensors`` — never a pickle.
+  and the torch RNG state; extra modules (the navigator) as ``NAME.safetensors`` — never a pickle,
+- ``README.md``: a Hub model card (coconav/hub.py), so the folder can be pushed as it is.
+
+A checkpoint argument may also be a Hub id ``owner/name`` (resolved through the Hub cache, see
+``coconav.hub.resolve_checkpoint``).
 
 Every folder is written under a temporary name and renamed into place when complete, so an
 interrupted run never leaves a half-written checkpoint that could be loaded. Resuming happens
@@ -25,6 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from coconav.common import replace_dir_atomic
 from coconav.errors import CheckpointError
+from coconav.hub import resolve_checkpoint, write_model_card
 from coconav.model.latent_lm import META_FILE, LatentLM, read_metadata
 
 STATE_TENSORS = "trainer_state.safetensors"
@@ -65,10 +70,16 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], structure: dict) -> d
     return {"state": state, "param_groups": structure["param_groups"]}
 
 
-def save_checkpoint(directory: str | Path, lm: LatentLM, train_state: TrainState, config: dict,
-                    optimizer: torch.optim.Optimizer | None = None, modules: dict[str, torch.nn.Module] | None = None,
-                    metrics: dict | None = None) -> Path:
-    """Write a complete checkpoint atomically (temporary folder, then rename)."""
+def save_checkpoint(
+    directory: str | Path,
+    lm: LatentLM,
+    train_state: TrainState,
+    config: dict,
+    optimizer: torch.optim.Optimizer | None = None,
+    modules: dict[str, torch.nn.Module] | None = None,
+    metrics: dict | None = None,
+) -> Path:
+    """Write a complete checkpoint atomically (temporary folder, then rename), with its model card."""
     directory = Path(directory)
     tmp = directory.with_name(f".{directory.name}.tmp")
     if tmp.exists():
@@ -82,9 +93,13 @@ def save_checkpoint(directory: str | Path, lm: LatentLM, train_state: TrainState
         tensors.update(opt_tensors)
     for name, module in (modules or {}).items():  # e.g. the navigator: NAME.safetensors, read by load_module
         structure["modules"].append(name)
-        save_file({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}, str(tmp / f"{name}.safetensors"))
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}, str(tmp / f"{name}.safetensors")
+        )
     save_file(tensors, str(tmp / STATE_TENSORS))
     (tmp / STATE_JSON).write_text(json.dumps(structure), encoding="utf-8")
+    run_dir = directory.parent.parent if directory.parent.name == "checkpoints" else None  # RUN/checkpoints/NAME
+    write_model_card(tmp, read_metadata(tmp), run_dir)
     replace_dir_atomic(tmp, directory)
     return directory
 
@@ -99,8 +114,12 @@ def _read_trainer_files(directory: Path) -> tuple[dict[str, torch.Tensor], dict]
     return tensors, structure
 
 
-def load_trainer_state(directory: str | Path, optimizer: torch.optim.Optimizer | None = None,
-                       modules: dict[str, torch.nn.Module] | None = None, restore_rng: bool = True) -> TrainState:
+def load_trainer_state(
+    directory: str | Path,
+    optimizer: torch.optim.Optimizer | None = None,
+    modules: dict[str, torch.nn.Module] | None = None,
+    restore_rng: bool = True,
+) -> TrainState:
     """Restore optimizer, extra modules and RNG from a checkpoint; returns its TrainState."""
     directory = Path(directory)
     meta = read_metadata(directory)
@@ -127,9 +146,11 @@ def load_module(directory: str | Path, name: str, module: torch.nn.Module) -> to
         result = module.load_state_dict(state, strict=False)
         missing = [k for k in result.missing_keys if not k.startswith(optional)]
         if missing or result.unexpected_keys:
-            what = (f"missing {', '.join(missing[:3])}" if missing else "") + \
-                   ("; " if missing and result.unexpected_keys else "") + \
-                   (f"unexpected {', '.join(result.unexpected_keys[:3])}" if result.unexpected_keys else "")
+            what = (
+                (f"missing {', '.join(missing[:3])}" if missing else "")
+                + ("; " if missing and result.unexpected_keys else "")
+                + (f"unexpected {', '.join(result.unexpected_keys[:3])}" if result.unexpected_keys else "")
+            )
             raise RuntimeError(f"the tensors do not match the module: {what}")
     except (SafetensorError, OSError, RuntimeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -160,8 +181,9 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path:
-    """The most advanced complete checkpoint of a run folder (or a checkpoint folder itself)."""
-    run_dir = Path(run_dir)
+    """The most advanced complete checkpoint of a run folder (or a checkpoint folder itself, or a Hub id
+    'owner/name' that is no local path: its snapshot in the Hub cache, downloaded if missing and online)."""
+    run_dir = resolve_checkpoint(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"checkpoint folder not found: {run_dir}")
     if (run_dir / META_FILE).is_file():

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from coconav.distributed import rank
 from coconav.errors import ConfigError, InputError
 
 
@@ -27,20 +28,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def rank() -> int:
-    """This process's rank (0 when not distributed)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank()
-    return int(os.environ.get("RANK", 0))
-
-
-def world_size() -> int:
-    """Number of processes (1 when not distributed)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_world_size()
-    return int(os.environ.get("WORLD_SIZE", 1))
 
 
 def print0(*args: Any, **kwargs: Any) -> None:
@@ -128,8 +115,15 @@ class MetricLogger:
     Only rank 0 writes. Keys are namespaced (`train/loss`, `eval/accuracy`).
     """
 
-    def __init__(self, out_dir: str | Path, tensorboard: bool = False, wandb: bool = False,
-                 wandb_project: str = "coconav", config: dict | None = None, fresh: bool = False) -> None:
+    def __init__(
+        self,
+        out_dir: str | Path,
+        tensorboard: bool = False,
+        wandb: bool = False,
+        wandb_project: str = "coconav",
+        config: dict | None = None,
+        fresh: bool = False,
+    ) -> None:
         self.enabled = rank() == 0
         self.path = Path(out_dir) / "metrics.jsonl"
         self._tb = None
@@ -143,7 +137,9 @@ class MetricLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                raise ConfigError("log.tensorboard=true needs the tensorboard package: pip install tensorboard") from None
+                raise ConfigError(
+                    "log.tensorboard=true needs the tensorboard package: pip install tensorboard"
+                ) from None
             self._tb = SummaryWriter(str(Path(out_dir) / "tensorboard"))
         if wandb:
             try:

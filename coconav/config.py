@@ -37,10 +37,11 @@ class LoraConfig:
     """LoRA scaling numerator (scale = alpha / r)."""
     dropout: float = 0.0
     """Dropout on the LoRA input; 0 saves activation memory."""
-    target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    )
-    """Module names that get adapters (Llama names by default; GPT-2 uses c_attn, c_proj, c_fc)."""
+    target_modules: list[str] | None = None
+    """Module names that get adapters. None: every linear projection of the decoder layers, found by
+    inspecting the model (Llama/Qwen/Mistral/Gemma/OLMo q,k,v,o,gate,up,down_proj; Phi-3 qkv_proj, o_proj,
+    gate_up_proj, down_proj; GPT-2 c_attn, c_proj, c_fc; GPT-NeoX query_key_value, dense, dense_h_to_4h,
+    dense_4h_to_h); never the output head or the embeddings."""
     adapter_dtype: Literal["float32", "bfloat16"] = "float32"
     """dtype of the adapter weights (bf16 saves memory on large models)."""
     train_new_embeddings: bool = True
@@ -49,7 +50,10 @@ class LoraConfig:
     def __post_init__(self) -> None:
         _check(self.r > 0, f"model.lora.r must be > 0, got {self.r}")
         _check(0.0 <= self.dropout < 1.0, f"model.lora.dropout must be in [0, 1), got {self.dropout}")
-        _check(len(self.target_modules) > 0, "model.lora.target_modules must name at least one module")
+        _check(
+            self.target_modules is None or len(self.target_modules) > 0,
+            "model.lora.target_modules must name at least one module, or be left unset (null) to find them",
+        )
 
 
 @dataclass
@@ -76,8 +80,9 @@ class ModelConfig:
     checkpoint's own dtype (init_from, --resume, a navigator's COCONUT model)."""
     autocast: Literal["none", "bfloat16"] = "none"
     """Mixed precision for forward passes (weights stay in `dtype`)."""
-    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
-    """Attention kernel passed to transformers."""
+    attn_implementation: Literal["sdpa", "eager"] | None = None
+    """Attention kernel passed to transformers. None: 'sdpa' where the model family supports it, else
+    'eager' (Gemma 2: SDPA cannot soft-cap attention scores); a family refusing the one named is a ConfigError."""
     thought_norm: Literal["none", "embedding"] = "none"
     """How a last hidden state becomes a thought: 'none' feeds it back as is (the paper's rule);
     'embedding' rescales it to the mean L2 norm of the input-embedding rows (scale detached)."""
@@ -183,7 +188,10 @@ class CurriculumConfig:
             0 <= self.start_stage <= self.max_stage + 1,
             f"curriculum.start_stage must be in [0, {self.max_stage + 1}], got {self.start_stage}",
         )
-        _check(self.thought_loss_weight >= 0, f"curriculum.thought_loss_weight must be >= 0, got {self.thought_loss_weight}")
+        _check(
+            self.thought_loss_weight >= 0,
+            f"curriculum.thought_loss_weight must be >= 0, got {self.thought_loss_weight}",
+        )
 
     @property
     def final_stage(self) -> int:
@@ -259,18 +267,26 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
-        _check(not (self.compile and self.fsdp), "train.compile does not work with train.fsdp: set one of them to false")
+        _check(
+            not (self.compile and self.fsdp), "train.compile does not work with train.fsdp: set one of them to false"
+        )
         _check(self.grad_accum >= 1, f"train.grad_accum must be >= 1, got {self.grad_accum}")
         _check(
             self.batch_size % self.grad_accum == 0,
             f"train.batch_size ({self.batch_size}) must be a multiple of train.grad_accum ({self.grad_accum})",
         )
-        _check(self.length_pool >= 0, f"train.length_pool must be >= 0 (0: batches drawn at random; k: pools of k "
-                                      f"global batches grouped by length), got {self.length_pool}")
+        _check(
+            self.length_pool >= 0,
+            f"train.length_pool must be >= 0 (0: batches drawn at random; k: pools of k "
+            f"global batches grouped by length), got {self.length_pool}",
+        )
         _check(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
         _check(0 <= self.min_lr <= self.lr, f"train.min_lr must be in [0, train.lr], got {self.min_lr}")
         _check(self.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
-        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"train.betas must be two numbers in [0, 1), got {self.betas}")
+        _check(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            f"train.betas must be two numbers in [0, 1), got {self.betas}",
+        )
         _check(self.steps_per_stage >= 1, f"train.steps_per_stage must be >= 1, got {self.steps_per_stage}")
         _check(self.first_stage_steps is None or self.first_stage_steps >= 0, "train.first_stage_steps must be >= 0")
         _check(self.final_stage_steps is None or self.final_stage_steps >= 0, "train.final_stage_steps must be >= 0")
@@ -306,7 +322,10 @@ class EvalConfig:
     """Evaluate at most this many questions (0 = all)."""
 
     def __post_init__(self) -> None:
-        _check(self.num_thoughts is None or self.num_thoughts >= 0, f"eval.num_thoughts must be >= 0, got {self.num_thoughts}")
+        _check(
+            self.num_thoughts is None or self.num_thoughts >= 0,
+            f"eval.num_thoughts must be >= 0, got {self.num_thoughts}",
+        )
         _check(self.max_new_tokens >= 1, f"eval.max_new_tokens must be >= 1, got {self.max_new_tokens}")
         _check(self.batch_size >= 1, f"eval.batch_size must be >= 1, got {self.batch_size}")
         _check(self.temperature > 0, f"eval.temperature must be > 0, got {self.temperature}")
@@ -329,7 +348,7 @@ class NavigatorConfig:
     temperature_final: float = 1.0
     """Temperature at the last update (annealed by temperature_schedule; evaluation uses the mean action)."""
     temperature_schedule: Literal["linear", "cosine", "exponential"] = "linear"
-    """Annealing shape from temperature to temperature_final over the PPO updates (coconav.ppo.anneal)."""
+    """Annealing shape from temperature to temperature_final over the PPO updates (coconav.rl.ppo.anneal)."""
     max_trajectories: int = 16
     """Most trajectories per question (K, TRL's num_generations); sizes the trajectory-index embedding."""
     temperature_spread: float = 2.0
@@ -346,16 +365,44 @@ class NavigatorConfig:
     """Inference (evaluation, generate): halt where the halting probability exceeds this. It shifts the halting
     logit by -logit(halt_threshold) at inference, so that the sampled halting of inference_halting = sample moves
     with it; training rollouts sample the policy's own probability. Chosen by the recipe under pass_budget."""
+    multi_halt_threshold: float | None = None
+    """Inference with K != 1 trajectories per question (evaluate_multi, `coconav eval --num-trajectories K`,
+    generate): halt where the halting probability exceeds this. Trajectories that read each other through the group
+    memory halt differently than one alone, so K > 1 has its own threshold. null: halt_threshold. Chosen by the
+    recipe under multi_pass_budget."""
     pass_budget: float | None = None
-    """A compute budget at inference: the mean forward passes per question (the prefill, each thought and each
-    answer token, of every trajectory) of the run's final evaluation at K = ppo.eval_trajectories (default
-    ppo.num_trajectories; K = 1: the greedy navigator; K > 1: fused by ppo.fusion). When set, the recipe chooses
+    """A compute budget at inference with K = 1: the mean forward passes per question (the prefill, each thought and
+    each answer token) of the greedy navigator alone (the run's navigator rows). When set, the recipe chooses
     halt_threshold after training, on the validation split: the most accurate threshold of halt_threshold_grid
     whose mean passes fit the budget (ties: fewer passes); it is saved in the checkpoint's config and reported in
-    results.json. null: halt_threshold as set."""
-    halt_threshold_grid: list[float] = field(default_factory=lambda: [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2,
-                                                                      0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95,
-                                                                      0.98])
+    results.json (pass_budget). null: halt_threshold as set."""
+    multi_pass_budget: float | None = None
+    """A compute budget at inference with K = ppo.eval_trajectories > 1 (default ppo.num_trajectories) trajectories
+    fused by ppo.fusion: the mean forward passes per question, every trajectory counted. When set (and K > 1), the
+    recipe chooses multi_halt_threshold after training on the validation split, as pass_budget does for K = 1; saved
+    in the checkpoint's config and reported in results.json (multi_pass_budget). null: multi_halt_threshold as set."""
+    halt_threshold_grid: list[float] = field(
+        default_factory=lambda: [
+            0.001,
+            0.002,
+            0.005,
+            0.01,
+            0.02,
+            0.05,
+            0.1,
+            0.2,
+            0.3,
+            0.4,
+            0.5,
+            0.6,
+            0.7,
+            0.8,
+            0.85,
+            0.9,
+            0.95,
+            0.98,
+        ]
+    )
     """Thresholds tried under pass_budget (each one evaluation of the validation split)."""
     group_memory: bool = True
     """Cross-communication: each trajectory attends over the other trajectories of its question (their
@@ -389,7 +436,10 @@ class NavigatorConfig:
     def __post_init__(self) -> None:
         _check(self.hidden > 0, f"navigator.hidden must be > 0, got {self.hidden}")
         _check(self.action_dim > 0, f"navigator.action_dim must be > 0, got {self.action_dim}")
-        _check(self.temperature > 0 and self.temperature_final > 0, "navigator.temperature and temperature_final must be > 0")
+        _check(
+            self.temperature > 0 and self.temperature_final > 0,
+            "navigator.temperature and temperature_final must be > 0",
+        )
         _check(self.max_thoughts >= 1, f"navigator.max_thoughts must be >= 1, got {self.max_thoughts}")
         _check(
             0 <= self.min_thoughts <= self.max_thoughts,
@@ -397,18 +447,38 @@ class NavigatorConfig:
         )
         _check(self.memory_size >= 1, f"navigator.memory_size must be >= 1, got {self.memory_size}")
         _check(self.memory_topk >= 1, f"navigator.memory_topk must be >= 1, got {self.memory_topk}")
-        _check(1 <= self.max_trajectories <= 64, f"navigator.max_trajectories must be in [1, 64], got {self.max_trajectories}")
-        _check(self.temperature_spread >= 1, f"navigator.temperature_spread must be >= 1, got {self.temperature_spread}")
-        _check(self.inference_temperature >= 0, f"navigator.inference_temperature must be >= 0, got {self.inference_temperature}")
+        _check(
+            1 <= self.max_trajectories <= 64,
+            f"navigator.max_trajectories must be in [1, 64], got {self.max_trajectories}",
+        )
+        _check(
+            self.temperature_spread >= 1, f"navigator.temperature_spread must be >= 1, got {self.temperature_spread}"
+        )
+        _check(
+            self.inference_temperature >= 0,
+            f"navigator.inference_temperature must be >= 0, got {self.inference_temperature}",
+        )
         _check(0 < self.halt_threshold < 1, f"navigator.halt_threshold must be in (0, 1), got {self.halt_threshold}")
-        _check(self.pass_budget is None or self.pass_budget > 1,
-               f"navigator.pass_budget must be > 1 (forward passes per question, the prefill included) or null, "
-               f"got {self.pass_budget}")
-        _check(len(self.halt_threshold_grid) >= 1 and all(0 < t < 1 for t in self.halt_threshold_grid),
-               f"navigator.halt_threshold_grid must hold thresholds in (0, 1), got {self.halt_threshold_grid}")
-        _check(self.trajectories_budget is None or 1 <= self.trajectories_budget <= self.max_trajectories,
-               f"navigator.trajectories_budget must be in [1, max_trajectories={self.max_trajectories}] or null, "
-               f"got {self.trajectories_budget}")
+        _check(
+            self.multi_halt_threshold is None or 0 < self.multi_halt_threshold < 1,
+            f"navigator.multi_halt_threshold must be in (0, 1) or null, got {self.multi_halt_threshold}",
+        )
+        for name in ("pass_budget", "multi_pass_budget"):
+            budget = getattr(self, name)
+            _check(
+                budget is None or budget > 1,
+                f"navigator.{name} must be > 1 (forward passes per question, the prefill included) or null, "
+                f"got {budget}",
+            )
+        _check(
+            len(self.halt_threshold_grid) >= 1 and all(0 < t < 1 for t in self.halt_threshold_grid),
+            f"navigator.halt_threshold_grid must hold thresholds in (0, 1), got {self.halt_threshold_grid}",
+        )
+        _check(
+            self.trajectories_budget is None or 1 <= self.trajectories_budget <= self.max_trajectories,
+            f"navigator.trajectories_budget must be in [1, max_trajectories={self.max_trajectories}] or null, "
+            f"got {self.trajectories_budget}",
+        )
 
 
 @dataclass
@@ -426,7 +496,9 @@ class PPOConfig:
     question's mean over the K trajectories (GRPO; needs num_trajectories >= 2). With group the value head
     still trains (vf_coef) on the reward-to-go, as the value-weighted fusion's weights."""
     scale_rewards: Literal["group", "batch", "none"] = "group"
-    """advantage=group: divide by the std of the question's group, of the whole (global) batch, or not at all (TRL's name)."""
+    """advantage=group: divide by the std of the question's group, of the whole (global) batch, or not at all (TRL's
+    name). "group" (the default, as earlier runs) blows a pure cost difference (every trajectory right, 0.01 per pass
+    apart) up to +-1, the size of right against wrong; "none" keeps it as small as it is (tests/rl/test_ppo.py)."""
     scorer_coef: float = 1.0
     """Weight of the fusion scorer's loss (BCE of each trajectory's final score against its correctness). The
     scorer reads detached trunk features: it never changes the policy or the value head (0 = not trained)."""
@@ -480,6 +552,15 @@ class PPOConfig:
     """KL penalty coefficient to the frozen reference LM (train_lm only)."""
     eval_every: int = 10
     """Updates between evaluations on the validation split."""
+    cold_start_questions: int = 0
+    """Supervised cold start of the halting head before PPO (0: off): this many training questions are answered
+    at every fixed thought count k = min_thoughts..max_thoughts, each question's best k (most reward: right
+    minus the cost of its passes) becomes its halting target, and the halting head learns it by cross-entropy on
+    the plain COCONUT thoughts (SLPO's cold start, arXiv 2607.19691). Then PPO trains as usual."""
+    cold_start_epochs: int = 20
+    """Passes over the cold-start questions."""
+    cold_start_lr: float = 1e-3
+    """Adam learning rate of the cold start (a fresh optimizer: PPO's starts afterwards)."""
 
     @property
     def answer_trajectories(self) -> int:
@@ -489,12 +570,18 @@ class PPOConfig:
     def __post_init__(self) -> None:
         _check(self.updates >= 1, f"ppo.updates must be >= 1, got {self.updates}")
         _check(self.rollout_batch >= 1, f"ppo.rollout_batch must be >= 1, got {self.rollout_batch}")
-        _check(1 <= self.num_trajectories <= 16, f"ppo.num_trajectories must be in [1, 16], got {self.num_trajectories}")
-        _check(self.advantage != "group" or self.num_trajectories >= 2,
-               f"ppo.advantage='group' compares the K trajectories of a question and needs ppo.num_trajectories >= 2, "
-               f"got {self.num_trajectories}: set ppo.num_trajectories=4 (for example) or ppo.advantage=gae")
-        _check(self.eval_trajectories is None or 1 <= self.eval_trajectories <= 16,
-               f"ppo.eval_trajectories must be in [1, 16] or null, got {self.eval_trajectories}")
+        _check(
+            1 <= self.num_trajectories <= 16, f"ppo.num_trajectories must be in [1, 16], got {self.num_trajectories}"
+        )
+        _check(
+            self.advantage != "group" or self.num_trajectories >= 2,
+            f"ppo.advantage='group' compares the K trajectories of a question and needs ppo.num_trajectories >= 2, "
+            f"got {self.num_trajectories}: set ppo.num_trajectories=4 (for example) or ppo.advantage=gae",
+        )
+        _check(
+            self.eval_trajectories is None or 1 <= self.eval_trajectories <= 16,
+            f"ppo.eval_trajectories must be in [1, 16] or null, got {self.eval_trajectories}",
+        )
         _check(self.scorer_coef >= 0, f"ppo.scorer_coef must be >= 0, got {self.scorer_coef}")
         _check(self.selector_coef >= 0, f"ppo.selector_coef must be >= 0, got {self.selector_coef}")
         _check(self.epsilon > 0, f"ppo.epsilon must be > 0 (the clip range, e.g. 0.2), got {self.epsilon}")
@@ -517,6 +604,11 @@ class PPOConfig:
         _check(self.token_cost >= 0, f"ppo.token_cost must be >= 0, got {self.token_cost}")
         _check(self.beta >= 0, f"ppo.beta must be >= 0, got {self.beta}")
         _check(self.eval_every >= 1, f"ppo.eval_every must be >= 1, got {self.eval_every}")
+        _check(
+            self.cold_start_questions >= 0, f"ppo.cold_start_questions must be >= 0, got {self.cold_start_questions}"
+        )
+        _check(self.cold_start_epochs >= 1, f"ppo.cold_start_epochs must be >= 1, got {self.cold_start_epochs}")
+        _check(self.cold_start_lr > 0, f"ppo.cold_start_lr must be > 0, got {self.cold_start_lr}")
 
 
 @dataclass
@@ -533,8 +625,15 @@ class LogConfig:
     """Show progress bars."""
 
 
-DEMO_ROWS: tuple[str, ...] = ("no_cot", "cot", "coconut", "navigator", "navigator_multi", "cot_vote",
-                               "coconut_noise_vote")
+DEMO_ROWS: tuple[str, ...] = (
+    "no_cot",
+    "cot",
+    "coconut",
+    "navigator",
+    "navigator_multi",
+    "cot_vote",
+    "coconut_noise_vote",
+)
 
 
 @dataclass
@@ -563,17 +662,23 @@ class DemoConfig:
 
     def __post_init__(self) -> None:
         unknown = [r for r in self.rows if r not in DEMO_ROWS]
-        _check(not unknown, f"demo.rows: unknown row(s) {', '.join(map(repr, unknown))} (known: {', '.join(DEMO_ROWS)})")
+        _check(
+            not unknown, f"demo.rows: unknown row(s) {', '.join(map(repr, unknown))} (known: {', '.join(DEMO_ROWS)})"
+        )
         _check(len(set(self.rows)) == len(self.rows), f"demo.rows lists a row twice: {self.rows}")
         _check("coconut" in self.rows, "demo.rows must include 'coconut' (every other row is compared with it)")
         _check(self.num_trajectories >= 1, f"demo.num_trajectories must be >= 1, got {self.num_trajectories}")
         _check(self.cot_vote_temperature > 0, f"demo.cot_vote_temperature must be > 0, got {self.cot_vote_temperature}")
         _check(0 < self.cot_vote_top_p <= 1, f"demo.cot_vote_top_p must be in (0, 1], got {self.cot_vote_top_p}")
-        _check("navigator_multi" not in self.rows or self.navigator_multi_config is not None,
-               "demo.rows includes 'navigator_multi': set demo.navigator_multi_config to its navigator preset "
-               "(e.g. configs/demo_hard_navigator_multi.yaml)")
+        _check(
+            "navigator_multi" not in self.rows or self.navigator_multi_config is not None,
+            "demo.rows includes 'navigator_multi': set demo.navigator_multi_config to its navigator preset "
+            "(e.g. configs/demo_hard_navigator_multi.yaml)",
+        )
         _check(bool(self.noise_grid), "demo.noise_grid must hold at least one sigma")
-        _check(all(s >= 0 for s in self.noise_grid), f"demo.noise_grid: every sigma must be >= 0, got {self.noise_grid}")
+        _check(
+            all(s >= 0 for s in self.noise_grid), f"demo.noise_grid: every sigma must be >= 0, got {self.noise_grid}"
+        )
 
 
 @dataclass
@@ -609,9 +714,11 @@ class RunConfig:
         _check(self.threads >= 0, f"threads must be >= 0, got {self.threads}")
         if self.navigator is not None:
             _check(self.init_from is not None, "a navigator run needs init_from: the COCONUT checkpoint it steers")
-            _check(self.ppo.num_trajectories <= self.navigator.max_trajectories,
-                   f"ppo.num_trajectories ({self.ppo.num_trajectories}) must be <= navigator.max_trajectories "
-                   f"({self.navigator.max_trajectories})")
+            _check(
+                self.ppo.num_trajectories <= self.navigator.max_trajectories,
+                f"ppo.num_trajectories ({self.ppo.num_trajectories}) must be <= navigator.max_trajectories "
+                f"({self.navigator.max_trajectories})",
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -811,4 +918,3 @@ __all__ = [
     "save_config",
     "to_dict",
 ]
-

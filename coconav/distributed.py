@@ -1,5 +1,5 @@
-"""Several processes: sharded training with torch's FSDP2 and the collectives that checkpoints and
-evaluation need around it.
+"""Several processes: this process's rank, the collectives the recipes need (through accelerate), and
+sharded training with torch's FSDP2 with the gathers that checkpoints and evaluation need around it.
 
 Data parallel training (DDP) goes through accelerate; with ``train.fsdp`` the latent LM is instead
 sharded by ``torch.distributed.fsdp.fully_shard`` (FSDP2) as one unit, the LatentLM: weights,
@@ -23,22 +23,84 @@ index-keyed layout, so a checkpoint of a sharded run loads in one process like a
 
 from __future__ import annotations
 
+import os
+from typing import TYPE_CHECKING
+
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
-                                                     set_optimizer_state_dict)
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
 from torch.distributed.fsdp import FSDPModule, fully_shard
 
-from coconav.common import rank, world_size
 from coconav.errors import ConfigError
-from coconav.model.latent_lm import LatentLM
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from coconav.model.latent_lm import LatentLM
 
 FULL_ON_RANK0 = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def rank() -> int:
+    """This process's rank (0 when not distributed)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", 0))
+
+
+def world_size() -> int:
+    """Number of processes (1 when not distributed)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", 1))
 
 
 def is_main() -> bool:
     """Whether this process writes files (rank 0)."""
     return rank() == 0
+
+
+def rank_and_world(accelerator: Accelerator | None) -> tuple[int, int]:
+    """(this process's index, number of processes) of `accelerator`; (0, 1) without one."""
+    return (0, 1) if accelerator is None else (accelerator.process_index, accelerator.num_processes)
+
+
+def is_writer(accelerator: Accelerator | None) -> bool:
+    """Only the main process writes files."""
+    return accelerator is None or accelerator.is_main_process
+
+
+def barrier(accelerator: Accelerator | None) -> None:
+    """Wait for every process (nothing without an accelerator)."""
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+
+
+def gather_global(accelerator: Accelerator | None, tensor: torch.Tensor) -> torch.Tensor:
+    """Collective: the processes' tensors concatenated in rank order (the tensor itself in one process)."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return tensor
+    return accelerator.gather(tensor.contiguous().to(accelerator.device)).to(tensor.device)
+
+
+def mean_over_ranks(accelerator: Accelerator | None, value: torch.Tensor) -> float:
+    """Collective: the mean of a scalar over the processes, so that every process takes the same decision."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return float(value)
+    return float(accelerator.reduce(value.detach().float().reshape(1).to(accelerator.device), "mean"))
+
+
+def sum_over_ranks(accelerator: Accelerator | None, values: list[int]) -> list[int]:
+    """Collective: the element-wise sum of `values` over the processes."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return values
+    summed = accelerator.reduce(torch.tensor(values, dtype=torch.long, device=accelerator.device), "sum")
+    return [int(v) for v in summed.tolist()]
 
 
 def is_sharded(module: torch.nn.Module) -> bool:
@@ -55,12 +117,16 @@ def check_engine(accelerator) -> None:
 
     kind = accelerator.distributed_type
     if kind == DistributedType.FSDP:
-        raise ConfigError("accelerate's FSDP plugin is not supported: launch with configs/accelerate/fsdp.yaml "
-                          "(or ddp.yaml, or torchrun) and set train.fsdp=true, which shards with torch FSDP2")
+        raise ConfigError(
+            "accelerate's FSDP plugin is not supported: launch with configs/accelerate/fsdp.yaml "
+            "(or ddp.yaml, or torchrun) and set train.fsdp=true, which shards with torch FSDP2"
+        )
     plugin = getattr(accelerator.state, "deepspeed_plugin", None)
     if kind == DistributedType.DEEPSPEED and plugin is not None and plugin.zero_stage == 3:
-        raise ConfigError("DeepSpeed ZeRO-3 is not supported (its checkpoints are not gathered): "
-                          "set train.fsdp=true for sharded training, or use ZeRO stage 1-2")
+        raise ConfigError(
+            "DeepSpeed ZeRO-3 is not supported (its checkpoints are not gathered): "
+            "set train.fsdp=true for sharded training, or use ZeRO stage 1-2"
+        )
 
 
 def shard_lm(lm: LatentLM) -> LatentLM:
@@ -100,9 +166,12 @@ def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimize
     names = {id(p): fqn for fqn, p in model.named_parameters()}
     params = [p for group in _inner(optimizer).param_groups for p in group["params"]]
     fqns = [names[id(p)] for p in params]
-    named = {"state": {fqns[int(i)]: slots for i, slots in state["state"].items()},
-             "param_groups": [{**group, "params": [fqns[int(i)] for i in group["params"]]}
-                              for group in state["param_groups"]]}
+    named = {
+        "state": {fqns[int(i)]: slots for i, slots in state["state"].items()},
+        "param_groups": [
+            {**group, "params": [fqns[int(i)] for i in group["params"]]} for group in state["param_groups"]
+        ],
+    }
     set_optimizer_state_dict(model, _inner(optimizer), named, options=StateDictOptions(full_state_dict=True))
 
 
@@ -115,12 +184,17 @@ def unsharded_lm(lm: LatentLM, state: dict[str, torch.Tensor]) -> LatentLM:
     with no_init_weights():  # the weights come from `state`: skip the random initialisation
         model = type(base)(base.config)
     prefix = "model."
-    weights = {name[len(prefix):]: tensor for name, tensor in state.items() if name.startswith(prefix)}
+    weights = {name[len(prefix) :]: tensor for name, tensor in state.items() if name.startswith(prefix)}
     model.load_state_dict(weights, strict=True, assign=True)
     model.tie_weights()
     model.eval()
-    return LatentLM(model, lm.tokenizer, thought_norm=lm.thought_norm,
-                    autocast="bfloat16" if lm.autocast_dtype is not None else "none")
+    plain = next(c for c in type(lm).__mro__ if not issubclass(c, FSDPModule))  # LatentLM, not FSDP's subclass
+    return plain(
+        model,
+        lm.tokenizer,
+        thought_norm=lm.thought_norm,
+        autocast="bfloat16" if lm.autocast_dtype is not None else "none",
+    )
 
 
 class OptimizerState:

@@ -12,9 +12,11 @@ With a navigator, K trajectories per question fused into one answer:
     # [{'answer': '### 7', 'agreement': 0.8, 'num_trajectories': 5, 'forward_passes': 31, 'fusion': 'majority',
     #   'trajectories': [{'answer': '### 7', 'num_thoughts': 2, 'halt_probs': [...], 'values': [...],
     #                     'score': 0.0, 'weight': 0.2, 'thought_norms': [...], 'steps': [...], 'memory_reads': []}, ...]}]
-Trajectory 0 is the greedy one (the K = 1 answer); the others steer with the navigator's inference
-temperatures (coconav/model/groups.py); `num_trajectories="auto"` lets the K-selector choose K per
-question under navigator.trajectories_budget.
+Trajectory 0 is the greedy one, reading its peers through the group memory (so not the K = 1 answer once the
+group read is trained); the others steer with the navigator's inference temperatures (coconav/decode/groups.py);
+`num_trajectories="auto"` lets the K-selector choose K per question under navigator.trajectories_budget. With K != 1
+the navigator halts at navigator.multi_halt_threshold when the checkpoint has one (chosen for K > 1), else at
+navigator.halt_threshold.
 
 Without a navigator the thought count is the checkpoint's last stage's fixed count (or the
 `num_thoughts` argument); with one, the navigator halts and steers (greedily). The model runs on CUDA
@@ -32,12 +34,12 @@ import torch
 from coconav.checkpoint import checkpoint_meta, latest_checkpoint, load_module
 from coconav.common import resolve_device, resolve_dtype
 from coconav.config import RunConfig, from_dict
+from coconav.decode.controller import NavigatorController
+from coconav.decode.generate import ThoughtPlan, check_multi, generate_answers, multi_answers, question_prompts
+from coconav.decode.trace import TraceController, persistent_reads, trace_steps
 from coconav.errors import CheckpointError, InputError
-from coconav.evaluate import ThoughtPlan, check_multi, generate_answers, multi_answers, question_prompts
-from coconav.model.controller import NavigatorController
 from coconav.model.latent_lm import GenerationOutput, LatentLM, ThoughtController
 from coconav.model.navigator import Navigator
-from coconav.trace import TraceController, persistent_reads, trace_steps
 
 
 @dataclass
@@ -49,15 +51,33 @@ class CoconavModel:
     stage: int
     navigator: Navigator | None = None
     fixed_thoughts: int | None = None  # a navigator checkpoint's base count (its COCONUT model's last stage)
+    # where the navigator's halting stops, at any K (None: its config's halt_threshold at K = 1, and its
+    # multi_halt_threshold, when set, at K != 1; see halt_threshold_for)
+    halt_threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.halt_threshold is not None:
+            if self.navigator is None:
+                raise InputError("--halt-threshold needs a navigator checkpoint")
+            if not 0 < self.halt_threshold < 1:
+                raise InputError(f"--halt-threshold must be in (0, 1), got {self.halt_threshold}")
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device | None = None,
-                        dtype: str | torch.dtype | None = None, compile: bool = False,
-                        kv_cache: str = "dynamic") -> CoconavModel:
-        """Load a checkpoint folder, or a run folder's latest checkpoint (weights through safetensors), frozen
-        and in eval mode. `device`: 'cpu', 'cuda', 'cuda:N' (None: CUDA when available, else the CPU);
+    def from_pretrained(
+        cls,
+        directory: str | Path,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        compile: bool = False,
+        kv_cache: str = "dynamic",
+        halt_threshold: float | None = None,
+    ) -> CoconavModel:
+        """Load a checkpoint folder, a run folder's latest checkpoint, or a Hub id "USER/NAME" (through the Hub
+        cache; HF_HUB_OFFLINE=1 reads the cache only), weights through safetensors, frozen and in eval mode. `device`: 'cpu', 'cuda', 'cuda:N' (None: CUDA when available, else the CPU);
         `dtype`: 'float32', 'bfloat16', 'float16' (None: the dtype the checkpoint was saved in);
-        `compile`: torch.compile generation's steps (implies `kv_cache="static"`; see LatentLM.compile_generation)."""
+        `compile`: torch.compile generation's steps (implies `kv_cache="static"`; see LatentLM.compile_generation);
+        `halt_threshold`: where the navigator's halting stops at any K, replacing the checkpoint's
+        navigator.halt_threshold (and multi_halt_threshold)."""
         device = device if isinstance(device, torch.device) else resolve_device(device)
         dtype = dtype if isinstance(dtype, torch.dtype) or dtype is None else resolve_dtype(dtype)
         folder = latest_checkpoint(directory)
@@ -72,7 +92,17 @@ class CoconavModel:
         if cfg.navigator is not None:
             navigator = load_module(folder, "navigator", Navigator(lm.hidden_size, cfg.navigator)).to(device).eval()
             fixed = meta.get("metrics", {}).get("base_thoughts")
-        return cls(lm=lm, config=cfg, stage=stage, navigator=navigator, fixed_thoughts=fixed)
+        return cls(
+            lm=lm, config=cfg, stage=stage, navigator=navigator, fixed_thoughts=fixed, halt_threshold=halt_threshold
+        )
+
+    def halt_threshold_for(self, num_trajectories: int | str) -> float | None:
+        """The halting threshold of a run with `num_trajectories` per question: the explicit halt_threshold, else
+        with K != 1 the checkpoint's navigator.multi_halt_threshold (chosen for K > 1 by the recipe), else None
+        (the navigator's own halt_threshold)."""
+        if self.halt_threshold is not None or self.navigator is None:
+            return self.halt_threshold
+        return self.navigator.cfg.multi_halt_threshold if num_trajectories != 1 else None
 
     @property
     def mode(self) -> str:
@@ -84,15 +114,22 @@ class CoconavModel:
             return int(self.fixed_thoughts)
         return self.config.eval_thoughts(self.stage)
 
-    def plan(self, num_thoughts: int | None = None, use_navigator: bool = True, steer: bool = True,
-             controller: ThoughtController | None = None) -> ThoughtPlan:
+    def plan(
+        self,
+        num_thoughts: int | None = None,
+        use_navigator: bool = True,
+        steer: bool = True,
+        controller: ThoughtController | None = None,
+    ) -> ThoughtPlan:
         """How questions think: the navigator (greedy; `steer=False` keeps its halting only) unless
         `num_thoughts` is given or `use_navigator` is off, else a fixed count (default: the last stage's).
         A `controller` replaces the default navigator controller (e.g. one that records more per thought)."""
         if num_thoughts is not None and num_thoughts < 0:
             raise InputError(f"--num-thoughts must be >= 0, got {num_thoughts}")
         if use_navigator and self.navigator is not None and num_thoughts is None:
-            controller = controller or NavigatorController(self.navigator, sample=False, steer=steer)
+            controller = controller or NavigatorController(
+                self.navigator, sample=False, steer=steer, halt_threshold=self.halt_threshold
+            )
             return ThoughtPlan("coconut", 0, controller, self.navigator.cfg.max_thoughts)
         count = num_thoughts if num_thoughts is not None else self.default_thoughts()
         if controller is not None:
@@ -100,21 +137,37 @@ class CoconavModel:
         return ThoughtPlan(self.mode, count)
 
     @torch.no_grad()
-    def answer(self, questions: list[str], plan: ThoughtPlan | None = None, max_new_tokens: int | None = None,
-               return_thoughts: bool = False) -> GenerationOutput:
+    def answer(
+        self,
+        questions: list[str],
+        plan: ThoughtPlan | None = None,
+        max_new_tokens: int | None = None,
+        return_thoughts: bool = False,
+    ) -> GenerationOutput:
         """Generate answers to `questions` following `plan` (default: `self.plan()`)."""
         if not questions or any(not isinstance(q, str) or not q.strip() for q in questions):
             raise InputError("every question must be a non-empty string")
         plan = plan or self.plan()
         prompts = question_prompts(self.lm, questions, plan)
-        return generate_answers(self.lm, prompts, plan, max_new_tokens or self.config.eval.max_new_tokens,
-                                return_thoughts=return_thoughts)
+        return generate_answers(
+            self.lm, prompts, plan, max_new_tokens or self.config.eval.max_new_tokens, return_thoughts=return_thoughts
+        )
 
     @torch.no_grad()
-    def generate(self, questions: str | list[str], num_thoughts: int | None = None, max_new_tokens: int | None = None,
-                 use_navigator: bool = True, return_trajectories: bool = False, top_k: int = 5,
-                 return_states: bool = False, controller: ThoughtController | None = None,
-                 num_trajectories: int | str = 1, fusion: str = "majority", answer_type: str = "number"):
+    def generate(
+        self,
+        questions: str | list[str],
+        num_thoughts: int | None = None,
+        max_new_tokens: int | None = None,
+        use_navigator: bool = True,
+        return_trajectories: bool = False,
+        top_k: int = 5,
+        return_states: bool = False,
+        controller: ThoughtController | None = None,
+        num_trajectories: int | str = 1,
+        fusion: str = "majority",
+        answer_type: str = "number",
+    ):
         """Answers for one question (a string) or a list. With num_trajectories K > 1 or "auto" (a navigator
         checkpoint): the fused answer of K trajectories, and with return_trajectories a dict per question with
         the fused answer, agreement, passes and per trajectory its answer, thoughts used, halting probabilities,
@@ -122,15 +175,25 @@ class CoconavModel:
         module docstring); `answer_type` ("number" or "text") is how
         answers are compared in the vote. With K = 1 and return_trajectories, dicts with the
         thought count, halting probabilities and values per thought step (navigator only), passes, and
-        the thought trace (coconav/trace.py): `steps` (per step t = 0..n: top_k tokens under the LM head,
+        the thought trace (coconav/decode/trace.py): `steps` (per step t = 0..n: top_k tokens under the LM head,
         norm, cosine to the previous state; with a navigator halt prob, value, steering-offset norm and
         episodic reads) and `memory_reads` (persistent-memory entries read). return_states adds
         `states`, the hidden states h_0..h_n as a tensor [n+1, D]."""
         single = isinstance(questions, str)
         items = [questions] if single else list(questions)
         if num_trajectories != 1:
-            records = self._generate_multi(items, num_trajectories, fusion, answer_type, num_thoughts, use_navigator,
-                                           controller, max_new_tokens, return_states, top_k)
+            records = self._generate_multi(
+                items,
+                num_trajectories,
+                fusion,
+                answer_type,
+                num_thoughts,
+                use_navigator,
+                controller,
+                max_new_tokens,
+                return_states,
+                top_k,
+            )
             if not return_trajectories:
                 records = [r["answer"] for r in records]
             return records[0] if single else records
@@ -138,7 +201,9 @@ class CoconavModel:
         tracer = None
         if return_trajectories and (plan.controller is not None or plan.mode == "coconut"):
             # the tracer decides exactly as the plan does (tested); other modes have no thought phase
-            fixed = None if plan.controller is not None else torch.full((len(items),), plan.num_thoughts, dtype=torch.long)
+            fixed = (
+                None if plan.controller is not None else torch.full((len(items),), plan.num_thoughts, dtype=torch.long)
+            )
             tracer = TraceController(plan.controller, fixed)
             room = plan.max_thoughts if plan.controller is not None else plan.num_thoughts
             plan = ThoughtPlan("coconut", 0, tracer, room)
@@ -151,22 +216,39 @@ class CoconavModel:
         records = []
         for i, text in enumerate(out.texts):
             n = int(out.num_thoughts[i])
-            record = {"answer": text, "num_thoughts": n, "new_tokens": int(out.new_tokens[i]),
-                      "forward_passes": int(out.forward_passes[i])}
+            record = {
+                "answer": text,
+                "num_thoughts": n,
+                "new_tokens": int(out.new_tokens[i]),
+                "forward_passes": int(out.forward_passes[i]),
+            }
             navigator = tracer.inner if tracer is not None else None
             if isinstance(navigator, NavigatorController):
                 record["halt_probs"] = [float(p[i]) for p in navigator.halt_probs[: n + 1]]
                 record["values"] = [float(v[i]) for v in navigator.values[: n + 1]]
             record["steps"], record["memory_reads"] = steps[i], reads[i]
             if return_states:
-                record["states"] = (tracer.states()[i, : n + 1].cpu() if tracer is not None and tracer.hidden
-                                    else torch.zeros(0, self.lm.hidden_size))
+                record["states"] = (
+                    tracer.states()[i, : n + 1].cpu()
+                    if tracer is not None and tracer.hidden
+                    else torch.zeros(0, self.lm.hidden_size)
+                )
             records.append(record)
         return records[0] if single else records
 
-    def _generate_multi(self, items: list[str], num_trajectories: int | str, fusion: str, answer_type: str,
-                        num_thoughts: int | None, use_navigator: bool, controller: ThoughtController | None,
-                        max_new_tokens: int | None, return_states: bool, top_k: int = 5) -> list[dict]:
+    def _generate_multi(
+        self,
+        items: list[str],
+        num_trajectories: int | str,
+        fusion: str,
+        answer_type: str,
+        num_thoughts: int | None,
+        use_navigator: bool,
+        controller: ThoughtController | None,
+        max_new_tokens: int | None,
+        return_states: bool,
+        top_k: int = 5,
+    ) -> list[dict]:
         """K trajectories per question, fused (generate with num_trajectories != 1)."""
         if self.navigator is None or not use_navigator or num_thoughts is not None or controller is not None:
             raise InputError("num_trajectories > 1 needs a navigator checkpoint (and no num_thoughts or controller)")
@@ -176,8 +258,17 @@ class CoconavModel:
         if not items or any(not isinstance(q, str) or not q.strip() for q in items):
             raise InputError("every question must be a non-empty string")
         prompts = question_prompts(self.lm, items, ThoughtPlan("coconut", 0, None))
-        out = multi_answers(self.lm, self.navigator, prompts, [answer_type] * len(items), num_trajectories, fusion,
-                            max_new_tokens or self.config.eval.max_new_tokens, seed=self.config.seed)
+        out = multi_answers(
+            self.lm,
+            self.navigator,
+            prompts,
+            [answer_type] * len(items),
+            num_trajectories,
+            fusion,
+            max_new_tokens or self.config.eval.max_new_tokens,
+            seed=self.config.seed,
+            halt_threshold=self.halt_threshold_for(num_trajectories),
+        )
         run, ctl = out.run, out.run.controller
         states = torch.stack(ctl.states, dim=1)  # [B, steps, D]
         scores = run.final_scores
@@ -190,16 +281,29 @@ class CoconavModel:
             trajectories = []
             for r in rows:
                 n = int(run.num_thoughts[r])
-                t = {"answer": out.texts[r], "num_thoughts": n, "new_tokens": int(run.new_tokens[r]),
-                     "halt_probs": [float(p[r]) for p in ctl.halt_probs[: n + 1]],
-                     "values": [float(v[r]) for v in ctl.values[: n + 1]],
-                     "score": float(scores[r]), "weight": float(out.fused.weights[r]),
-                     "thought_norms": [float(x) for x in states[r, 1: n + 1].norm(dim=-1)],
-                     "steps": steps[r], "memory_reads": reads[r]}
+                t = {
+                    "answer": out.texts[r],
+                    "num_thoughts": n,
+                    "new_tokens": int(run.new_tokens[r]),
+                    "halt_probs": [float(p[r]) for p in ctl.halt_probs[: n + 1]],
+                    "values": [float(v[r]) for v in ctl.values[: n + 1]],
+                    "score": float(scores[r]),
+                    "weight": float(out.fused.weights[r]),
+                    "thought_norms": [float(x) for x in states[r, 1 : n + 1].norm(dim=-1)],
+                    "steps": steps[r],
+                    "memory_reads": reads[r],
+                }
                 if return_states:
                     t["states"] = states[r, : n + 1].cpu()
                 trajectories.append(t)
-            records.append({"answer": out.fused.answers[q], "agreement": float(out.fused.agreement[q]),
-                            "num_trajectories": len(rows), "forward_passes": int(out.forward_passes[q]),
-                            "fusion": fusion, "trajectories": trajectories})
+            records.append(
+                {
+                    "answer": out.fused.answers[q],
+                    "agreement": float(out.fused.agreement[q]),
+                    "num_trajectories": len(rows),
+                    "forward_passes": int(out.forward_passes[q]),
+                    "fusion": fusion,
+                    "trajectories": trajectories,
+                }
+            )
         return records

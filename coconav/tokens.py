@@ -42,5 +42,11 @@ class SpecialTokens:
         if tokenizer.eos_token_id is None:
             raise ConfigError("tokenizer has no EOS token: set tokenizer.eos_token")
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        return cls(bot=vocab[BOT], eot=vocab[EOT], thought=vocab[THOUGHT], pause=vocab[PAUSE], pad=pad,
-                   eos=tokenizer.eos_token_id)
+        return cls(
+            bot=vocab[BOT],
+            eot=vocab[EOT],
+            thought=vocab[THOUGHT],
+            pause=vocab[PAUSE],
+            pad=pad,
+            eos=tokenizer.eos_token_id,
+        )

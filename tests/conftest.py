@@ -15,6 +15,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import random  # noqa: E402
 import re  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -22,10 +23,18 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from coconav.config import ModelConfig, NavigatorConfig  # noqa: E402
+from coconav.data.curriculum import encode_question  # noqa: E402
+from coconav.data.tasks import get_task  # noqa: E402
+from coconav.data.tokenizer import task_tokenizer  # noqa: E402
+from coconav.model.build import build_latent_lm  # noqa: E402
+from coconav.model.latent_lm import LatentLM  # noqa: E402
+from coconav.model.navigator import Navigator  # noqa: E402
+
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parent.parent
-DEMO_PRESET = REPO / "coconav" / "recipes" / "demo.yaml"
+DEMO_PRESET = REPO / "configs" / "demo.yaml"
 TEST_DATA_VARIABLE = "COCONAV_TEST_DATA"
 
 
@@ -33,8 +42,10 @@ def real_data_path(relative: str) -> Path:
     """`$COCONAV_TEST_DATA/relative`: skips when the variable is unset, fails when the file is missing."""
     folder = os.environ.get(TEST_DATA_VARIABLE)
     if not folder:
-        pytest.skip(f"{TEST_DATA_VARIABLE} is not set (a folder laid out like the project's shared data: "
-                    "gsm8k/, gsm8k_aug/, prosqa/)")
+        pytest.skip(
+            f"{TEST_DATA_VARIABLE} is not set (a folder laid out like the project's shared data: "
+            "gsm8k/, gsm8k_aug/, prosqa/)"
+        )
     path = Path(folder) / relative
     assert path.is_file(), f"{TEST_DATA_VARIABLE}={folder} has no {relative}"
     return path
@@ -44,6 +55,7 @@ def real_data_path(relative: str) -> Path:
 def real_data():
     """The real-data lookup as a fixture: real_data("gsm8k/test.jsonl") -> Path (see real_data_path)."""
     return real_data_path
+
 
 TINY_OVERRIDES = [
     "threads=1",
@@ -88,7 +100,7 @@ class CliResult:
         lines = self.stderr_lines(drop_progress)
         assert len(lines) == 1, f"expected one stderr line, got {lines!r}"
         assert lines[0].startswith("coconav: error: "), lines[0]
-        return lines[0][len("coconav: error: "):]
+        return lines[0][len("coconav: error: ") :]
 
 
 @pytest.fixture
@@ -149,8 +161,17 @@ def nav_checkpoint(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     stages = sorted((int(p.name.split("-")[1]), p) for p in (tiny_run / "checkpoints").glob("stage-*"))
     base = stages[-1][1]
     data = checkpoint_meta(base)["config"]
-    data.update(init_from=str(base), navigator={"hidden": 16, "action_dim": 4, "max_thoughts": 4, "init_log_std": 0.0,
-                                                "inference_temperature": 2.0, "trajectories_budget": 2.0})
+    data.update(
+        init_from=str(base),
+        navigator={
+            "hidden": 16,
+            "action_dim": 4,
+            "max_thoughts": 4,
+            "init_log_std": 0.0,
+            "inference_temperature": 2.0,
+            "trajectories_budget": 2.0,
+        },
+    )
     cfg = from_dict(RunConfig, data)
     lm = LatentLM.from_pretrained(base)
     torch.manual_seed(0)
@@ -161,8 +182,14 @@ def nav_checkpoint(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         nav.value_head.weight.normal_(0, 1.0)
         nav.scorer_head.weight.normal_(0, 1.0)
     out = tmp_path_factory.mktemp("nav") / "navigator"
-    save_checkpoint(out, lm, TrainState(stage=0, step=1, global_step=1), to_dict(cfg), modules={"navigator": nav},
-                    metrics={"base_thoughts": 4})
+    save_checkpoint(
+        out,
+        lm,
+        TrainState(stage=0, step=1, global_step=1),
+        to_dict(cfg),
+        modules={"navigator": nav},
+        metrics={"base_thoughts": 4},
+    )
     return out
 
 
@@ -177,13 +204,34 @@ def save_pretrained_base(path: Path, arch: str = "llama") -> Path:
     tok = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
     torch.manual_seed(0)
     if arch == "gpt2":
-        model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4, n_positions=256,
-                                           eos_token_id=1, bos_token_id=1, pad_token_id=0))
+        model = GPT2LMHeadModel(
+            GPT2Config(
+                vocab_size=len(tok),
+                n_embd=32,
+                n_layer=2,
+                n_head=4,
+                n_positions=256,
+                eos_token_id=1,
+                bos_token_id=1,
+                pad_token_id=0,
+            )
+        )
         assert model.config.resid_pdrop == 0.1
     else:
-        model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
-                                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-                                             tie_word_embeddings=False, eos_token_id=1, bos_token_id=1, pad_token_id=0))
+        model = LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=len(tok),
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=4,
+                tie_word_embeddings=False,
+                eos_token_id=1,
+                bos_token_id=1,
+                pad_token_id=0,
+            )
+        )
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
@@ -197,8 +245,14 @@ def coconut_checkpoint(path: Path, model: dict, dtype: torch.dtype = torch.float
     from coconav.config import RunConfig, from_dict, to_dict
     from coconav.model.build import build_latent_lm
 
-    cfg = from_dict(RunConfig, {"model": model, "data": {"task": "arithmetic"},
-                                "curriculum": {"mode": "coconut", "thoughts_per_step": 1, "max_stage": 2}})
+    cfg = from_dict(
+        RunConfig,
+        {
+            "model": model,
+            "data": {"task": "arithmetic"},
+            "curriculum": {"mode": "coconut", "thoughts_per_step": 1, "max_stage": 2},
+        },
+    )
     lm = build_latent_lm(cfg.model)
     s = lm.special
     ids = torch.tensor([[3, 4, 13, 5, s.bot, s.thought, s.thought, s.eot, 16, 6, 1]])
@@ -217,8 +271,10 @@ def coconut_checkpoint(path: Path, model: dict, dtype: torch.dtype = torch.float
 def lora_coconut(tmp_path: Path) -> Path:
     """A LoRA COCONUT checkpoint (adapters on q_proj/v_proj, latent-token rows trained) over a Llama base."""
     base = save_pretrained_base(tmp_path / "base")
-    return coconut_checkpoint(tmp_path / "coconut", {"name_or_path": str(base),
-                                                     "lora": {"r": 2, "alpha": 4, "target_modules": ["q_proj", "v_proj"]}})
+    return coconut_checkpoint(
+        tmp_path / "coconut",
+        {"name_or_path": str(base), "lora": {"r": 2, "alpha": 4, "target_modules": ["q_proj", "v_proj"]}},
+    )
 
 
 @pytest.fixture
@@ -226,3 +282,82 @@ def bf16_coconut(tmp_path: Path) -> Path:
     """A full (non-LoRA) COCONUT checkpoint stored in bfloat16."""
     base = save_pretrained_base(tmp_path / "base")
     return coconut_checkpoint(tmp_path / "coconut_bf16", {"name_or_path": str(base)}, dtype=torch.bfloat16)
+
+
+# Tiny models and navigators shared by the model, decode and rl tests ---------------------------------------
+
+MAX_THOUGHTS = 5
+
+
+def tiny_lm(seed: int = 2, hidden: int = 32) -> LatentLM:
+    torch.manual_seed(seed)
+    cfg = ModelConfig(name_or_path="scratch-llama", hidden_size=hidden, num_layers=2, num_heads=4, intermediate_size=64)
+    return build_latent_lm(cfg, task_tokenizer("arithmetic")).eval()
+
+
+def questions(n: int, seed: int = 1) -> list:
+    rng = random.Random(seed)
+    task = get_task("arithmetic")
+    return [task.generate(rng, 1 + i % 4) for i in range(n)]
+
+
+def steering_navigator(seed: int = 4, **cfg) -> Navigator:
+    """A navigator that steers (nonzero U and mean head) and halts greedily (sample=False) or by sampling."""
+    torch.manual_seed(seed)
+    nav = Navigator(32, NavigatorConfig(hidden=16, action_dim=4, max_thoughts=MAX_THOUGHTS, **cfg))
+    with torch.no_grad():
+        nav.halt_head.weight.normal_(0, 3.0)
+        nav.halt_head.bias.fill_(-1.0)
+        nav.mean_head.weight.normal_(0, 1.0)
+        nav.up.weight.normal_(0, 1.0)
+    return nav.eval()
+
+
+class ScheduledHalt(Navigator):
+    """A steering navigator whose halt logits are replaced by a schedule: the question whose key (h_0) is
+    nearest to keys[j] halts at step targets[j] (logit +8 from that step on, -8 before). Nearest-key
+    matching makes the schedule the same in a batch and alone (float noise is far below key distances)."""
+
+    def set_schedule(self, keys: torch.Tensor, targets: list[int]) -> None:
+        dist = torch.cdist(keys, keys) + torch.eye(len(keys)) * 1e9
+        assert float(dist.min()) > 1e-2, "questions with (nearly) equal keys cannot get different schedules"
+        self.keys, self.targets = keys.float(), torch.tensor(targets)
+
+    def forward(self, states, question_keys, *rest, **kw):
+        out = super().forward(states, question_keys, *rest, **kw)
+        target = self.targets[torch.cdist(question_keys.float(), self.keys).argmin(-1)]  # [B]
+        t = torch.arange(states.shape[1])[None, -out.halt_logits.shape[1] :]  # the last step only with last_only
+        out.halt_logits = torch.where(t >= target[:, None], 8.0, -8.0) + 0.0 * out.halt_logits
+        return out
+
+
+SCHEDULE = [3, 5, 0, 1, 5, 2, 4, 0]  # thoughts per question: 0 and the budget (5) included
+
+
+def scheduled_navigator(lm: LatentLM, examples) -> ScheduledHalt:
+    torch.manual_seed(4)
+    nav = ScheduledHalt(32, NavigatorConfig(hidden=16, action_dim=4, max_thoughts=MAX_THOUGHTS))
+    with torch.no_grad():
+        nav.mean_head.weight.normal_(0, 1.0)
+        nav.up.weight.normal_(0, 1.0)
+    keys = lm.prefill([encode_question(lm.tokenizer, ex.question) + [lm.special.bot] for ex in examples]).last_hidden
+    nav.set_schedule(keys, SCHEDULE[: len(examples)])
+    return nav.eval()
+
+
+def varied_lm(name: str = "scratch-llama") -> LatentLM:
+    """A random model whose greedy tokens vary (weights N(0, 0.1^2)), so token equality means something."""
+    torch.manual_seed(3)
+    cfg = ModelConfig(name_or_path=name, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64)
+    lm = build_latent_lm(cfg, task_tokenizer("arithmetic")).eval()
+    with torch.no_grad():
+        for param in lm.parameters():
+            if param.dim() >= 2:
+                param.normal_(0.0, 0.1)
+    return lm
+
+
+def prompts_for(lm: LatentLM, n: int = 12, seed: int = 1) -> list[list[int]]:
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(2, 11, (n,), generator=gen)
+    return [torch.randint(5, 20, (int(k),), generator=gen).tolist() + [lm.special.bot] for k in lengths]

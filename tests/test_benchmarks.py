@@ -19,8 +19,13 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 def run_script(name: str, *extra: str) -> dict:
     """Run benchmarks/<name> --quick in a fresh interpreter; stdout must be exactly one JSON object."""
-    proc = subprocess.run([sys.executable, str(BENCHMARKS / name), "--quick", "--threads", "1", *extra],
-                          capture_output=True, text=True, timeout=300, cwd=BENCHMARKS.parent)
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / name), "--quick", "--threads", "1", *extra],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=BENCHMARKS.parent,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)  # fails on anything but one JSON document
     assert isinstance(result, dict)
@@ -33,8 +38,23 @@ def assert_positive_numbers(mapping: dict, keys: set[str]) -> None:
         assert isinstance(value, float) and math.isfinite(value) and value > 0
 
 
-CONFIG_KEYS = {"model", "hidden_size", "num_layers", "num_heads", "intermediate_size", "tie_embeddings", "vocab_size",
-               "parameters", "batch_size", "num_thoughts", "threads", "device", "torch", "transformers", "quick"}
+CONFIG_KEYS = {
+    "model",
+    "hidden_size",
+    "num_layers",
+    "num_heads",
+    "intermediate_size",
+    "tie_embeddings",
+    "vocab_size",
+    "parameters",
+    "batch_size",
+    "num_thoughts",
+    "threads",
+    "device",
+    "torch",
+    "transformers",
+    "quick",
+}
 
 
 def test_bench_train_step_quick():
@@ -45,8 +65,12 @@ def test_bench_train_step_quick():
         assert_positive_numbers(out[key], contenders)
     for key in ("speedup_vs_naive", "overhead_vs_plain"):
         assert isinstance(out[key], float) and math.isfinite(out[key]) and out[key] > 0
-    assert set(out["aims"]) == {"speedup_vs_naive_min", "speedup_vs_naive_met", "overhead_vs_plain_max",
-                                "overhead_vs_plain_met"}
+    assert set(out["aims"]) == {
+        "speedup_vs_naive_min",
+        "speedup_vs_naive_met",
+        "overhead_vs_plain_max",
+        "overhead_vs_plain_met",
+    }
     assert set(out["backbone_passes"]) == contenders and set(out["columns_computed"]) == contenders
     cfg = out["config"]
     assert CONFIG_KEYS | {"seq_len", "first_thought_column", "repeats", "warmup"} <= set(cfg)
@@ -82,7 +106,6 @@ def test_bench_generate_quick():
     assert check["tokens_match"] is True and check["examples_matching"] == B
     assert check["thoughts_match"] is True
     assert len(check["first_example_ours"]) == N and check["first_example_ours"] == check["first_example_naive"]
-
 
 
 def test_bench_rollout_quick():

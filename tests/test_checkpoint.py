@@ -15,7 +15,14 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from coconav.checkpoint import TrainState, checkpoint_meta, latest_checkpoint, list_checkpoints, load_trainer_state, save_checkpoint
+from coconav.checkpoint import (
+    TrainState,
+    checkpoint_meta,
+    latest_checkpoint,
+    list_checkpoints,
+    load_trainer_state,
+    save_checkpoint,
+)
 from coconav.cli import main
 from coconav.config import ModelConfig
 from coconav.data.tasks import get_task
@@ -25,14 +32,15 @@ from coconav.model.build import build_latent_lm
 from coconav.model.latent_lm import LatentLM
 
 REPO = Path(__file__).resolve().parent.parent
-DEMO_PRESET = REPO / "coconav" / "recipes" / "demo.yaml"
+DEMO_PRESET = REPO / "configs" / "demo.yaml"
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib"}
 
 
 def tiny_lm(seed: int = 0) -> LatentLM:
     torch.manual_seed(seed)
-    cfg = ModelConfig(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, thought_norm="embedding",
-                      tie_embeddings=True)
+    cfg = ModelConfig(
+        hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, thought_norm="embedding", tie_embeddings=True
+    )
     return build_latent_lm(cfg, build_word_tokenizer(get_task("arithmetic").vocabulary()))
 
 
@@ -41,8 +49,7 @@ def batch(lm: LatentLM) -> tuple[torch.Tensor, torch.Tensor]:
     s, tok = lm.special, lm.tokenizer
     q = tok("3 + 4 ?", add_special_tokens=False)["input_ids"]
     a = tok("### 7", add_special_tokens=False)["input_ids"]
-    rows = [q + [s.bot, s.thought, s.thought, s.eot] + a + [s.eos],
-            q + [s.bot, s.thought, s.eot] + a + [s.eos, s.pad]]
+    rows = [q + [s.bot, s.thought, s.thought, s.eot] + a + [s.eos], q + [s.bot, s.thought, s.eot] + a + [s.eos, s.pad]]
     ids = torch.tensor(rows)
     mask = (ids != s.pad).long()
     return ids, mask
@@ -152,8 +159,9 @@ def test_optimizer_state_round_trips_exactly(saved) -> None:
     assert state == TrainState(stage=1, step=3, global_step=3, stage_done=False)
     a, b = opt.state_dict(), opt2.state_dict()
     # JSON turns the betas tuple into a list; AdamW unpacks either the same way
-    assert [{**g, "betas": tuple(g["betas"])} for g in a["param_groups"]] == \
-        [{**g, "betas": tuple(g["betas"])} for g in b["param_groups"]]
+    assert [{**g, "betas": tuple(g["betas"])} for g in a["param_groups"]] == [
+        {**g, "betas": tuple(g["betas"])} for g in b["param_groups"]
+    ]
     assert a["state"].keys() == b["state"].keys() and len(a["state"]) == len(list(lm.parameters()))
     for pid, slots in a["state"].items():
         assert slots.keys() == b["state"][pid].keys()
@@ -256,8 +264,19 @@ def test_kill_and_resume(tmp_path: Path, tiny_overrides: list[str]) -> None:
     run = tmp_path / "run"
     last = run / "checkpoints" / "last"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "coconav", "train", "--config", str(DEMO_PRESET), *tiny_overrides,
-           "train.save_every=2", "train.first_stage_steps=40", "train.log_every=1", f"out_dir={run}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "coconav",
+        "train",
+        "--config",
+        str(DEMO_PRESET),
+        *tiny_overrides,
+        "train.save_every=2",
+        "train.first_stage_steps=40",
+        "train.log_every=1",
+        f"out_dir={run}",
+    ]
     log = (tmp_path / "train.log").open("wb")
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:

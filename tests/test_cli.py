@@ -22,7 +22,7 @@ from coconav.data.tasks import get_task
 from coconav.model.latent_lm import LatentLM
 
 REPO = Path(__file__).resolve().parent.parent
-DEMO_PRESET = REPO / "coconav" / "recipes" / "demo.yaml"
+DEMO_PRESET = REPO / "configs" / "demo.yaml"
 LAST_STAGE = 6  # the demo preset: max_stage 6, final_stage_steps 0 -> stages 0..6, 1 thought per step
 
 
@@ -50,38 +50,79 @@ GOOD_GSM8K = '{"question": "Tom has 3 apples and buys 4. How many?", "answer": "
 
 DATA_CASES = {
     # name: (file name, content, expected message with {path})
-    "bad_json_jsonl": ("d.jsonl", '{"question": "a", \n',
-                       "{path}:1: bad JSON at column 19: Expecting property name enclosed in double quotes"),
-    "bad_json_second_line": ("d.jsonl", GOOD_GSM8K + '{"question": "a" "answer": "#### 1"}\n',
-                             "{path}:2: bad JSON at column 18: Expecting ',' delimiter"),
-    "bad_json_coconut": ("d.json", '[\n  {"question": "q",\n   "steps": ["a"] "answer": "1"}\n]\n',
-                         "{path}:3: bad JSON at column 19: Expecting ',' delimiter"),
-    "invalid_utf8": ("d.jsonl", GOOD_GSM8K.encode() + b'{"question": "caf\xe9", "answer": "#### 1"}\n',
-                     "{path}:2: invalid UTF-8 (byte 0xe9 at column 18)"),
-    "invalid_utf8_coconut": ("d.json", b'[{"question": "\xff", "steps": ["a"], "answer": "1"}]',
-                             "{path}:1: invalid UTF-8 (byte 0xff at column 16)"),
+    "bad_json_jsonl": (
+        "d.jsonl",
+        '{"question": "a", \n',
+        "{path}:1: bad JSON at column 19: Expecting property name enclosed in double quotes",
+    ),
+    "bad_json_second_line": (
+        "d.jsonl",
+        GOOD_GSM8K + '{"question": "a" "answer": "#### 1"}\n',
+        "{path}:2: bad JSON at column 18: Expecting ',' delimiter",
+    ),
+    "bad_json_coconut": (
+        "d.json",
+        '[\n  {"question": "q",\n   "steps": ["a"] "answer": "1"}\n]\n',
+        "{path}:3: bad JSON at column 19: Expecting ',' delimiter",
+    ),
+    "invalid_utf8": (
+        "d.jsonl",
+        GOOD_GSM8K.encode() + b'{"question": "caf\xe9", "answer": "#### 1"}\n',
+        "{path}:2: invalid UTF-8 (byte 0xe9 at column 18)",
+    ),
+    "invalid_utf8_coconut": (
+        "d.json",
+        b'[{"question": "\xff", "steps": ["a"], "answer": "1"}]',
+        "{path}:1: invalid UTF-8 (byte 0xff at column 16)",
+    ),
     "missing_question_jsonl": ("d.jsonl", '{"answer": "#### 3"}\n', "{path}:1: field 'question' missing"),
     "missing_answer_jsonl": ("d.jsonl", '{"question": "q"}\n', "{path}:1: field 'answer' missing"),
-    "missing_question_coconut": ("d.json", '[{"steps": ["a"], "answer": "1"}]',
-                                 "{path}: record 0: field 'question' missing"),
-    "missing_answer_coconut": ("d.json", '[{"question": "q", "steps": ["a"]}, {"question": "q"}]',
-                               "{path}: record 0: field 'answer' missing"),
-    "question_not_string_jsonl": ("d.jsonl", '{"question": 3, "answer": "#### 3"}\n',
-                                  "{path}:1: field 'question' must be a string, got int"),
-    "answer_not_string_jsonl": ("d.jsonl", '{"question": "q", "answer": ["#### 3"]}\n',
-                                "{path}:1: field 'answer' must be a string, got list"),
+    "missing_question_coconut": (
+        "d.json",
+        '[{"steps": ["a"], "answer": "1"}]',
+        "{path}: record 0: field 'question' missing",
+    ),
+    "missing_answer_coconut": (
+        "d.json",
+        '[{"question": "q", "steps": ["a"]}, {"question": "q"}]',
+        "{path}: record 0: field 'answer' missing",
+    ),
+    "question_not_string_jsonl": (
+        "d.jsonl",
+        '{"question": 3, "answer": "#### 3"}\n',
+        "{path}:1: field 'question' must be a string, got int",
+    ),
+    "answer_not_string_jsonl": (
+        "d.jsonl",
+        '{"question": "q", "answer": ["#### 3"]}\n',
+        "{path}:1: field 'answer' must be a string, got list",
+    ),
     "record_not_object_jsonl": ("d.jsonl", '["q", "#### 3"]\n', "{path}:1: expected a JSON object, got list"),
-    "steps_not_list_coconut": ("d.json", '[{"question": "q", "steps": "a", "answer": "1"}]',
-                               "{path}: record 0: field 'steps' must be a list of strings"),
-    "answer_not_string_coconut": ("d.json", '[{"question": "q", "steps": ["a"], "answer": [1]}]',
-                                  "{path}: record 0: field 'answer' must be a string, got list"),
-    "empty_steps_coconut": ("d.json", '[{"question": "q", "steps": ["a"], "answer": "1"},'
-                                      ' {"question": "q", "steps": [], "answer": "1"}]',
-                            "{path}: record 1: field 'steps' is an empty list"),
-    "non_numeric_gsm8k_answer": ("d.jsonl", '{"question": "q", "answer": "so\\n#### many"}\n',
-                                 "{path}:1: answer after '####' is not a number: 'many'"),
-    "gsm8k_answer_without_marker": ("d.jsonl", '{"question": "q", "answer": "7"}\n',
-                                    "{path}:1: answer has no '#### N' line"),
+    "steps_not_list_coconut": (
+        "d.json",
+        '[{"question": "q", "steps": "a", "answer": "1"}]',
+        "{path}: record 0: field 'steps' must be a list of strings",
+    ),
+    "answer_not_string_coconut": (
+        "d.json",
+        '[{"question": "q", "steps": ["a"], "answer": [1]}]',
+        "{path}: record 0: field 'answer' must be a string, got list",
+    ),
+    "empty_steps_coconut": (
+        "d.json",
+        '[{"question": "q", "steps": ["a"], "answer": "1"}, {"question": "q", "steps": [], "answer": "1"}]',
+        "{path}: record 1: field 'steps' is an empty list",
+    ),
+    "non_numeric_gsm8k_answer": (
+        "d.jsonl",
+        '{"question": "q", "answer": "so\\n#### many"}\n',
+        "{path}:1: answer after '####' is not a number: 'many'",
+    ),
+    "gsm8k_answer_without_marker": (
+        "d.jsonl",
+        '{"question": "q", "answer": "7"}\n',
+        "{path}:1: answer has no '#### N' line",
+    ),
     "empty_file_jsonl": ("d.jsonl", "", "{path}: no records (the file is empty or blank)"),
     "blank_file_jsonl": ("d.jsonl", "\n  \n", "{path}: no records (the file is empty or blank)"),
     "empty_file_coconut": ("d.json", "", "{path}: no records (the file is empty or blank)"),
@@ -184,8 +225,10 @@ def test_checkpoint_with_unknown_format_version(cli, tiny_run: Path, tmp_path: P
     folder = copy_checkpoint(tiny_run, tmp_path / "ckpt")
     meta = json.loads((folder / "coconav.json").read_text(encoding="utf-8"))
     (folder / "coconav.json").write_text(json.dumps({**meta, "format_version": 99}), encoding="utf-8")
-    assert cli("generate", "--checkpoint", folder, "1 + 2 ?").error() == \
-        f"{folder}/coconav.json: unknown checkpoint format (expected format_version 1)"
+    assert (
+        cli("generate", "--checkpoint", folder, "1 + 2 ?").error()
+        == f"{folder}/coconav.json: unknown checkpoint format (expected format_version 1)"
+    )
 
 
 def test_checkpoint_with_truncated_weights(cli, tiny_run: Path, tmp_path: Path) -> None:
@@ -251,8 +294,10 @@ def test_generate_question_that_leaves_no_room_for_thoughts(cli, tiny_run: Path)
 
 
 def test_generate_negative_thoughts(cli, tiny_run: Path) -> None:
-    assert cli("generate", "--checkpoint", tiny_run, "1 + 2 ?", "--num-thoughts", "-1").error() == \
-        "--num-thoughts must be >= 0, got -1 (see 'coconav generate --help')"
+    assert (
+        cli("generate", "--checkpoint", tiny_run, "1 + 2 ?", "--num-thoughts", "-1").error()
+        == "--num-thoughts must be >= 0, got -1 (see 'coconav generate --help')"
+    )
 
 
 def test_generate_prints_the_answer(cli, tiny_run: Path) -> None:
@@ -292,17 +337,21 @@ def test_generate_show_thoughts_with_num_thoughts(cli, tiny_run: Path) -> None:
 
 
 def test_train_twice_without_resume_is_refused(cli, tiny_run: Path, tiny_overrides: list[str]) -> None:
-    before = {p: p.read_bytes() for p in (tiny_run / "config.yaml", tiny_run / "metrics.jsonl", tiny_run / "stages.json")}
+    before = {
+        p: p.read_bytes() for p in (tiny_run / "config.yaml", tiny_run / "metrics.jsonl", tiny_run / "stages.json")
+    }
     checkpoints = sorted(p.name for p in (tiny_run / "checkpoints").iterdir())
     msg = cli("train", "--config", DEMO_PRESET, *tiny_overrides, f"out_dir={tiny_run}").error()
-    assert msg == (f"{tiny_run} already holds checkpoints: pass --resume {tiny_run} to continue it, "
-                   f"or choose another out_dir")
+    assert msg == (
+        f"{tiny_run} already holds checkpoints: pass --resume {tiny_run} to continue it, or choose another out_dir"
+    )
     assert {p: p.read_bytes() for p in before} == before  # nothing rewritten
     assert sorted(p.name for p in (tiny_run / "checkpoints").iterdir()) == checkpoints
 
 
-def test_resume_continues_an_interrupted_run(cli, tmp_path: Path, tiny_overrides: list[str],
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resume_continues_an_interrupted_run(
+    cli, tmp_path: Path, tiny_overrides: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from coconav.recipes import train_coconut
 
     run = tmp_path / "run"
@@ -369,25 +418,32 @@ def test_eval_honours_max_new_tokens(cli, tiny_run: Path) -> None:
 
 
 @pytest.mark.parametrize("command", ["eval", "generate"])
-@pytest.mark.parametrize("flag, value, message", [
-    ("--dtype", "float7", "unknown dtype 'float7' (use one of float32, bfloat16, float16)"),
-    ("--device", "gpu", "unknown device 'gpu' (use cpu, cuda, cuda:N or mps)"),
-])
-def test_bad_device_or_dtype_is_a_one_line_error(cli, tiny_run: Path, command: str, flag: str, value: str,
-                                                 message: str) -> None:
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--dtype", "float7", "unknown dtype 'float7' (use one of float32, bfloat16, float16)"),
+        ("--device", "gpu", "unknown device 'gpu' (use cpu, cuda, cuda:N or mps)"),
+    ],
+)
+def test_bad_device_or_dtype_is_a_one_line_error(
+    cli, tiny_run: Path, command: str, flag: str, value: str, message: str
+) -> None:
     args = ["--data", "test"] if command == "eval" else [a_question()]
     assert cli(command, "--checkpoint", tiny_run, *args, flag, value).error() == message
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
 def test_cuda_without_cuda_is_a_one_line_error(cli, tiny_run: Path) -> None:
-    assert cli("generate", "--checkpoint", tiny_run, a_question(), "--device", "cuda").error() == \
-        "device 'cuda' asked for, but CUDA is not available here (use --device cpu)"
+    assert (
+        cli("generate", "--checkpoint", tiny_run, a_question(), "--device", "cuda").error()
+        == "device 'cuda' asked for, but CUDA is not available here (use --device cpu)"
+    )
 
 
 def test_generate_with_device_and_dtype(cli, tiny_run: Path) -> None:
-    res = cli("generate", "--checkpoint", tiny_run, a_question(), "--device", "cpu", "--dtype", "bfloat16",
-              "--show-thoughts")
+    res = cli(
+        "generate", "--checkpoint", tiny_run, a_question(), "--device", "cpu", "--dtype", "bfloat16", "--show-thoughts"
+    )
     assert res.rc == 0, res.err
     assert f"thoughts: {LAST_STAGE}" in res.out
 
@@ -407,26 +463,34 @@ RANGE_CASES = [  # (argv after the command, flag, the smallest allowed value, th
 ]
 
 
-@pytest.mark.parametrize(("argv", "flag", "low", "value"), RANGE_CASES, ids=[f"{c[0][0]}{c[1]}{c[3]}" for c in RANGE_CASES])
+@pytest.mark.parametrize(
+    ("argv", "flag", "low", "value"), RANGE_CASES, ids=[f"{c[0][0]}{c[1]}{c[3]}" for c in RANGE_CASES]
+)
 def test_numeric_flags_out_of_range(cli, argv: list[str], flag: str, low: int, value: str) -> None:
     # 0 used to be read as "the default" (eval --batch-size 0 exited 0 and wrote a report).
     assert cli(*argv).error() == f"{flag} must be >= {low}, got {value} (see 'coconav {argv[0]} --help')"
 
 
 def test_numeric_flag_not_an_integer(cli) -> None:
-    assert cli("eval", "--checkpoint", "RUN", "--batch-size", "eight").error() == \
-        "--batch-size must be an integer >= 1, got 'eight' (see 'coconav eval --help')"
+    assert (
+        cli("eval", "--checkpoint", "RUN", "--batch-size", "eight").error()
+        == "--batch-size must be an integer >= 1, got 'eight' (see 'coconav eval --help')"
+    )
 
 
 def test_argparse_errors_are_one_line(cli) -> None:
-    assert cli("generate", "--checkpoint", "RUN").error() == \
-        "the following arguments are required: question (see 'coconav generate --help')"
+    assert (
+        cli("generate", "--checkpoint", "RUN").error()
+        == "the following arguments are required: question (see 'coconav generate --help')"
+    )
     assert cli("eval", "--bogus").error() == "unrecognized arguments: --bogus (see 'coconav --help')"
 
 
 def test_eval_batch_size_zero_writes_no_report(cli, tiny_run: Path, tmp_path: Path) -> None:
     report = tmp_path / "r.json"
-    assert cli("eval", "--checkpoint", tiny_run, "--batch-size", "0", "--out", report).error().startswith("--batch-size")
+    assert (
+        cli("eval", "--checkpoint", tiny_run, "--batch-size", "0", "--out", report).error().startswith("--batch-size")
+    )
     assert not report.exists()
 
 
@@ -477,8 +541,9 @@ def test_error_under_a_progress_bar_stands_on_its_own_line(cli, tiny_run: Path, 
 
 
 @pytest.mark.parametrize("interrupt", [False, True], ids=["error", "ctrl-c"])
-def test_error_in_training_closes_the_bar_first(cli, tmp_path: Path, tiny_overrides: list[str],
-                                                monkeypatch: pytest.MonkeyPatch, interrupt: bool) -> None:
+def test_error_in_training_closes_the_bar_first(
+    cli, tmp_path: Path, tiny_overrides: list[str], monkeypatch: pytest.MonkeyPatch, interrupt: bool
+) -> None:
     # The stage bar is a local of train_stage: the traceback keeps it open after the exception, so
     # without closing it the message was printed right after "stage 0:  50%|#####  | 1/2 [...]".
     from coconav.errors import DataError
@@ -505,8 +570,10 @@ def test_error_in_training_closes_the_bar_first(cli, tmp_path: Path, tiny_overri
 
 # -- words the built-in tokenizer does not know ----------------------------------------------------
 
-UNKNOWN = ("words this model does not know: 'what', 'is', 'plus' (its vocabulary holds only the words of its task "
-           "or training data; in the question 'what is 3 plus 4?')")
+UNKNOWN = (
+    "words this model does not know: 'what', 'is', 'plus' (its vocabulary holds only the words of its task "
+    "or training data; in the question 'what is 3 plus 4?')"
+)
 
 
 def test_generate_names_unknown_words(cli, tiny_run: Path) -> None:
@@ -530,3 +597,37 @@ def test_eval_data_file_with_unknown_words(cli, tiny_run: Path, tmp_path: Path) 
     data.write_text(GOOD_GSM8K, encoding="utf-8")  # an English word problem for an arithmetic-task model
     msg = cli("eval", "--checkpoint", tiny_run, "--data", data).error()
     assert msg.startswith("words this model does not know: 'Tom', 'has', 'apples', 'and', 'buys', 'How', 'many'"), msg
+
+
+def test_eval_sweep_thoughts_reports_the_frontier(cli, tiny_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "frontier.json"
+    res = cli("eval", "--checkpoint", tiny_run, "--sweep-thoughts", "0-2", "--data", "validation", "--out", out)
+    assert res.rc == 0, res.err
+    got = json.loads(out.read_text(encoding="utf-8"))
+    assert got["sweep_thoughts"] == [0, 2] and got["num_questions"] == 8 and got["data"] == "validation"
+    assert [p["num_thoughts"] for p in got["points"]] == [0, 1, 2]
+    for p in got["points"]:  # a fixed count has no navigator arithmetic: compute = passes
+        assert p["compute_per_question"] == pytest.approx(p["mean_forward_passes"])
+        assert 0.0 <= p["accuracy"] <= 1.0
+    assert {"envelope", "oracle", "difficulty_oracle"} <= set(got)  # a built-in task: questions have a difficulty
+    # the oracle is at least the envelope at the costliest budget; the envelope ends at the best budget's accuracy
+    best = max(p["accuracy"] for p in got["points"])
+    assert got["envelope"][-1]["accuracy"] == pytest.approx(best)
+    assert got["oracle"][-1]["accuracy"] >= got["difficulty_oracle"][-1]["accuracy"] >= best - 1e-9
+    assert res.out.startswith(f"wrote {out}\n") and json.loads(res.out.split("\n", 1)[1])["points"] == got["points"]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [("3-1", "needs A <= B, got '3-1'"), ("x", "must be A-B"), ("=-1", "must be A-B"), ("1-", "must be A-B")],
+)
+def test_eval_sweep_thoughts_rejects_a_malformed_range(cli, tiny_run: Path, text: str, message: str) -> None:
+    # "=-1": passed as --sweep-thoughts=-1 (argparse would read a bare -1 as a flag: also a one-line error)
+    argv = ["eval", "--checkpoint", tiny_run] + (
+        [f"--sweep-thoughts{text}"] if text.startswith("=") else ["--sweep-thoughts", text]
+    )
+    assert message in cli(*argv).error()
+    assert (
+        "--sweep-thoughts"
+        in cli("eval", "--checkpoint", tiny_run, "--sweep-thoughts", "0-1", "--num-thoughts", "2").error()
+    )

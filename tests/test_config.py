@@ -13,7 +13,7 @@ from coconav.config import RunConfig, load_config, save_config, to_dict
 from coconav.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
-DEMO_PRESET = REPO / "coconav" / "recipes" / "demo.yaml"
+DEMO_PRESET = REPO / "configs" / "demo.yaml"
 
 
 def write(path: Path, text: str) -> Path:
@@ -71,11 +71,15 @@ def test_yaml_top_level_not_a_mapping(cli, tmp_path: Path, text: str) -> None:
     assert cli("train", "--config", cfg).error() == f"{cfg}: the top level must be a mapping of config sections"
 
 
-@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n", "---\n"], ids=["empty", "blank", "comment", "document"])
+@pytest.mark.parametrize(
+    "text", ["", "\n\n", "# only a comment\n", "---\n"], ids=["empty", "blank", "comment", "document"]
+)
 def test_empty_config_file_is_an_error(cli, tmp_path: Path, text: str) -> None:
     cfg = write(tmp_path / "empty.yaml", text)
-    assert cli("train", "--config", cfg).error() == \
-        f"{cfg}: the config file is empty (expected a mapping of config sections such as 'model:')"
+    assert (
+        cli("train", "--config", cfg).error()
+        == f"{cfg}: the config file is empty (expected a mapping of config sections such as 'model:')"
+    )
 
 
 def test_invalid_utf8_config(cli, tmp_path: Path) -> None:
@@ -102,16 +106,21 @@ def test_unknown_section_as_override(cli) -> None:
 
 
 def test_wrong_type_as_override(cli) -> None:
-    assert cli("train", "--config", DEMO_PRESET, "train.batch_size=abc").error() == \
-        "train.batch_size: expected an integer, got 'abc'"
+    assert (
+        cli("train", "--config", DEMO_PRESET, "train.batch_size=abc").error()
+        == "train.batch_size: expected an integer, got 'abc'"
+    )
 
 
-@pytest.mark.parametrize("override, message", [
-    ("train.batch_size=1.5", "train.batch_size: expected an integer, got 1.5"),
-    ("train.lr=abc", "train.lr: expected a number, got 'abc'"),
-    ("log.progress=maybe", "log.progress: expected true or false, got 'maybe'"),
-    ("curriculum.mode=foo", "curriculum.mode: 'foo' is not one of 'cot' | 'no_cot' | 'coconut' | 'pause'"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.batch_size=1.5", "train.batch_size: expected an integer, got 1.5"),
+        ("train.lr=abc", "train.lr: expected a number, got 'abc'"),
+        ("log.progress=maybe", "log.progress: expected true or false, got 'maybe'"),
+        ("curriculum.mode=foo", "curriculum.mode: 'foo' is not one of 'cot' | 'no_cot' | 'coconut' | 'pause'"),
+    ],
+)
 def test_more_wrong_types_as_override(cli, override: str, message: str) -> None:
     assert cli("train", "--config", DEMO_PRESET, override).error() == message
 
@@ -121,22 +130,30 @@ def test_negative_lr(cli) -> None:
 
 
 def test_mix_prob_above_one(cli) -> None:
-    assert cli("train", "--config", DEMO_PRESET, "curriculum.mix_prob=2").error() == \
-        "curriculum.mix_prob must be in [0, 1], got 2.0"
+    assert (
+        cli("train", "--config", DEMO_PRESET, "curriculum.mix_prob=2").error()
+        == "curriculum.mix_prob must be in [0, 1], got 2.0"
+    )
 
 
 def test_batch_size_not_multiple_of_grad_accum(cli) -> None:
-    assert cli("train", "--config", DEMO_PRESET, "train.grad_accum=4", "train.batch_size=6").error() == \
-        "train.batch_size (6) must be a multiple of train.grad_accum (4)"
+    assert (
+        cli("train", "--config", DEMO_PRESET, "train.grad_accum=4", "train.batch_size=6").error()
+        == "train.batch_size (6) must be a multiple of train.grad_accum (4)"
+    )
 
 
 def test_compile_with_fsdp_is_refused(cli) -> None:
-    assert cli("train", "--config", DEMO_PRESET, "train.compile=true", "train.fsdp=true").error() == \
-        "train.compile does not work with train.fsdp: set one of them to false"
+    assert (
+        cli("train", "--config", DEMO_PRESET, "train.compile=true", "train.fsdp=true").error()
+        == "train.compile does not work with train.fsdp: set one of them to false"
+    )
 
 
 def test_override_without_equals(cli) -> None:
-    assert cli("train", "--config", DEMO_PRESET, "train.lr").error() == "override 'train.lr' must look like key.sub=value"
+    assert (
+        cli("train", "--config", DEMO_PRESET, "train.lr").error() == "override 'train.lr' must look like key.sub=value"
+    )
 
 
 def test_override_into_a_scalar(cli) -> None:
@@ -182,28 +199,43 @@ def test_preset_loads(preset: Path) -> None:
     assert cfg.curriculum.stages()  # something to train
 
 
-@pytest.mark.parametrize("override, message", [
-    ("navigator.max_trajectories=0", "navigator.max_trajectories must be in [1, 64], got 0"),
-    ("navigator.temperature_spread=0.5", "navigator.temperature_spread must be >= 1, got 0.5"),
-    ("navigator.inference_halting=always", "navigator.inference_halting: 'always' is not one of 'greedy' | 'sample'"),
-    ("navigator.trajectories_budget=20", "navigator.trajectories_budget must be in [1, max_trajectories=16] or null, got 20.0"),
-    ("navigator.steer_scale=norm", "navigator.steer_scale: 'norm' is not one of 'none' | 'rms'"),
-    ("navigator.temperature_schedule=step",
-     "navigator.temperature_schedule: 'step' is not one of 'linear' | 'cosine' | 'exponential'"),
-    ("ppo.num_trajectories=17", "ppo.num_trajectories must be in [1, 16], got 17"),
-    ("ppo.eval_trajectories=17", "ppo.eval_trajectories must be in [1, 16] or null, got 17"),
-    ("ppo.num_trajectories=0", "ppo.num_trajectories must be in [1, 16], got 0"),
-    ("navigator.max_trajectories=4", "ppo.num_trajectories (8) must be <= navigator.max_trajectories (4)"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("navigator.max_trajectories=0", "navigator.max_trajectories must be in [1, 64], got 0"),
+        ("navigator.temperature_spread=0.5", "navigator.temperature_spread must be >= 1, got 0.5"),
+        (
+            "navigator.inference_halting=always",
+            "navigator.inference_halting: 'always' is not one of 'greedy' | 'sample'",
+        ),
+        (
+            "navigator.trajectories_budget=20",
+            "navigator.trajectories_budget must be in [1, max_trajectories=16] or null, got 20.0",
+        ),
+        ("navigator.steer_scale=norm", "navigator.steer_scale: 'norm' is not one of 'none' | 'rms'"),
+        (
+            "navigator.temperature_schedule=step",
+            "navigator.temperature_schedule: 'step' is not one of 'linear' | 'cosine' | 'exponential'",
+        ),
+        ("ppo.num_trajectories=17", "ppo.num_trajectories must be in [1, 16], got 17"),
+        ("ppo.eval_trajectories=17", "ppo.eval_trajectories must be in [1, 16] or null, got 17"),
+        ("ppo.num_trajectories=0", "ppo.num_trajectories must be in [1, 16], got 0"),
+        ("navigator.max_trajectories=4", "ppo.num_trajectories (8) must be <= navigator.max_trajectories (4)"),
+    ],
+)
 def test_multi_trajectory_settings_are_checked(override: str, message: str) -> None:
     with pytest.raises(ConfigError) as err:
-        load_config(DEMO_PRESET, ["init_from=x", "navigator.hidden=8", "ppo.num_trajectories=8", override]
-                    if override.startswith("navigator.max") else ["init_from=x", "navigator.hidden=8", override])
+        load_config(
+            DEMO_PRESET,
+            ["init_from=x", "navigator.hidden=8", "ppo.num_trajectories=8", override]
+            if override.startswith("navigator.max")
+            else ["init_from=x", "navigator.hidden=8", override],
+        )
     assert str(err.value) == message
 
 
 def test_negative_length_pool(cli) -> None:
     assert cli("train", "--config", DEMO_PRESET, "train.length_pool=-1").error() == (
         "train.length_pool must be >= 0 (0: batches drawn at random; k: pools of k global batches grouped by "
-        "length), got -1")
-
+        "length), got -1"
+    )

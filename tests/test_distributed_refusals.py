@@ -27,10 +27,13 @@ def test_sharding_needs_several_processes():
     assert not is_sharded(lm)
 
 
-@pytest.mark.parametrize("kind, plugin, message", [
-    (DistributedType.FSDP, None, "FSDP plugin is not supported"),
-    (DistributedType.DEEPSPEED, SimpleNamespace(zero_stage=3), "ZeRO-3 is not supported"),
-])
+@pytest.mark.parametrize(
+    "kind, plugin, message",
+    [
+        (DistributedType.FSDP, None, "FSDP plugin is not supported"),
+        (DistributedType.DEEPSPEED, SimpleNamespace(zero_stage=3), "ZeRO-3 is not supported"),
+    ],
+)
 def test_engines_whose_checkpoints_are_not_gathered_are_refused(kind, plugin, message):
     accelerator = SimpleNamespace(distributed_type=kind, state=SimpleNamespace(deepspeed_plugin=plugin))
     with pytest.raises(ConfigError, match=message):
@@ -39,5 +42,9 @@ def test_engines_whose_checkpoints_are_not_gathered_are_refused(kind, plugin, me
 
 def test_data_parallel_and_zero_2_pass():
     check_engine(SimpleNamespace(distributed_type=DistributedType.MULTI_CPU, state=SimpleNamespace()))
-    check_engine(SimpleNamespace(distributed_type=DistributedType.DEEPSPEED,
-                                 state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=2))))
+    check_engine(
+        SimpleNamespace(
+            distributed_type=DistributedType.DEEPSPEED,
+            state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=2)),
+        )
+    )

@@ -1,4 +1,4 @@
-"""The thought explorer (coconav/recipes/explore.py, coconav/trace.py): the page's data is the Python API's
+"""The thought explorer (coconav/recipes/explore.py, coconav/decode/trace.py): the page's data is the Python API's
 output, the trace changes no decision, errors are JSON 4xx (never a traceback), a burst of concurrent
 requests is answered, the server binds to 127.0.0.1 only, and the static file stays small.
 
@@ -8,7 +8,6 @@ The model is the session's tiny COCONUT run (conftest.tiny_run), read-only; a na
 
 from __future__ import annotations
 
-import copy
 import json
 import threading
 import urllib.error
@@ -71,7 +70,9 @@ def test_trace_fields_are_the_real_states(explorer: explore.Explorer, tiny_run: 
         assert [p for _, p in step["top_tokens"]] == pytest.approx(top.values.tolist())
         assert step["norm"] == pytest.approx(float(states[t].norm()), rel=1e-5)
         if t:
-            assert step["cosine_prev"] == pytest.approx(float(torch.cosine_similarity(states[t], states[t - 1], dim=0)), abs=1e-5)
+            assert step["cosine_prev"] == pytest.approx(
+                float(torch.cosine_similarity(states[t], states[t - 1], dim=0)), abs=1e-5
+            )
         assert step["fed"] == (t < record["num_thoughts"])
     assert model.generate(question) == record["answer"]  # the trace changes nothing
 
@@ -80,8 +81,10 @@ def navigated(tiny_run: Path) -> CoconavModel:
     """The tiny COCONUT model with a random navigator: steering on (non-zero up-projection), a filled bank."""
     model = CoconavModel.from_pretrained(tiny_run)
     torch.manual_seed(0)
-    nav = Navigator(model.lm.hidden_size, NavigatorConfig(hidden=16, action_dim=4, max_thoughts=4, memory_size=8,
-                                                         memory_topk=2, init_halt_bias=-5.0)).eval()  # thinks to max_thoughts
+    nav = Navigator(
+        model.lm.hidden_size,
+        NavigatorConfig(hidden=16, action_dim=4, max_thoughts=4, memory_size=8, memory_topk=2, init_halt_bias=-5.0),
+    ).eval()  # thinks to max_thoughts
     torch.nn.init.normal_(nav.up.weight, std=0.5)
     torch.nn.init.normal_(nav.mean_head.weight, std=0.5)
     nav.bank.write(torch.randn(5, model.lm.hidden_size), torch.randn(5, model.lm.hidden_size), torch.linspace(0, 1, 5))
@@ -127,18 +130,27 @@ def client(explorer: explore.Explorer):
     return explore.create_app(explorer).test_client()
 
 
-@pytest.mark.parametrize("path,status", [("/api/question/99", 404), ("/api/question/abc", 404),
-                                         ("/api/question/-1", 404), ("/api/nothing", 404)])
+@pytest.mark.parametrize(
+    "path,status",
+    [("/api/question/99", 404), ("/api/question/abc", 404), ("/api/question/-1", 404), ("/api/nothing", 404)],
+)
 def test_unknown_ids_are_json_4xx(client, path: str, status: int) -> None:
     response = client.get(path)
     assert response.status_code == status
     assert "error" in response.get_json() and "Traceback" not in response.get_data(as_text=True)
 
 
-@pytest.mark.parametrize("body,message", [({"question": ""}, "empty"), ({"question": "   "}, "empty"),
-                                          ({"question": "1 + " * 400}, "more than the limit"),
-                                          ({"question": 3}, "empty"), ({"q": "1 + 2 ?"}, "send JSON"),
-                                          ("not json", "send JSON")])
+@pytest.mark.parametrize(
+    "body,message",
+    [
+        ({"question": ""}, "empty"),
+        ({"question": "   "}, "empty"),
+        ({"question": "1 + " * 400}, "more than the limit"),
+        ({"question": 3}, "empty"),
+        ({"q": "1 + 2 ?"}, "send JSON"),
+        ("not json", "send JSON"),
+    ],
+)
 def test_bad_questions_are_json_400(client, body, message: str) -> None:
     kwargs = {"json": body} if isinstance(body, dict) else {"data": body}
     response = client.post("/api/ask", **kwargs)
@@ -181,7 +193,9 @@ def get(url: str, data: bytes | None = None) -> tuple[int, dict]:
     request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"} if data else {})
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read() or b"{}") if "json" in response.headers["Content-Type"] else {}
+            return response.status, json.loads(response.read() or b"{}") if "json" in response.headers[
+                "Content-Type"
+            ] else {}
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read())
 
@@ -228,16 +242,26 @@ def test_a_busy_port_is_a_clear_error(explorer: explore.Explorer) -> None:
 
 def test_k_trajectories_need_a_navigator_checkpoint(cli, tiny_run: Path) -> None:
     message = cli("explore", "--checkpoint", tiny_run, "--num-trajectories", "2", "--static", "x.html").error()
-    assert message.startswith("--num-trajectories 2 needs a navigator checkpoint") and message.endswith("has no navigator)")
+    assert message.startswith("--num-trajectories 2 needs a navigator checkpoint") and message.endswith(
+        "has no navigator)"
+    )
     with pytest.raises(InputError, match="needs a navigator checkpoint"):
         explore.build(tiny_run, num_trajectories=3)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--num-trajectories", "17"], "--num-trajectories must be in [1, navigator.max_trajectories=16], got 17"),
-    (["--num-trajectories", "3", "--fusion", "best"], "--fusion must be one of majority, value, scorer, got 'best'"),
-])
-def test_k_trajectories_bad_values_are_one_line_errors(cli, nav_checkpoint: Path, args: list[str], message: str) -> None:
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--num-trajectories", "17"], "--num-trajectories must be in [1, navigator.max_trajectories=16], got 17"),
+        (
+            ["--num-trajectories", "3", "--fusion", "best"],
+            "--fusion must be one of majority, value, scorer, got 'best'",
+        ),
+    ],
+)
+def test_k_trajectories_bad_values_are_one_line_errors(
+    cli, nav_checkpoint: Path, args: list[str], message: str
+) -> None:
     assert cli("explore", "--checkpoint", nav_checkpoint, *args, "--static", "x.html").error() == message
 
 
@@ -276,27 +300,38 @@ def test_k_trajectory_page_data_equals_the_python_api(multi_explorer: explore.Ex
         for a, b in zip(zero["steps"], single["steps"]):
             assert a["top_tokens"][0][0] == b["top_tokens"][0][0] and a["fed"] == b["fed"]
             for key in ("norm", "cosine_prev", "halt_prob", "value", "steer_norm"):
-                assert (a[key] is None) == (b[key] is None) and (a[key] is None or a[key] == pytest.approx(b[key], abs=1e-4)), key
+                assert (a[key] is None) == (b[key] is None) and (
+                    a[key] is None or a[key] == pytest.approx(b[key], abs=1e-4)
+                ), key
         assert zero["memory_reads"] == single["memory_reads"]
     assert steered > 0
     # the question's outcome is the fused answer's, and the summary counts it
     examples = explore.load_questions(model, "test", 4)
-    assert [q["correct"] for q in multi_explorer.questions] == [score(r["answer"], ex) for r, ex in zip(records, examples)]
-    assert multi_explorer.summary()["accuracy"] == pytest.approx(sum(score(r["answer"], ex) for r, ex in zip(records, examples)) / 4, abs=1e-5)
+    assert [q["correct"] for q in multi_explorer.questions] == [
+        score(r["answer"], ex) for r, ex in zip(records, examples)
+    ]
+    assert multi_explorer.summary()["accuracy"] == pytest.approx(
+        sum(score(r["answer"], ex) for r, ex in zip(records, examples)) / 4, abs=1e-5
+    )
 
 
 def test_k_trajectory_typed_question_uses_the_same_k(multi_explorer: explore.Explorer) -> None:
     q = multi_explorer.ask("3 * 4 - 2 ?")
     assert len(q["trajectories"]) == 3 and q["correct"] is None and q["agreement"] is not None
-    assert all(t["reward"] is None and t["correct"] is None and t["steps"][0]["xy"] is not None for t in q["trajectories"])
+    assert all(
+        t["reward"] is None and t["correct"] is None and t["steps"][0]["xy"] is not None for t in q["trajectories"]
+    )
 
 
 def test_k_trajectory_static_file(cli, nav_checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "multi.html"
-    result = cli("explore", "--checkpoint", nav_checkpoint, "--num-trajectories", "2", "--max-questions", "3",
-                 "--static", out)
+    result = cli(
+        "explore", "--checkpoint", nav_checkpoint, "--num-trajectories", "2", "--max-questions", "3", "--static", out
+    )
     assert result.rc == 0, result.err
-    data = json.loads(out.read_text().split('<script id="coconav-data" type="application/json">')[1].split("</script>")[0])
+    data = json.loads(
+        out.read_text().split('<script id="coconav-data" type="application/json">')[1].split("</script>")[0]
+    )
     assert data["meta"]["num_trajectories"] == 2 and len(data["questions"]) == 3
     assert all(len(q["trajectories"]) == 2 and "agreement" in q for q in data["questions"])
 
@@ -315,8 +350,9 @@ def test_explore_cli_writes_a_self_contained_static_file(cli, tiny_run: Path, tm
 def five_hundred_questions(tiny_run: Path) -> explore.Explorer:
     """500 questions x 6 thoughts through the tiny run (the issue's size for the static file)."""
     model = CoconavModel.from_pretrained(tiny_run)
-    examples = make_splits("arithmetic", seed=1, train_size=0, validation_size=0, test_size=500,
-                           min_difficulty=1, max_difficulty=6).test
+    examples = make_splits(
+        "arithmetic", seed=1, train_size=0, validation_size=0, test_size=500, min_difficulty=1, max_difficulty=6
+    ).test
     explorer = explore.Explorer(model=model, checkpoint=str(tiny_run), data="arithmetic:500")
     explorer.evaluate(examples, batch_size=250)
     return explorer
@@ -343,8 +379,9 @@ def test_the_demo_writes_explorer_html_beside_its_plots(tiny_run: Path, tmp_path
 def test_static_file_for_100_questions_at_k_5_stays_under_5_mb(nav_checkpoint: Path, tmp_path: Path) -> None:
     """100 questions x 5 trajectories x (4 thoughts + h_0): 2,500 traced steps (measured: 0.84 MiB)."""
     model = CoconavModel.from_pretrained(nav_checkpoint)
-    examples = make_splits("arithmetic", seed=1, train_size=0, validation_size=0, test_size=100,
-                           min_difficulty=1, max_difficulty=6).test
+    examples = make_splits(
+        "arithmetic", seed=1, train_size=0, validation_size=0, test_size=100, min_difficulty=1, max_difficulty=6
+    ).test
     explorer = explore.Explorer(model=model, checkpoint=str(nav_checkpoint), data="arithmetic:100", num_trajectories=5)
     explorer.evaluate(examples, batch_size=100)
     assert sum(len(t["steps"]) for q in explorer.questions for t in q["trajectories"]) == 2500

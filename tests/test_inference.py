@@ -27,10 +27,13 @@ def test_from_pretrained_device(bf16_coconut: Path):
     assert CoconavModel.from_pretrained(bf16_coconut, device="cpu").lm.device.type == "cpu"
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"dtype": "float7"}, "unknown dtype 'float7' (use one of float32, bfloat16, float16)"),
-    ({"device": "gpu"}, "unknown device 'gpu' (use cpu, cuda, cuda:N or mps)"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"dtype": "float7"}, "unknown dtype 'float7' (use one of float32, bfloat16, float16)"),
+        ({"device": "gpu"}, "unknown device 'gpu' (use cpu, cuda, cuda:N or mps)"),
+    ],
+)
 def test_from_pretrained_bad_device_or_dtype(bf16_coconut: Path, kwargs: dict, message: str):
     with pytest.raises(InputError) as err:
         CoconavModel.from_pretrained(bf16_coconut, **kwargs)
@@ -56,8 +59,14 @@ def test_generate_with_a_pluggable_controller(bf16_coconut: Path):
     assert all(r["forward_passes"] == 1 + 2 + r["new_tokens"] for r in records)
     # the same path with a fixed count gives the stage's count (2 thoughts at stage 2, one per step)
     plain = model.generate("1 + 2 ?", return_trajectories=True)
-    assert plain["num_thoughts"] == 2 and set(plain) == {"answer", "num_thoughts", "new_tokens", "forward_passes", "steps",
-                                                         "memory_reads"}
+    assert plain["num_thoughts"] == 2 and set(plain) == {
+        "answer",
+        "num_thoughts",
+        "new_tokens",
+        "forward_passes",
+        "steps",
+        "memory_reads",
+    }
 
 
 def test_from_pretrained_static_cache_and_compile(bf16_coconut: Path):

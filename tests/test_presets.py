@@ -14,26 +14,58 @@ from pathlib import Path
 import pytest
 
 from coconav.config import load_config
+
 from conftest import real_data_path
 
 ROOT = Path(__file__).resolve().parents[1]
 # The local copy (under $COCONAV_TEST_DATA) of each hub split a preset names.
-LOCAL_COPIES = {"openai/gsm8k:train": "gsm8k/train.jsonl", "openai/gsm8k:test": "gsm8k/test.jsonl",
-                "whynlp/gsm8k-aug:train": "gsm8k/train.jsonl", "whynlp/gsm8k-aug:validation": "gsm8k_aug/valid.txt",
-                "whynlp/gsm8k-aug:test": "gsm8k_aug/test.txt"}
+LOCAL_COPIES = {
+    "openai/gsm8k:train": "gsm8k/train.jsonl",
+    "openai/gsm8k:test": "gsm8k/test.jsonl",
+    "whynlp/gsm8k-aug:train": "gsm8k/train.jsonl",
+    "whynlp/gsm8k-aug:validation": "gsm8k_aug/valid.txt",
+    "whynlp/gsm8k-aug:test": "gsm8k_aug/test.txt",
+}
 PRESETS = sorted(p for p in (ROOT / "configs").glob("*.yaml"))
-TINY_MODEL = ["model.name_or_path=scratch-llama", "model.hidden_size=16", "model.num_layers=1", "model.num_heads=2",
-              "model.intermediate_size=32", "model.max_position_embeddings=1024"]
-SHORT = ["data.train_size=32", "data.validation_size=4", "data.test_size=4", "train.batch_size=4", "train.grad_accum=2",
-         "train.first_stage_steps=2", "train.steps_per_stage=2", "train.final_stage_steps=2", "train.epochs_per_stage=null",
-         "train.first_stage_epochs=null", "train.final_stage_epochs=null", "train.warmup_steps=1", "train.save_every=0",
-         "eval.max_new_tokens=4", "eval.batch_size=4", "log.progress=false", "threads=1"]
+TINY_MODEL = [
+    "model.name_or_path=scratch-llama",
+    "model.hidden_size=16",
+    "model.num_layers=1",
+    "model.num_heads=2",
+    "model.intermediate_size=32",
+    "model.max_position_embeddings=1024",
+]
+SHORT = [
+    "data.train_size=32",
+    "data.validation_size=4",
+    "data.test_size=4",
+    "train.batch_size=4",
+    "train.grad_accum=2",
+    "train.first_stage_steps=2",
+    "train.steps_per_stage=2",
+    "train.final_stage_steps=2",
+    "train.epochs_per_stage=null",
+    "train.first_stage_epochs=null",
+    "train.final_stage_epochs=null",
+    "train.warmup_steps=1",
+    "train.save_every=0",
+    "eval.max_new_tokens=4",
+    "eval.batch_size=4",
+    "log.progress=false",
+    "threads=1",
+]
 
 
 def test_every_preset_is_tested():
-    assert {p.name for p in PRESETS} >= {"demo.yaml", "demo_navigator.yaml", "task_arithmetic_coconut.yaml",
-                                         "task_graph_coconut.yaml", "gsm8k_gpt2_cot.yaml", "gsm8k_gpt2_coconut.yaml",
-                                         "gsm8k_llama3_8b_coconut.yaml"}
+    assert {p.name for p in PRESETS} >= {
+        "demo.yaml",
+        "demo_navigator.yaml",
+        "task_arithmetic_coconut.yaml",
+        "task_graph_coconut.yaml",
+        "gsm8k_gpt2_cot.yaml",
+        "gsm8k_gpt2_coconut.yaml",
+        "gsm8k_llama3_8b_coconut.yaml",
+    }
 
 
 def final_checkpoint(run: Path) -> Path:
@@ -46,8 +78,13 @@ def test_preset_runs_two_steps(preset: Path, cli, tiny_run: Path, tmp_path: Path
     cfg = load_config(preset)
     overrides = [f"out_dir={tmp_path / 'run'}", *SHORT]
     if cfg.navigator is not None:  # steers a COCONUT checkpoint: this session's tiny run
-        overrides += [f"init_from={final_checkpoint(tiny_run)}", "ppo.updates=2", "ppo.rollout_batch=4",
-                      "ppo.num_minibatches=2", "ppo.eval_every=1"]
+        overrides += [
+            f"init_from={final_checkpoint(tiny_run)}",
+            "ppo.updates=2",
+            "ppo.rollout_batch=4",
+            "ppo.num_minibatches=2",
+            "ppo.eval_every=1",
+        ]
     else:
         overrides += TINY_MODEL + ["init_from=null"]
     if cfg.data.task == "files" and cfg.navigator is not None:
@@ -82,29 +119,33 @@ def test_gsm8k_presets_use_hub_ids() -> None:
 
 
 def test_nothing_points_outside_the_repository() -> None:
-    files = [*PRESETS, *(ROOT / "coconav").rglob("*.py"), *(ROOT / "coconav").rglob("*.yaml"),
-             *(ROOT / "benchmarks").glob("*.py"), ROOT / "benchmarks" / "README.md"]
-    offenders = [f"{path.relative_to(ROOT)}:{number}" for path in files
-                 for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
-                 if "../shared" in line or "..\\shared" in line]
+    files = [
+        *PRESETS,
+        *(ROOT / "coconav").rglob("*.py"),
+        *(ROOT / "coconav").rglob("*.yaml"),
+        *(ROOT / "benchmarks").glob("*.py"),
+        ROOT / "benchmarks" / "README.md",
+    ]
+    offenders = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for path in files
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+        if "../shared" in line or "..\\shared" in line
+    ]
     assert not offenders, f"paths outside the repository: {offenders}"
 
 
-# The demo presets have one source: coconav/recipes/ (package data, so that `coconav demo` finds them after a
-# non-editable install). configs/demo*.yaml are symlinks to them, so that every preset is listed (and
-# trainable with --config) in one folder without a second copy to keep in sync. A checkout without
-# symlinks (Windows without core.symlinks) gets a one-line text file instead: this test then fails.
-@pytest.mark.parametrize("name", ["demo.yaml", "demo_navigator.yaml"])
-def test_demo_preset_copies_are_in_sync(name: str) -> None:
-    source, copy = ROOT / "coconav" / "recipes" / name, ROOT / "configs" / name
-    assert copy.read_bytes() == source.read_bytes(), \
-        f"configs/{name} differs from its source coconav/recipes/{name}: make it a symlink again " \
-        f"(ln -sf ../coconav/recipes/{name} configs/{name})"
-    assert source.is_file() and not source.is_symlink()  # the package holds the real file
-
-
-def test_package_ships_its_demo_presets() -> None:
+# Every preset has one copy, in coconav/configs/ (package data, so that `coconav demo` finds its presets after
+# a non-editable install); configs/ at the repository's root is a symlink to that folder, where users find them.
+def test_presets_have_one_copy_shipped_with_the_package() -> None:
     import tomllib
 
-    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["package-data"]
-    assert "recipes/*.yaml" in package_data["coconav"]
+    assert (ROOT / "configs").resolve() == (ROOT / "coconav" / "configs").resolve(), (
+        "configs/ must link to coconav/configs"
+    )
+    assert not list((ROOT / "coconav" / "recipes").glob("*.yaml")), "presets live in coconav/configs/ only"
+    assert all(p.is_file() and not p.is_symlink() for p in (ROOT / "coconav" / "configs").rglob("*.yaml"))
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"][
+        "package-data"
+    ]
+    assert "configs/*.yaml" in package_data["coconav"]

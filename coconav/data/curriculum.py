@@ -28,8 +28,8 @@ import torch
 from coconav.config import CurriculumConfig
 from coconav.data.records import Example
 from coconav.data.tokenizer import unknown_words
-from coconav.tokens import SpecialTokens
 from coconav.errors import InputError
+from coconav.tokens import SpecialTokens
 
 IGNORE = -100
 ANSWER_MARKER = "### "
@@ -105,10 +105,14 @@ def encode_question(tokenizer, question: str) -> list[int]:
     if unk is not None and unk in ids:
         words = unknown_words(tokenizer, question)
         if words:
-            shown = ", ".join(repr(word) for word in words[:10]) + (f" and {len(words) - 10} more" if len(words) > 10 else "")
+            shown = ", ".join(repr(word) for word in words[:10]) + (
+                f" and {len(words) - 10} more" if len(words) > 10 else ""
+            )
             short = question.strip() if len(question.strip()) <= 60 else question.strip()[:57] + "..."
-            raise InputError(f"words this model does not know: {shown} (its vocabulary holds only the words of its "
-                             f"task or training data; in the question {short!r})")
+            raise InputError(
+                f"words this model does not know: {shown} (its vocabulary holds only the words of its "
+                f"task or training data; in the question {short!r})"
+            )
     return ids
 
 
@@ -140,8 +144,11 @@ def tokenize_examples(examples: list[Example], tokenizer) -> list[TokenizedExamp
     for ex, q, a, af in zip(examples, questions, answers, answer_firsts):
         ex_steps = [next(steps) for _ in ex.steps]
         targets = [(r[0] if r else eos) for r in (next(results) for _ in ex.steps)]
-        out.append(TokenizedExample(list(q), [list(s) for s in ex_steps], list(a) + [eos], targets,
-                                    af[0] if af else eos, ex.difficulty))
+        out.append(
+            TokenizedExample(
+                list(q), [list(s) for s in ex_steps], list(a) + [eos], targets, af[0] if af else eos, ex.difficulty
+            )
+        )
     return out
 
 
@@ -167,8 +174,9 @@ def sample_stage(num_steps: int, stage: int, cfg: CurriculumConfig, rng: random.
     return rng.randrange(num_steps + 1)  # the paper: uniform over 0..len(steps)
 
 
-def build_sequence(ex: TokenizedExample, stage: int, cfg: CurriculumConfig, special: SpecialTokens,
-                   rng: random.Random | None = None) -> Sequence:
+def build_sequence(
+    ex: TokenizedExample, stage: int, cfg: CurriculumConfig, special: SpecialTokens, rng: random.Random | None = None
+) -> Sequence:
     """The training sequence of `ex` at `stage` (with curriculum mixing when `rng` is given)."""
     if rng is not None:
         stage = sample_stage(len(ex.steps), stage, cfg, rng)
@@ -201,10 +209,10 @@ def collate(seqs: list[Sequence], special: SpecialTokens) -> Batch:
     for i, (b, s) in enumerate(zip(bots, seqs)):
         a = lead - b
         n = len(s.ids)
-        input_ids[i, a:a + n] = torch.tensor(s.ids)
-        mask[i, a:a + n] = 1
-        labels[i, a:a + n] = torch.tensor(s.labels)
-        targets[i, a:a + n] = torch.tensor(s.thought_targets)
+        input_ids[i, a : a + n] = torch.tensor(s.ids)
+        mask[i, a : a + n] = 1
+        labels[i, a : a + n] = torch.tensor(s.labels)
+        targets[i, a : a + n] = torch.tensor(s.thought_targets)
     return Batch(input_ids, mask, labels, targets)
 
 

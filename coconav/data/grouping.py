@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Callable, Sequence as Seq
+from collections.abc import Callable
+from collections.abc import Sequence as Seq
 
 from coconav.config import CurriculumConfig
 from coconav.data.curriculum import Sequence, TokenizedExample, stage_layout
-from coconav.data.splits import epoch_permutation, batch_indices
+from coconav.data.splits import batch_indices, epoch_permutation
 from coconav.tokens import SpecialTokens
 
 Layout = tuple[int, int]  # (tokens before <bot>, tokens from <bot> on)
@@ -47,7 +48,7 @@ def columns(layouts: Seq[Layout], micro: int) -> int:
     """Columns computed (rows x width, padding included) when `layouts` are cut in order into micro-batches."""
     total = 0
     for lo in range(0, len(layouts), micro):
-        chunk = layouts[lo:lo + micro]
+        chunk = layouts[lo : lo + micro]
         total += len(chunk) * (max(p for p, _ in chunk) + max(s for _, s in chunk))
     return total
 
@@ -60,7 +61,7 @@ def _strips(order: list[int], layouts: Seq[Layout], micro: int, strips: int, fir
     per = math.ceil(math.ceil(len(ranked) / strips) / micro) * micro
     out: list[int] = []
     for lo in range(0, len(ranked), per):
-        out += sorted(ranked[lo:lo + per], key=lambda i: (layouts[i][second], layouts[i][first]))
+        out += sorted(ranked[lo : lo + per], key=lambda i: (layouts[i][second], layouts[i][first]))
     return out
 
 
@@ -78,8 +79,15 @@ def arrange(layouts: Seq[Layout], micro: int) -> list[int]:
 _POOL_CACHE: dict[tuple, list[list[int]]] = {}
 
 
-def grouped_batch_indices(num_examples: int, batch_size: int, step: int, seed: int, pool: int, micro: int,
-                          layouts_at: Callable[[int], Seq[Layout]]) -> list[int]:
+def grouped_batch_indices(
+    num_examples: int,
+    batch_size: int,
+    step: int,
+    seed: int,
+    pool: int,
+    micro: int,
+    layouts_at: Callable[[int], Seq[Layout]],
+) -> list[int]:
     """Indices of the training examples in batch `step`, length-grouped; each epoch still covers every
     example once.
 
@@ -102,7 +110,7 @@ def grouped_batch_indices(num_examples: int, batch_size: int, step: int, seed: i
     p, k = divmod(step - first, pool)
     count = min(pool, full - p * pool)
     lo = head + p * pool * B
-    members = epoch_permutation(n, seed, epoch)[lo:lo + count * B]
+    members = epoch_permutation(n, seed, epoch)[lo : lo + count * B]
     layouts = layouts_at(first + p * pool)
     pool_layouts = [tuple(layouts[i]) for i in members]
     key = (n, B, seed, epoch, p, pool, micro, hash(tuple(pool_layouts)))
@@ -110,7 +118,7 @@ def grouped_batch_indices(num_examples: int, batch_size: int, step: int, seed: i
         if len(_POOL_CACHE) > 4:
             _POOL_CACHE.clear()
         arranged = [members[i] for i in arrange(pool_layouts, micro)]
-        batches = [arranged[b * B:(b + 1) * B] for b in range(count)]
+        batches = [arranged[b * B : (b + 1) * B] for b in range(count)]
         random.Random(f"{seed}-pool-{epoch}-{p}").shuffle(batches)
         _POOL_CACHE[key] = batches
     return list(_POOL_CACHE[key][k])

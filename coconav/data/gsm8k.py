@@ -39,9 +39,7 @@ _NUMBER = (
     r"(?P<body>(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?!\d)|\.\d+)"
 )
 _NUMBER_RE = re.compile(_NUMBER)
-_FULL_NUMBER_RE = re.compile(
-    r"\s*(?P<sign>-)?\s*\$?\s*(?P<body>(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|\.\d+)\s*"
-)
+_FULL_NUMBER_RE = re.compile(r"\s*(?P<sign>-)?\s*\$?\s*(?P<body>(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|\.\d+)\s*")
 # "###" also matches inside "####"; rfind of "###" therefore lands on the last marker of either.
 _MARKER = "###"
 _ANSWER_IS_RE = re.compile(r"answer\s+is\s*:?[\s*]*" + _NUMBER, re.IGNORECASE)
@@ -167,9 +165,7 @@ def steps_from_rationale(rationale: str, style: StepStyle = "notes") -> list[str
     (``Janet sells 16 - 3 - 4 = 9 duck eggs a day.``).
     """
     if style not in STEP_STYLES:
-        raise ConfigError(
-            f"unknown steps style {style!r} (expected one of {', '.join(STEP_STYLES)})"
-        )
+        raise ConfigError(f"unknown steps style {style!r} (expected one of {', '.join(STEP_STYLES)})")
     marker = rationale.rfind("####")
     body = rationale if marker < 0 else rationale[:marker]
     if style == "notes":
@@ -205,9 +201,7 @@ def read_text(path: str | Path) -> str:
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise DataError(
-            f"{path}:{line}: invalid UTF-8 (byte 0x{data[exc.start]:02x} at column {column})"
-        ) from None
+        raise DataError(f"{path}:{line}: invalid UTF-8 (byte 0x{data[exc.start]:02x} at column {column})") from None
 
 
 def iter_lines(text: str) -> Iterator[tuple[int, str]]:
@@ -272,9 +266,7 @@ def gsm8k_example(record: Any, steps: StepStyle, source: str) -> Example:
     )
 
 
-def read_gsm8k_jsonl(
-    path: str | Path, steps: StepStyle = "notes", limit: int | None = None
-) -> list[Example]:
+def read_gsm8k_jsonl(path: str | Path, steps: StepStyle = "notes", limit: int | None = None) -> list[Example]:
     """Examples from an original GSM8K JSON-lines file (``question``, ``answer`` per line).
 
     ``answer`` becomes the number after ``####``, ``steps`` come from
@@ -282,9 +274,7 @@ def read_gsm8k_jsonl(
     reading stops after ``limit`` records (later lines are then not checked).
     """
     if steps not in STEP_STYLES:
-        raise ConfigError(
-            f"unknown steps style {steps!r} (expected one of {', '.join(STEP_STYLES)})"
-        )
+        raise ConfigError(f"unknown steps style {steps!r} (expected one of {', '.join(STEP_STYLES)})")
 
     def parse(line: str, where: str) -> Example:
         try:
@@ -318,14 +308,11 @@ def load_hub_rows(name: str, split: str, config: str | None = None):
             else ""
         )
         raise DataError(
-            f"{where}: cannot load from the Hugging Face hub (config {config!r}): "
-            f"{type(exc).__name__}: {detail}{hint}"
+            f"{where}: cannot load from the Hugging Face hub (config {config!r}): {type(exc).__name__}: {detail}{hint}"
         ) from None
 
 
-def examples_from_rows(
-    rows: Any, where: str, parse: Callable[[Any, str], Example], limit: int | None
-) -> list[Example]:
+def examples_from_rows(rows: Any, where: str, parse: Callable[[Any, str], Example], limit: int | None) -> list[Example]:
     """``parse(row, "name:split[i]")`` for each hub row (at most ``limit``); errors name the row."""
     examples: list[Example] = []
     for index, row in enumerate(rows):
@@ -353,11 +340,7 @@ def load_gsm8k_hub(
     rows as GSM8K's ``test.jsonl``. Any failure to load becomes a one-line DataError.
     """
     if steps not in STEP_STYLES:
-        raise ConfigError(
-            f"unknown steps style {steps!r} (expected one of {', '.join(STEP_STYLES)})"
-        )
+        raise ConfigError(f"unknown steps style {steps!r} (expected one of {', '.join(STEP_STYLES)})")
     check_limit(limit)
     rows = load_hub_rows(name, split, config)
-    return examples_from_rows(
-        rows, f"{name}:{split}", lambda row, source: gsm8k_example(row, steps, source), limit
-    )
+    return examples_from_rows(rows, f"{name}:{split}", lambda row, source: gsm8k_example(row, steps, source), limit)

@@ -37,10 +37,10 @@ from coconav.data.gsm8k import (
     examples_from_rows,
     gsm8k_example,
     load_hub_rows,
-    read_records,
     parse_number,
     parse_reference,
     read_gsm8k_jsonl,
+    read_records,
     read_text,
 )
 from coconav.data.records import Example
@@ -103,12 +103,20 @@ def aug_row_example(record: Any, source: str) -> Example:
     number = parse_number(str(answer)) if isinstance(answer, (str, int, float)) else None
     if number is None or isinstance(answer, bool):
         raise DataError(f"column 'answer' is not a number: {str(answer)[:40]!r}")
-    return Example(question=question.strip(), steps=tuple(s.strip() for s in steps), answer=number,
-                   answer_type="number", meta={"source": source})
+    return Example(
+        question=question.strip(),
+        steps=tuple(s.strip() for s in steps),
+        answer=number,
+        answer_type="number",
+        meta={"source": source},
+    )
 
 
 def load_hub(
-    name: str, split: str = "test", fmt: str | None = None, steps: StepStyle = "notes",
+    name: str,
+    split: str = "test",
+    fmt: str | None = None,
+    steps: StepStyle = "notes",
     limit: int | None = None,
 ) -> list[Example]:
     """Examples of one split of a hub data set: GSM8K rows, or GSM8k-Aug rows (a ``steps`` column).
@@ -123,8 +131,10 @@ def load_hub(
     if fmt == "gsm8k_aug":
         parse = aug_row_example
     else:
+
         def parse(row: Any, source: str) -> Example:
             return gsm8k_example(row, steps, source)
+
     return examples_from_rows(rows, f"{name}:{split}", parse, limit)
 
 
@@ -154,9 +164,7 @@ def _coconut_example(record: Any) -> Example:
     if not answer.strip():
         raise DataError("field 'answer' is empty")
     number = parse_number(answer)
-    extra = {
-        key: value for key, value in record.items() if key not in ("question", "steps", "answer")
-    }
+    extra = {key: value for key, value in record.items() if key not in ("question", "steps", "answer")}
     return Example(
         question=question.strip(),
         steps=tuple(steps),
@@ -217,14 +225,10 @@ def load_examples(
     always the notes and COCONUT JSON carries its own.
     """
     if steps not in STEP_STYLES:
-        raise ConfigError(
-            f"unknown steps style {steps!r} (expected one of {', '.join(STEP_STYLES)})"
-        )
+        raise ConfigError(f"unknown steps style {steps!r} (expected one of {', '.join(STEP_STYLES)})")
     spec = os.fspath(spec)
     if not spec.strip():
-        raise DataError(
-            "empty data spec (expected a file path or a hub id such as openai/gsm8k:test)"
-        )
+        raise DataError("empty data spec (expected a file path or a hub id such as openai/gsm8k:test)")
     fmt, location = _split_format(spec)
     path = Path(location)
     if path.exists():
@@ -244,7 +248,5 @@ def load_examples(
     hub = _HUB_ID_RE.fullmatch(location)
     # "data/x.jsonl" is also owner/name-shaped; a data-file extension means a missing file.
     if hub and fmt != "coconut" and Path(hub.group("name")).suffix.lower() not in _EXTENSIONS:
-        return load_hub(
-            hub.group("name"), split=hub.group("split") or "test", fmt=fmt, steps=steps, limit=limit
-        )
+        return load_hub(hub.group("name"), split=hub.group("split") or "test", fmt=fmt, steps=steps, limit=limit)
     raise DataError(f"{location}: no such file")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 
+from coconav.common import print0
 from coconav.config import DataConfig
 from coconav.data.readers import load_examples
 from coconav.data.records import Example
@@ -20,18 +21,30 @@ from coconav.errors import ConfigError, DataError
 
 
 def load_splits(cfg: DataConfig, seed: int) -> Splits:
-    """Generate a built-in task's splits or read the configured files (test never overlaps train)."""
+    """Generate a built-in task's splits or read the configured files. The three never share a question (compared
+    after normalize_question): test questions are removed from the training rows and from a validation file, and a
+    validation file's questions from the training rows (each removal is reported on one line); a validation file
+    left empty by that is a DataError."""
     if cfg.task != "files":
-        return make_splits(cfg.task, seed=seed, train_size=cfg.train_size, validation_size=cfg.validation_size,
-                           test_size=cfg.test_size, min_difficulty=cfg.min_difficulty,
-                           max_difficulty=cfg.max_difficulty)
+        return make_splits(
+            cfg.task,
+            seed=seed,
+            train_size=cfg.train_size,
+            validation_size=cfg.validation_size,
+            test_size=cfg.test_size,
+            min_difficulty=cfg.min_difficulty,
+            max_difficulty=cfg.max_difficulty,
+        )
     limit = lambda n: n or None  # noqa: E731 - 0 means all rows
     train = load_examples(cfg.train, steps=cfg.gsm8k_steps) if cfg.train else []
     test = load_examples(cfg.test, steps=cfg.gsm8k_steps, limit=limit(cfg.test_size)) if cfg.test else []
-    test_questions = {ex.question for ex in test}
-    train = [ex for ex in train if ex.question not in test_questions]
+    train = drop_shared(train, test, f"training file {cfg.train}", f"test file {cfg.test}")
     if cfg.validation:
         validation = load_examples(cfg.validation, steps=cfg.gsm8k_steps, limit=limit(cfg.validation_size))
+        validation = drop_shared(validation, test, f"validation file {cfg.validation}", f"test file {cfg.test}")
+        if not validation:
+            raise DataError(f"validation file {cfg.validation}: every question is also in the test file {cfg.test}")
+        train = drop_shared(train, validation, f"training file {cfg.train}", f"validation file {cfg.validation}")
     else:  # hold out a seeded sample of the training rows
         rng = random.Random(f"{seed}-validation")
         order = list(range(len(train)))
@@ -44,6 +57,24 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
     if cfg.train and not train:
         raise DataError(f"{cfg.train}: no training examples left after removing test/validation rows")
     return Splits(train=train, validation=validation, test=test)
+
+
+def normalize_question(text: str) -> str:
+    """A question as compared across splits: stripped, whitespace collapsed, lowercased."""
+    return " ".join(text.split()).lower()
+
+
+def drop_shared(examples: list[Example], others: list[Example], name: str, other_name: str) -> list[Example]:
+    """`examples` without the questions of `others` (compared after normalize_question): training on, or choosing
+    settings on, questions a later split scores would bias it. Prints one line when rows are dropped."""
+    taken = {normalize_question(ex.question) for ex in others}
+    kept = [ex for ex in examples if normalize_question(ex.question) not in taken]
+    if len(kept) < len(examples):
+        print0(
+            f"{name}: {len(examples) - len(kept)} row(s) whose question is also in the {other_name} left out "
+            "(compared after stripping, collapsing whitespace and lowercasing)"
+        )
+    return kept
 
 
 def data_vocabulary(examples: list[Example]) -> list[str]:
@@ -68,7 +99,7 @@ def batch_indices(num_examples: int, batch_size: int, step: int, seed: int) -> l
         epoch, offset = divmod(position, num_examples)
         perm = epoch_permutation(num_examples, seed, epoch)
         take = min(batch_size - len(out), num_examples - offset)
-        out.extend(perm[offset: offset + take])
+        out.extend(perm[offset : offset + take])
         position += take
     return out
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 
 import torch
-from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, StaticCache, StaticLayer
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, StaticLayer
 
 KV = tuple[torch.Tensor, torch.Tensor]  # keys, values: [B, kv_heads, T, head_dim]
 
@@ -66,6 +66,7 @@ class PassCache(DynamicCache):
 
 # -- batched decoding: the one owner of the generation cache's layout ----------------------------
 
+
 class DecodeCache:
     """The KV cache and key mask of batched generation (prefill, thoughts, answer tokens).
 
@@ -75,7 +76,7 @@ class DecodeCache:
     - static (``capacity`` set): the prefill still fills a ``DynamicCache`` (its width is the
       prompt's, and the rows of a question may still be repeated or selected for its K
       trajectories); at the first step after it, the cache is frozen into transformers'
-      ``StaticCache``, preallocated to ``capacity`` columns, and the key mask becomes [B, capacity]
+      static layers (``StaticLayer``), preallocated to ``capacity`` columns, and the key mask becomes [B, capacity]
       (zeros where nothing is written yet). Every later step writes one column in place, so the
       shapes a step sees never change: what ``torch.compile`` and CUDA graphs need. A row that has
       halted writes a column its mask hides, as in the dynamic layout.
@@ -146,11 +147,11 @@ class DecodeCache:
         key = (B, self.capacity, keys.dtype, keys.device, len(prefix))
         static = self.pool.take(key)
         if static is None:
-            static = StaticCache(config=self.pool.config, max_cache_len=self.capacity)
+            # Full-length layers for every layer, sliding-window ones included, as in the dynamic layout (a
+            # DynamicCache built without a config): the sliding window is applied by the attention mask, over
+            # cache columns, so both layouts mask alike (transformers' StaticSlidingWindowLayer would roll).
+            static = Cache(layers=[StaticLayer(max_cache_len=self.capacity) for _ in prefix])
         for layer, (k, v) in zip(static.layers, prefix):
-            if type(layer) is not StaticLayer:
-                raise RuntimeError("a static KV cache supports full-attention layers only "
-                                   f"(this model has a {type(layer).__name__})")
             if not layer.is_initialized:
                 layer.lazy_initialization(k, v)
             layer.keys.zero_()

@@ -40,10 +40,10 @@ from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from coconav.common import DTYPE_NAMES
-from coconav.tokens import LATENT_TOKENS, SpecialTokens
 from coconav.errors import CheckpointError, ConfigError, InputError
 from coconav.model.cache import DecodeCache, PassCache, StaticPool, static_capacity
 from coconav.model.streams import stream_categorical
+from coconav.tokens import LATENT_TOKENS, SpecialTokens
 
 META_FILE = "coconav.json"
 FORMAT_VERSION = 1
@@ -81,7 +81,9 @@ class ThoughtController(Protocol):
     thought at all. The navigator implements this to steer and halt.
     """
 
-    def __call__(self, step: int, hidden: torch.Tensor, thought: torch.Tensor, active: torch.Tensor) -> ThoughtDecision: ...
+    def __call__(
+        self, step: int, hidden: torch.Tensor, thought: torch.Tensor, active: torch.Tensor
+    ) -> ThoughtDecision: ...
 
 
 @dataclass
@@ -115,13 +117,18 @@ class DecodeState:
     def repeat_rows(self, k: int) -> DecodeState:
         """k consecutive copies of every row: copy j of row i at i*k + j (the cache indexed, never recomputed)."""
         self.cache.repeat_rows(k)
-        return DecodeState(cache=self.cache, next_position=self.next_position.repeat_interleave(k, 0),
-                           last_hidden=self.last_hidden.repeat_interleave(k, 0))
+        return DecodeState(
+            cache=self.cache,
+            next_position=self.next_position.repeat_interleave(k, 0),
+            last_hidden=self.last_hidden.repeat_interleave(k, 0),
+        )
 
     def select_rows(self, index: torch.Tensor) -> DecodeState:
         """Rows `index` in that order. Shape: index [B']."""
         self.cache.select_rows(index)
-        return DecodeState(cache=self.cache, next_position=self.next_position[index], last_hidden=self.last_hidden[index])
+        return DecodeState(
+            cache=self.cache, next_position=self.next_position[index], last_hidden=self.last_hidden[index]
+        )
 
     def release(self) -> None:
         """Generation is over: static cache buffers go back to the model's pool."""
@@ -198,8 +205,9 @@ def unwrap_peft(model: nn.Module) -> PreTrainedModel:
 class LatentLM(nn.Module):
     """A causal LM with continuous thoughts (see module docstring)."""
 
-    def __init__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, thought_norm: str = "none",
-                 autocast: str = "none") -> None:
+    def __init__(
+        self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, thought_norm: str = "none", autocast: str = "none"
+    ) -> None:
         super().__init__()
         if thought_norm not in ("none", "embedding"):
             raise ConfigError(f"thought_norm must be 'none' or 'embedding', got {thought_norm!r}")
@@ -243,7 +251,13 @@ class LatentLM(nn.Module):
         return self.causal_lm.get_input_embeddings()(ids)
 
     def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.causal_lm.get_output_embeddings()(hidden)
+        """Logits from last hidden states, as the causal LM's own forward computes them: with the final
+        soft-capping of families that have one (Gemma 2: cap * tanh(logits / cap)). Shape: [..., D] -> [..., V]."""
+        logits = self.causal_lm.get_output_embeddings()(hidden)
+        cap = getattr(self.causal_lm.config.get_text_config(), "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
 
     def to_thought(self, hidden: torch.Tensor) -> torch.Tensor:
         """The input embedding made from a last hidden state. Shape: [..., D] -> [..., D].
@@ -254,8 +268,10 @@ class LatentLM(nn.Module):
         """
         if self.thought_norm == "none":
             return hidden
-        weight = self.causal_lm.get_input_embeddings().weight
-        target = weight.detach().float().norm(dim=-1).mean()
+        embedding = self.causal_lm.get_input_embeddings()
+        # Gemma's embedding module multiplies its rows by sqrt(D) (`embed_scale`): the norm of what it outputs
+        scale_rows = float(getattr(embedding, "scalar_embed_scale", 1.0))
+        target = embedding.weight.detach().float().norm(dim=-1).mean() * scale_rows
         scale = (target / hidden.detach().float().norm(dim=-1, keepdim=True).clamp(min=1e-6)).to(hidden.dtype)
         return hidden * scale
 
@@ -266,10 +282,14 @@ class LatentLM(nn.Module):
 
     def _run(self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor:
         """One backbone pass over new positions. Shape: embeds [B, t, D], mask [B, S+t] -> [B, t, D]."""
-        out = self.decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
+        out = self.decoder(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
+        )
         return out.last_hidden_state
 
-    def _pass(self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: PassCache) -> torch.Tensor:
+    def _pass(
+        self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: PassCache
+    ) -> torch.Tensor:
         """One pass of the training forward: `_run` through the compiled decoder when `compile_backbone` was called.
 
         Shape: embeds [B, t, D], mask [B, S+t] or [B, 1, t, S+t] -> [B, t, D].
@@ -277,8 +297,9 @@ class LatentLM(nn.Module):
         compiled = self.compiled_decoder
         if compiled is None:
             return self._run(embeds, mask, positions, cache)
-        return compiled(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=cache,
-                        use_cache=True).last_hidden_state
+        return compiled(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
+        ).last_hidden_state
 
     @property
     def compiled_decoder(self) -> nn.Module | None:
@@ -296,8 +317,10 @@ class LatentLM(nn.Module):
         module is kept outside the module tree: parameter names and the state dict are unchanged.
         """
         if any(getattr(m, "gradient_checkpointing", False) for m in self.causal_lm.modules()):
-            raise ConfigError("compiling the backbone does not work with gradient checkpointing: "
-                              "set train.compile=false or model.gradient_checkpointing=false")
+            raise ConfigError(
+                "compiling the backbone does not work with gradient checkpointing: "
+                "set train.compile=false or model.gradient_checkpointing=false"
+            )
         object.__setattr__(self, "_compiled_decoder", torch.compile(self.decoder, dynamic=True))
 
     # -- activation checkpointing that keeps the thought loop's cache --------------------------
@@ -310,8 +333,10 @@ class LatentLM(nn.Module):
         ``PassCache.update`` is idempotent (see coconav/model/cache.py).
         """
         if self.compiled_decoder is not None:
-            raise ConfigError("gradient checkpointing does not work with a compiled backbone (train.compile): "
-                              "set one of model.gradient_checkpointing, train.compile to false")
+            raise ConfigError(
+                "gradient checkpointing does not work with a compiled backbone (train.compile): "
+                "set one of model.gradient_checkpointing, train.compile to false"
+            )
         base = self.causal_lm
         if _hf_checkpointing(base):
             base.gradient_checkpointing_disable()  # the model-level switch would drop the cache
@@ -331,9 +356,16 @@ class LatentLM(nn.Module):
 
     # -- teacher-forced training forward -----------------------------------------------------
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None,
-                thought_targets: torch.Tensor | None = None, thought_loss_weight: float = 0.0,
-                return_logits: bool = False, thought_offsets: torch.Tensor | None = None) -> ForwardOutput:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        thought_targets: torch.Tensor | None = None,
+        thought_loss_weight: float = 0.0,
+        return_logits: bool = False,
+        thought_offsets: torch.Tensor | None = None,
+    ) -> ForwardOutput:
         """Teacher-forced forward with continuous thoughts.
 
         Shape: input_ids, attention_mask, labels, thought_targets [B, T]. `labels` are -100 where no
@@ -351,13 +383,19 @@ class LatentLM(nn.Module):
             loss = lm_loss
         if thought_targets is not None and thought_loss_weight > 0:
             thought_loss = self._shifted_ce(hidden, thought_targets)
-            loss = lm_loss + thought_loss_weight * thought_loss if lm_loss is not None else thought_loss_weight * thought_loss
+            loss = (
+                lm_loss + thought_loss_weight * thought_loss
+                if lm_loss is not None
+                else thought_loss_weight * thought_loss
+            )
         logits = self.lm_head(hidden) if return_logits else None
-        return ForwardOutput(loss=loss, lm_loss=lm_loss, thought_loss=thought_loss, hidden=hidden, logits=logits,
-                             num_passes=num_passes)
+        return ForwardOutput(
+            loss=loss, lm_loss=lm_loss, thought_loss=thought_loss, hidden=hidden, logits=logits, num_passes=num_passes
+        )
 
-    def _thought_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                         offsets: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+    def _thought_forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, offsets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, int]:
         is_thought = input_ids == self.special.thought  # [B, T]
         tok_embeds = self.embed(input_ids.masked_fill(is_thought, self.special.pad))  # [B, T, D]
         positions = positions_from_mask(attention_mask)  # [B, T]
@@ -393,7 +431,9 @@ class LatentLM(nn.Module):
         Shape: embeds [B, T, D], mask [B, T] -> [B, 1, T, T].
         """
         config = self.decoder.config
-        if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager") or not getattr(config, "is_causal", True):
+        if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager") or not getattr(
+            config, "is_causal", True
+        ):
             return None
         other_layers = any(kind != "full_attention" for kind in getattr(config, "layer_types", None) or [])
         if other_layers or getattr(config, "sliding_window", None) or getattr(config, "attention_chunk_size", None):
@@ -437,8 +477,8 @@ class LatentLM(nn.Module):
         ids = torch.full((len(prompts), width), self.special.pad, dtype=torch.long)
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
         for i, p in enumerate(prompts):
-            ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
-            mask[i, width - len(p):] = 1
+            ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+            mask[i, width - len(p) :] = 1
         return ids.to(self.device), mask.to(self.device)
 
     # -- the static KV cache and compiled generation ----------------------------------------------
@@ -463,8 +503,10 @@ class LatentLM(nn.Module):
         """
         self.use_static_cache(True)
         step_mode = mode if mode is not None else ("reduce-overhead" if self.device.type == "cuda" else None)
-        self._compiled = {"prefill": torch.compile(self._prefill_call, dynamic=True, mode=mode),
-                          "step": torch.compile(self._step_call, mode=step_mode)}
+        self._compiled = {
+            "prefill": torch.compile(self._prefill_call, dynamic=True, mode=mode),
+            "step": torch.compile(self._step_call, mode=step_mode),
+        }
         return self
 
     def configure_generation(self, kv_cache: str = "dynamic", compile: bool = False) -> LatentLM:
@@ -491,6 +533,8 @@ class LatentLM(nn.Module):
         """Feed one column [B, 1, D]; examples with keep=False see it masked out. Returns hidden [B, D]."""
         mask = state.cache.column(keep)
         positions = state.next_position[:, None]
+        if self.sliding_window is not None:
+            mask = self.windowed_step_mask(mask, positions, embeds.dtype)
         if self._compiled is not None and state.cache.is_static:
             # a copy: a CUDA-graph replay overwrites its output buffers at the next step
             hidden = self._compiled["step"](embeds, mask, positions, state.cache.cache)[:, -1].clone()
@@ -498,6 +542,44 @@ class LatentLM(nn.Module):
             hidden = self._step_call(embeds, mask, positions, state.cache.cache)[:, -1]
         state.next_position = state.next_position + keep.long()
         return hidden
+
+    @property
+    def sliding_window(self) -> int | None:
+        """The sliding window of a model with sliding-window attention layers (Mistral, Phi-3, Gemma 2/3), else None."""
+        config = self.decoder.config
+        window = getattr(config, "sliding_window", None)
+        kinds = getattr(config, "layer_types", None)
+        if not window or (kinds is not None and "sliding_attention" not in kinds):
+            return None
+        return int(window)
+
+    def windowed_step_mask(
+        self, key_mask: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
+        """The attention masks of one generation step of a sliding-window model, the window counted in positions.
+
+        transformers counts a sliding window in cache columns. A row that stops thinking before others leaves
+        hidden columns in its cache (the batch's later thought columns), so a window of columns would hold
+        fewer of its real tokens than the same example alone, or the training forward, sees. Here key column j
+        is in the window of the new query when position(query) - position(j) < window, a visible column's
+        position being the count of visible columns before it. The mask is a 4-D tensor, or a dict by layer
+        type for models with both kinds of layers, which transformers uses as is (eager: additive floats).
+        Shape: key_mask [B, S], positions [B, 1] -> [B, 1, 1, S].
+        """
+        config = self.decoder.config
+        kind = getattr(config, "_attn_implementation", None)
+        if kind not in ("sdpa", "eager"):  # flash / flex kernels take no plain 4-D mask: transformers' own
+            return key_mask
+        visible = key_mask.bool()[:, None, None, :]  # [B, 1, 1, S]
+        key_positions = (key_mask.cumsum(-1) - 1)[:, None, None, :]  # [B, 1, 1, S]
+        sliding = visible & (positions[:, :, None, None] - key_positions < self.sliding_window)
+        masks = {"full_attention": visible, "sliding_attention": sliding}
+        if kind == "eager":
+            zero, low = torch.zeros((), dtype=dtype, device=key_mask.device), torch.finfo(dtype).min
+            masks = {name: torch.where(m, zero, low) for name, m in masks.items()}
+        if getattr(config, "layer_types", None) is not None:
+            return masks
+        return masks["sliding_attention"]  # every layer slides (Mistral, Phi-3 with a window)
 
     @torch.no_grad()
     def prefill(self, prompts: list[list[int]], max_new_columns: int | None = None) -> DecodeState:
@@ -516,15 +598,25 @@ class LatentLM(nn.Module):
         return DecodeState(cache=cache, next_position=mask.sum(1), last_hidden=hidden[:, -1])
 
     @torch.no_grad()
-    def think(self, state: DecodeState, num_thoughts: torch.Tensor, controller: ThoughtController | None = None,
-              max_thoughts: int | None = None, return_thoughts: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def think(
+        self,
+        state: DecodeState,
+        num_thoughts: torch.Tensor,
+        controller: ThoughtController | None = None,
+        max_thoughts: int | None = None,
+        return_thoughts: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The thought phase: feed back hidden states until each example halts, then feed <eot>.
 
         Without a controller example b thinks num_thoughts[b] times. With one, the controller
         decides at each step (at most `max_thoughts`). Returns (thoughts used [B], thoughts [B, L, D]).
         """
         B = state.last_hidden.shape[0]
-        limit = int(num_thoughts.max()) if controller is None else int(max_thoughts if max_thoughts is not None else num_thoughts.max())
+        limit = (
+            int(num_thoughts.max())
+            if controller is None
+            else int(max_thoughts if max_thoughts is not None else num_thoughts.max())
+        )
         active = torch.ones(B, dtype=torch.bool, device=self.device)
         used = torch.zeros(B, dtype=torch.long, device=self.device)
         fed = []
@@ -554,9 +646,16 @@ class LatentLM(nn.Module):
         return used, thoughts
 
     @torch.no_grad()
-    def decode(self, state: DecodeState, max_new_tokens: int, do_sample: bool = False, temperature: float = 1.0,
-               top_p: float = 1.0, generator: torch.Generator | None = None,
-               seeds: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode(
+        self,
+        state: DecodeState,
+        max_new_tokens: int,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        generator: torch.Generator | None = None,
+        seeds: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Greedy or sampled decoding from `state` until EOS. Returns (sequences [B, N], new_tokens [B]).
         `seeds` [B]: sample each row from its own random stream (see sample_token)."""
         B = state.last_hidden.shape[0]
@@ -578,10 +677,20 @@ class LatentLM(nn.Module):
         return sequences, new_tokens
 
     @torch.no_grad()
-    def generate(self, prompts: list[list[int]], num_thoughts: int | list[int] | torch.Tensor = 0, *,
-                 controller: ThoughtController | None = None, max_thoughts: int | None = None,
-                 max_new_tokens: int = 64, do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
-                 generator: torch.Generator | None = None, return_thoughts: bool = False) -> GenerationOutput:
+    def generate(
+        self,
+        prompts: list[list[int]],
+        num_thoughts: int | list[int] | torch.Tensor = 0,
+        *,
+        controller: ThoughtController | None = None,
+        max_thoughts: int | None = None,
+        max_new_tokens: int = 64,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        generator: torch.Generator | None = None,
+        return_thoughts: bool = False,
+    ) -> GenerationOutput:
         """Generate answers for a batch of prompts (token id lists).
 
         A prompt that ends with <bot> gets a thought phase (`num_thoughts` per example, or the
@@ -596,8 +705,10 @@ class LatentLM(nn.Module):
         thought_room = int(max_thoughts if controller is not None and max_thoughts is not None else counts.max())
         room = self.context_length - longest - thought_room - 1  # the forced <eot> takes one position
         if room <= 0:
-            raise InputError(f"a prompt of {longest} tokens plus {thought_room} thoughts does not fit the model's "
-                             f"context of {self.context_length} positions")
+            raise InputError(
+                f"a prompt of {longest} tokens plus {thought_room} thoughts does not fit the model's "
+                f"context of {self.context_length} positions"
+            )
         max_new_tokens = min(max_new_tokens, room)
         state = self.prefill(prompts, max_new_columns=thought_room + 1 + max_new_tokens)
         thoughts = None
@@ -610,8 +721,14 @@ class LatentLM(nn.Module):
         sequences, new_tokens = self.decode(state, max_new_tokens, do_sample, temperature, top_p, generator)
         state.release()
         texts = [self.decode_text(seq) for seq in sequences]
-        return GenerationOutput(texts=texts, sequences=sequences, num_thoughts=used, new_tokens=new_tokens,
-                                forward_passes=1 + used + new_tokens, thoughts=thoughts)
+        return GenerationOutput(
+            texts=texts,
+            sequences=sequences,
+            num_thoughts=used,
+            new_tokens=new_tokens,
+            forward_passes=1 + used + new_tokens,
+            thoughts=thoughts,
+        )
 
     def decode_text(self, ids: torch.Tensor | list[int]) -> str:
         """Text of generated ids up to the first EOS, without special tokens."""
@@ -628,9 +745,15 @@ class LatentLM(nn.Module):
         return self.causal_lm.get_input_embeddings().weight.dtype
 
     def metadata(self, extra: dict | None = None) -> dict:
-        return {"format_version": FORMAT_VERSION, "special_tokens": asdict(self.special), "thought_norm": self.thought_norm,
-                "autocast": "bfloat16" if self.autocast_dtype is not None else "none",
-                "dtype": str(self.weight_dtype).removeprefix("torch."), **(extra or {})}
+        return {
+            "format_version": FORMAT_VERSION,
+            "special_tokens": asdict(self.special),
+            "thought_norm": self.thought_norm,
+            "autocast": "bfloat16" if self.autocast_dtype is not None else "none",
+            "dtype": str(self.weight_dtype).removeprefix("torch."),
+            "attn_implementation": getattr(self.causal_lm.config, "_attn_implementation", None),
+            **(extra or {}),
+        }
 
     def save_pretrained(self, directory: str | Path, extra_metadata: dict | None = None) -> None:
         """Write the backbone and tokenizer in Hugging Face format (safetensors) plus coconav.json.
@@ -641,16 +764,21 @@ class LatentLM(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         if self.model is not self.causal_lm:  # a PEFT adapter: the new token rows live in the adapter itself,
-            self.model.save_pretrained(directory, safe_serialization=True, save_embedding_layers=False,  # not a full
-                                       selected_adapters=["default"])  # embedding copy; a frozen PPO reference
-        else:                                                          # adapter is not part of the model
+            self.model.save_pretrained(
+                directory,
+                safe_serialization=True,
+                save_embedding_layers=False,  # not a full
+                selected_adapters=["default"],
+            )  # embedding copy; a frozen PPO reference
+        else:  # adapter is not part of the model
             self.model.save_pretrained(directory, safe_serialization=True)
         self.tokenizer.save_pretrained(directory)
         (directory / META_FILE).write_text(json.dumps(self.metadata(extra_metadata), indent=2), encoding="utf-8")
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, dtype: torch.dtype | None = None, trainable: bool = False,
-                        **overrides) -> LatentLM:
+    def from_pretrained(
+        cls, directory: str | Path, dtype: torch.dtype | None = None, trainable: bool = False, **overrides
+    ) -> LatentLM:
         """Load a folder written by `save_pretrained` (weights through safetensors only).
 
         `dtype` None keeps the checkpoint's own weight dtype (recorded in coconav.json). A LoRA checkpoint
@@ -663,32 +791,41 @@ class LatentLM(nn.Module):
         directory = Path(directory)
         meta = read_metadata(directory)
         dtype = dtype if dtype is not None else checkpoint_dtype(meta)
+        # the attention kernel it was saved with (transformers' config.json does not keep it); else automatic
+        attn = {"attn_implementation": meta["attn_implementation"]} if meta.get("attn_implementation") else {}
         try:
             tokenizer = AutoTokenizer.from_pretrained(directory)
             if (directory / "adapter_config.json").is_file():
                 from peft import AutoPeftModelForCausalLM
 
-                model = AutoPeftModelForCausalLM.from_pretrained(directory, dtype=dtype, use_safetensors=True,
-                                                                 is_trainable=trainable)
+                model = AutoPeftModelForCausalLM.from_pretrained(
+                    directory, dtype=dtype, use_safetensors=True, is_trainable=trainable, **attn
+                )
                 lora = ((meta.get("config") or {}).get("model") or {}).get("lora") or {}
                 if lora.get("adapter_dtype") == "bfloat16":  # PEFT upcasts stored bf16 adapters: back as trained
                     for name, param in model.named_parameters():
                         if "lora_" in name or "trainable_tokens" in name:
                             param.data = param.data.to(torch.bfloat16)
             else:
-                model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, use_safetensors=True)
+                model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, use_safetensors=True, **attn)
                 model.requires_grad_(trainable)
         except (OSError, ValueError, RuntimeError, SafetensorError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise CheckpointError(f"{directory}: cannot load the model weights ({first})") from None
-        kwargs = {"thought_norm": meta.get("thought_norm", "none"), "autocast": meta.get("autocast", "none"), **overrides}
+        kwargs = {
+            "thought_norm": meta.get("thought_norm", "none"),
+            "autocast": meta.get("autocast", "none"),
+            **overrides,
+        }
         return cls(model, tokenizer, **kwargs).train(trainable)
 
 
 def _hf_checkpointing(model: nn.Module) -> bool:
     """Whether transformers' own gradient checkpointing switch is on (it would drop the cache)."""
-    return any(getattr(m, "gradient_checkpointing", False) and not isinstance(m, GradientCheckpointingLayer)
-               for m in model.modules())
+    return any(
+        getattr(m, "gradient_checkpointing", False) and not isinstance(m, GradientCheckpointingLayer)
+        for m in model.modules()
+    )
 
 
 def checkpoint_dtype(meta: dict) -> torch.dtype:
@@ -696,7 +833,9 @@ def checkpoint_dtype(meta: dict) -> torch.dtype:
     (checkpoints written before the field existed), else float32."""
     name = meta.get("dtype") or (meta.get("config") or {}).get("model", {}).get("dtype") or "float32"
     if name not in DTYPE_NAMES:
-        raise CheckpointError(f"unknown weight dtype {name!r} in the checkpoint metadata (known: {', '.join(DTYPE_NAMES)})")
+        raise CheckpointError(
+            f"unknown weight dtype {name!r} in the checkpoint metadata (known: {', '.join(DTYPE_NAMES)})"
+        )
     return DTYPE_NAMES[name]
 
 
@@ -716,9 +855,15 @@ def read_metadata(directory: Path) -> dict:
     return meta
 
 
-def sample_token(logits: torch.Tensor, do_sample: bool, temperature: float, top_p: float,
-                 generator: torch.Generator | None = None, seeds: torch.Tensor | None = None,
-                 step: int = 0) -> torch.Tensor:
+def sample_token(
+    logits: torch.Tensor,
+    do_sample: bool,
+    temperature: float,
+    top_p: float,
+    generator: torch.Generator | None = None,
+    seeds: torch.Tensor | None = None,
+    step: int = 0,
+) -> torch.Tensor:
     """Greedy or temperature / nucleus sampling. Shape: logits [B, V] -> tokens [B]. With per-row stream
     `seeds` [B] (coconav/model/streams.py) row b draws from its own stream at `step` instead of `generator`."""
     if not do_sample:

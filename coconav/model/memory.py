@@ -34,7 +34,7 @@ class NullSlotAttention(nn.Module):
         self.value = nn.Linear(dim, dim)
         self.null_key = nn.Parameter(torch.zeros(dim))
         self.null_value = nn.Parameter(torch.zeros(dim))
-        self.scale = dim ** -0.5
+        self.scale = dim**-0.5
 
 
 class EpisodicMemory(NullSlotAttention):
@@ -66,8 +66,14 @@ class GroupMemory(NullSlotAttention):
         nn.init.zeros_(self.out.weight)  # untrained: the read adds nothing (trajectories independent)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, x: torch.Tensor, pool: torch.Tensor | None, index: torch.Tensor | None,
-                visible: torch.Tensor | None, start: int = 0) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        pool: torch.Tensor | None,
+        index: torch.Tensor | None,
+        visible: torch.Tensor | None,
+        start: int = 0,
+    ) -> torch.Tensor:
         """Readout of query steps start..start+Tq-1. Shape: x [B, Tq, d] (the queries); pool [N, T, d] (encoded
         states of the trajectories the peers are drawn from; keys and values are projected once per pool row),
         index [B, P] (row of the pool of each peer, -1 = none), visible [B, P, T] (bool: peer state exists)
@@ -80,7 +86,9 @@ class GroupMemory(NullSlotAttention):
         v = torch.cat([self.null_value.expand(B, 1, d), v], dim=1)  # [B, 1+P*T, d]
         return self.out(torch.einsum("bts,bsd->btd", self._weights(x, k, visible, start), v))
 
-    def attention(self, x: torch.Tensor, pool: torch.Tensor, index: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+    def attention(
+        self, x: torch.Tensor, pool: torch.Tensor, index: torch.Tensor, visible: torch.Tensor
+    ) -> torch.Tensor:
         """Read weights of each step over [null slot, peer 0 steps 0..T-1, peer 1 ...]. Shape: -> [B, T, 1+P*T]."""
         return self._weights(x, self.key(pool)[index.clamp(min=0)].flatten(1, 2), visible, 0)
 

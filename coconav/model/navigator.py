@@ -120,7 +120,9 @@ class Navigator(nn.Module):
         self.encode_change = nn.Sequential(nn.LayerNorm(lm_hidden), nn.Linear(lm_hidden, d))
         self.step_embedding = nn.Embedding(cfg.max_thoughts + 1, d)
         self.episodic = EpisodicMemory(d) if cfg.episodic_memory else None
-        self.bank = PersistentMemory(lm_hidden, lm_hidden, cfg.memory_size, cfg.memory_topk) if cfg.persistent_memory else None
+        self.bank = (
+            PersistentMemory(lm_hidden, lm_hidden, cfg.memory_size, cfg.memory_topk) if cfg.persistent_memory else None
+        )
         if self.bank is not None:
             self.recall = nn.Sequential(nn.LayerNorm(lm_hidden), nn.Linear(lm_hidden, d))
             self.gate = nn.Linear(2 * d, d)
@@ -155,8 +157,14 @@ class Navigator(nn.Module):
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
 
-    def features(self, states: torch.Tensor, question_keys: torch.Tensor, trajectory: torch.Tensor | None = None,
-                 peers: Peers | None = None, last_only: bool = False) -> torch.Tensor:
+    def features(
+        self,
+        states: torch.Tensor,
+        question_keys: torch.Tensor,
+        trajectory: torch.Tensor | None = None,
+        peers: Peers | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
         """Trunk features. Shape: states [B, T, D], question_keys [B, D], trajectory [B] (index in the group,
         None = 0), peers (the group's other trajectories, None = none) -> [B, T, d] ([B, 1, d] with
         `last_only`: the last step's, what a rollout step needs; earlier steps still serve as memory)."""
@@ -194,26 +202,44 @@ class Navigator(nn.Module):
         T = states.shape[1]
         states = states.float()
         change = torch.cat([torch.zeros_like(states[:, :1]), states[:, 1:] - states[:, :-1]], dim=1)
-        return self.encode(states) + self.encode_change(change) + self.step_embedding(torch.arange(T, device=states.device))
+        return (
+            self.encode(states)
+            + self.encode_change(change)
+            + self.step_embedding(torch.arange(T, device=states.device))
+        )
 
     @torch.no_grad()
     def memory_reads(self, states: torch.Tensor, question_keys: torch.Tensor) -> MemoryReads:
         """What each memory read while `features` ran on these states (for inspection, e.g. the explorer)."""
-        episodic = self.episodic.attention(self.embed_states(states)) if self.episodic is not None and self.use_episodic else None
+        episodic = (
+            self.episodic.attention(self.embed_states(states))
+            if self.episodic is not None and self.use_episodic
+            else None
+        )
         persistent = None
         if self.bank is not None and self.use_persistent and self.bank.filled > 0:
             weights, slots = self.bank.lookup(question_keys.float())
             persistent = (weights, slots, self.bank.returns[slots])
         return MemoryReads(episodic=episodic, persistent=persistent)
 
-    def forward(self, states: torch.Tensor, question_keys: torch.Tensor, trajectory: torch.Tensor | None = None,
-                peers: Peers | None = None, last_only: bool = False) -> NavigatorOutput:
+    def forward(
+        self,
+        states: torch.Tensor,
+        question_keys: torch.Tensor,
+        trajectory: torch.Tensor | None = None,
+        peers: Peers | None = None,
+        last_only: bool = False,
+    ) -> NavigatorOutput:
         """Heads at every step (the last only with `last_only`: T = 1 in the output). Shape: states [B, T, D]
         (step t = h_t), question_keys [B, D]; see `features`."""
         z = self.features(states, question_keys, trajectory, peers, last_only)
-        return NavigatorOutput(mean=self.mean_head(z), std=self.log_std.exp(),
-                               halt_logits=self.halt_head(z).squeeze(-1), values=self.value_head(z).squeeze(-1),
-                               scores=self.scorer_head(z.detach()).squeeze(-1))  # a probe: never shapes the trunk
+        return NavigatorOutput(
+            mean=self.mean_head(z),
+            std=self.log_std.exp(),
+            halt_logits=self.halt_head(z).squeeze(-1),
+            values=self.value_head(z).squeeze(-1),
+            scores=self.scorer_head(z.detach()).squeeze(-1),
+        )  # a probe: never shapes the trunk
 
     def success_logits(self, question_keys: torch.Tensor) -> torch.Tensor:
         """The K-selector's difficulty signal: logit that a trajectory answers the question right. [B, D] -> [B]."""
@@ -237,8 +263,10 @@ class Navigator(nn.Module):
         offset = self.up(actions)
         if self.cfg.steer_scale == "rms":
             if self.needs_thought_scale:
-                raise ValueError("navigator.steer_scale='rms' needs the thought scale: call set_thought_scale "
-                                 "(coconav.model.groups.measure_thought_scale) first")
+                raise ValueError(
+                    "navigator.steer_scale='rms' needs the thought scale: call set_thought_scale "
+                    "(coconav.decode.groups.measure_thought_scale) first"
+                )
             offset = offset * self.thought_rms.to(offset.dtype)
         return offset
 
@@ -248,11 +276,16 @@ class Navigator(nn.Module):
         n = num_thoughts[:, None]
         valid = t <= n
         steer = (t < n) if self.cfg.steering else torch.zeros_like(valid)
-        decide = valid & (t >= self.cfg.min_thoughts) & (t < self.cfg.max_thoughts) if self.cfg.halting else torch.zeros_like(valid)
+        decide = (
+            valid & (t >= self.cfg.min_thoughts) & (t < self.cfg.max_thoughts)
+            if self.cfg.halting
+            else torch.zeros_like(valid)
+        )
         return StepMasks(valid=valid, steer=steer, decide=decide, halt=t == n)
 
-    def log_probs(self, out: NavigatorOutput, actions: torch.Tensor, masks: StepMasks,
-                  temperature: float | torch.Tensor = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    def log_probs(
+        self, out: NavigatorOutput, actions: torch.Tensor, masks: StepMasks, temperature: float | torch.Tensor = 1.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probability and entropy of the decisions taken at each step. Shape: [B, T] each;
         temperature: a float or one per row [B]."""
         if isinstance(temperature, torch.Tensor):

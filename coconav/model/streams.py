@@ -2,8 +2,8 @@
 
 With K trajectories per question every row of a batch owns a seed; its noise at a given step depends
 on that seed and the step only, never on which other rows share the batch. So K trajectories rolled
-out together from a shared prefix draw exactly what K single rollouts with the same seeds draw (the
-test of issue 8), and a trajectory can be re-run alone. The noise is a counter-based hash (32-bit
+out together from a shared prefix draw exactly what K single rollouts with the same seeds draw (a
+tested property), and a trajectory can be re-run alone. The noise is a counter-based hash (32-bit
 integer mixing, as in lowbias32) turned into uniforms, normals (Box-Muller) and categorical draws
 (inverse CDF); it is vectorised over rows and the same on every device.
 

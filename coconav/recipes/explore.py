@@ -5,9 +5,9 @@ continuous thoughts do.
     coconav explore --checkpoint runs/demo/coconut --data test --static explorer.html
 
 Every number on the page comes from ``CoconavModel.generate(..., return_trajectories=True)`` (the
-thought trace of coconav/trace.py) and is scored with the evaluation's rule (coconav.data.scoring)
-and the navigator's reward (coconav.rewards.episode_return); the by-difficulty charts use
-``coconav.evaluate.aggregate``, the numbers `coconav eval` reports. Steps: (1) load the checkpoint and
+thought trace of coconav/decode/trace.py) and is scored with the evaluation's rule (coconav.data.scoring)
+and the navigator's reward (coconav.rl.rewards.episode_return); the by-difficulty charts use
+``coconav.eval.evaluate.aggregate``, the numbers `coconav eval` reports. Steps: (1) load the checkpoint and
 the questions; (2) answer them in batches with the trace; (3) project every state h_t onto the two
 principal components of all of them (the paper's picture of thoughts as a search frontier); (4)
 serve the JSON API and the page (Flask, threaded, 127.0.0.1 only), or write the page with the data
@@ -32,10 +32,11 @@ from coconav.data.readers import load_examples
 from coconav.data.records import Example
 from coconav.data.scoring import score
 from coconav.data.splits import load_splits
+from coconav.decode.generate import check_multi
 from coconav.errors import ConfigError, InputError
-from coconav.evaluate import QuestionResult, aggregate, check_multi
+from coconav.eval.evaluate import QuestionResult, aggregate
 from coconav.inference import CoconavModel
-from coconav.rewards import episode_return, format_ok
+from coconav.rl.rewards import episode_return, format_ok
 
 HOST = "127.0.0.1"
 MAX_QUESTION_CHARS = 1000
@@ -88,7 +89,7 @@ class Explorer:
     checkpoint: str
     data: str
     num_trajectories: int = 1  # K trajectories per question (K > 1: a navigator checkpoint)
-    fusion: str = "majority"  # how K > 1 trajectories fuse into one answer (coconav.evaluate.fuse)
+    fusion: str = "majority"  # how K > 1 trajectories fuse into one answer (coconav.eval.evaluate.fuse)
     questions: list[dict] = field(default_factory=list)
     projection: Projection | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -98,8 +99,17 @@ class Explorer:
         if correct is None:
             return None
         ppo = self.model.config.ppo
-        return float(episode_return(torch.tensor([float(bool(correct))]), format_ok([answer]), torch.tensor([num_thoughts]),
-                                    ppo.thought_cost, ppo.format_coef, torch.tensor([new_tokens]), ppo.token_cost)[0])
+        return float(
+            episode_return(
+                torch.tensor([float(bool(correct))]),
+                format_ok([answer]),
+                torch.tensor([num_thoughts]),
+                ppo.thought_cost,
+                ppo.format_coef,
+                torch.tensor([new_tokens]),
+                ppo.token_cost,
+            )[0]
+        )
 
     def generate(self, examples: list[Example], top_k: int) -> list[dict]:
         """The API's records for `examples`: one trajectory dict each (K = 1), or per question the fused answer
@@ -110,9 +120,15 @@ class Explorer:
         records: list[dict | None] = [None] * len(examples)
         for kind in dict.fromkeys(ex.answer_type for ex in examples):
             index = [i for i, ex in enumerate(examples) if ex.answer_type == kind]
-            out = self.model.generate([questions[i] for i in index], return_trajectories=True, top_k=top_k,
-                                      return_states=True, num_trajectories=self.num_trajectories, fusion=self.fusion,
-                                      answer_type=kind)
+            out = self.model.generate(
+                [questions[i] for i in index],
+                return_trajectories=True,
+                top_k=top_k,
+                return_states=True,
+                num_trajectories=self.num_trajectories,
+                fusion=self.fusion,
+                answer_type=kind,
+            )
             for i, rec in zip(index, out):
                 records[i] = rec
         return records
@@ -149,7 +165,7 @@ class Explorer:
         fill `questions`."""
         records, states = [], []
         for lo in range(0, len(examples), batch_size):
-            r, s = self.trace(examples[lo: lo + batch_size])
+            r, s = self.trace(examples[lo : lo + batch_size])
             records += r
             states += s
         self.projection = fit_projection([x for per in states for x in per])
@@ -176,17 +192,31 @@ class Explorer:
         for q in self.questions:
             trajs = q["trajectories"]
             passes = q["forward_passes"] if "forward_passes" in q else trajs[0]["forward_passes"]
-            results.append(QuestionResult(question=q["question"], reference=q["reference"], completion=q["answer"],
-                                          correct=bool(q["correct"]), difficulty=q["difficulty"],
-                                          num_thoughts=q["num_thoughts"],
-                                          new_tokens=sum(t["new_tokens"] for t in trajs), forward_passes=passes))
+            results.append(
+                QuestionResult(
+                    question=q["question"],
+                    reference=q["reference"],
+                    completion=q["answer"],
+                    correct=bool(q["correct"]),
+                    difficulty=q["difficulty"],
+                    num_thoughts=q["num_thoughts"],
+                    new_tokens=sum(t["new_tokens"] for t in trajs),
+                    forward_passes=passes,
+                )
+            )
         return rounded(aggregate(results, 0.0).summary())
 
     def meta(self) -> dict:
         m = self.model
-        return {"checkpoint": self.checkpoint, "data": self.data, "mode": m.mode, "navigator": m.navigator is not None,
-                "num_trajectories": self.num_trajectories, "fusion": self.fusion if self.num_trajectories != 1 else None,
-                "thoughts": None if m.navigator is not None else m.default_thoughts()}
+        return {
+            "checkpoint": self.checkpoint,
+            "data": self.data,
+            "mode": m.mode,
+            "navigator": m.navigator is not None,
+            "num_trajectories": self.num_trajectories,
+            "fusion": self.fusion if self.num_trajectories != 1 else None,
+            "thoughts": None if m.navigator is not None else m.default_thoughts(),
+        }
 
     def page_data(self, full: bool) -> dict:
         """The page's data: meta, summary and the questions (full records, or the list's fields only)."""
@@ -203,17 +233,32 @@ def question_record(qid: int | None, ex: Example, record: dict) -> dict:
         head = {"answer": first["answer"], "correct": first["correct"], "num_thoughts": first["num_thoughts"]}
     else:
         fused = record["fused"]
-        head = {"answer": fused["answer"], "correct": fused["correct"],
-                "num_thoughts": sum(t["num_thoughts"] for t in trajectories), "agreement": fused["agreement"],
-                "fusion": fused["fusion"], "forward_passes": fused["forward_passes"]}
-    return rounded({"id": qid, "question": ex.question, "reference": ex.answer, "difficulty": ex.difficulty,
-                    **head, "trajectories": trajectories})
+        head = {
+            "answer": fused["answer"],
+            "correct": fused["correct"],
+            "num_thoughts": sum(t["num_thoughts"] for t in trajectories),
+            "agreement": fused["agreement"],
+            "fusion": fused["fusion"],
+            "forward_passes": fused["forward_passes"],
+        }
+    return rounded(
+        {
+            "id": qid,
+            "question": ex.question,
+            "reference": ex.answer,
+            "difficulty": ex.difficulty,
+            **head,
+            "trajectories": trajectories,
+        }
+    )
 
 
 def listing(q: dict) -> dict:
     """A question's fields for the list and the filters, and its states' 2-D points (per trajectory, per step)."""
-    return {**{k: q[k] for k in ("id", "question", "difficulty", "correct", "num_thoughts")},
-            "points": [[s["xy"] for s in t["steps"]] for t in q["trajectories"]]}
+    return {
+        **{k: q[k] for k in ("id", "question", "difficulty", "correct", "num_thoughts")},
+        "points": [[s["xy"] for s in t["steps"]] for t in q["trajectories"]],
+    }
 
 
 def load_questions(model: CoconavModel, data: str, max_questions: int | None) -> list[Example]:
@@ -229,18 +274,28 @@ def load_questions(model: CoconavModel, data: str, max_questions: int | None) ->
     return examples
 
 
-def build(checkpoint: str | Path, data: str = "test", num_trajectories: int = 1, max_questions: int | None = None,
-          batch_size: int | None = None, fusion: str = "majority") -> Explorer:
+def build(
+    checkpoint: str | Path,
+    data: str = "test",
+    num_trajectories: int = 1,
+    max_questions: int | None = None,
+    batch_size: int | None = None,
+    fusion: str = "majority",
+) -> Explorer:
     """Load the checkpoint and evaluate (with traces, K trajectories per question) the questions of `data`."""
     folder = latest_checkpoint(checkpoint)
     model = CoconavModel.from_pretrained(folder)
     if num_trajectories != 1:
         if model.navigator is None:
-            raise InputError(f"--num-trajectories {num_trajectories} needs a navigator checkpoint ({folder} has no navigator)")
+            raise InputError(
+                f"--num-trajectories {num_trajectories} needs a navigator checkpoint ({folder} has no navigator)"
+            )
         check_multi(num_trajectories, fusion, model.navigator.cfg.max_trajectories)
         if isinstance(num_trajectories, str):
             raise InputError("--num-trajectories must be an integer for the explorer (one K for every question)")
-    explorer = Explorer(model=model, checkpoint=str(folder), data=data, num_trajectories=num_trajectories, fusion=fusion)
+    explorer = Explorer(
+        model=model, checkpoint=str(folder), data=data, num_trajectories=num_trajectories, fusion=fusion
+    )
     explorer.evaluate(load_questions(model, data, max_questions), batch_size or model.config.eval.batch_size)
     return explorer
 
@@ -323,16 +378,25 @@ def make_server(explorer: Explorer, port: int, host: str = HOST):
     return werkzeug_server(host, port, create_app(explorer), threaded=True)
 
 
-def run(checkpoint: str | Path, data: str = "test", num_trajectories: int = 1, port: int = 8765,
-        static: str | Path | None = None, max_questions: int | None = None, fusion: str = "majority") -> None:
+def run(
+    checkpoint: str | Path,
+    data: str = "test",
+    num_trajectories: int = 1,
+    port: int = 8765,
+    static: str | Path | None = None,
+    max_questions: int | None = None,
+    fusion: str = "majority",
+) -> None:
     """`coconav explore`: serve the page until interrupted, or write the static file."""
     explorer = build(checkpoint, data, num_trajectories, max_questions, fusion=fusion)
     if static is not None:
         print(f"wrote {write_static(explorer, static)} ({len(explorer.questions)} questions)")
         return
     server = make_server(explorer, port)
-    print(f"coconav explorer: http://{HOST}:{server.server_port}/  ({len(explorer.questions)} questions; Ctrl-C stops)",
-          flush=True)
+    print(
+        f"coconav explorer: http://{HOST}:{server.server_port}/  ({len(explorer.questions)} questions; Ctrl-C stops)",
+        flush=True,
+    )
     try:
         server.serve_forever()
     finally:

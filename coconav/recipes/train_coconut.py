@@ -33,8 +33,14 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from coconav.checkpoint import (TrainState, latest_checkpoint, list_checkpoints, load_trainer_state, read_optimizer_state,
-                                save_checkpoint)
+from coconav.checkpoint import (
+    TrainState,
+    latest_checkpoint,
+    list_checkpoints,
+    load_trainer_state,
+    read_optimizer_state,
+    save_checkpoint,
+)
 from coconav.common import DTYPE_NAMES, MetricLogger, print0, progress, seed_everything, set_threads, write_json_atomic
 from coconav.config import RunConfig, save_config, to_dict
 from coconav.data.curriculum import Sequence, TokenizedExample, build_sequence, collate, tokenize_examples
@@ -42,10 +48,19 @@ from coconav.data.grouping import Layout, arrange, grouped_batch_indices, predic
 from coconav.data.splits import batch_indices, data_vocabulary, load_splits
 from coconav.data.tasks import Splits, get_task
 from coconav.data.tokenizer import build_word_tokenizer
-from coconav.distributed import (OptimizerState, check_engine, gather_model_state, gather_optimizer_state, is_sharded,
-                                 load_optimizer_state, shard_lm, unsharded_lm)
+from coconav.distributed import (
+    OptimizerState,
+    check_engine,
+    gather_model_state,
+    gather_optimizer_state,
+    is_sharded,
+    load_optimizer_state,
+    shard_lm,
+    sum_over_ranks,
+    unsharded_lm,
+)
 from coconav.errors import ConfigError
-from coconav.evaluate import EvalResult, evaluate
+from coconav.eval.evaluate import EvalResult, evaluate
 from coconav.model.build import SCRATCH, build_latent_lm
 from coconav.model.latent_lm import LatentLM
 
@@ -68,21 +83,29 @@ class Run:
 
 # 1. setup -------------------------------------------------------------------------------------
 
+
 def check_run_folder(out_dir: Path, resume: bool) -> None:
     """Never resume silently, never overwrite silently."""
     if not resume and list_checkpoints(out_dir):
-        raise ConfigError(f"{out_dir} already holds checkpoints: pass --resume {out_dir} to continue it, "
-                          f"or choose another out_dir")
+        raise ConfigError(
+            f"{out_dir} already holds checkpoints: pass --resume {out_dir} to continue it, or choose another out_dir"
+        )
 
 
 # 2. build -------------------------------------------------------------------------------------
+
 
 def build_model(cfg: RunConfig, splits: Splits, resume_from: Path | None) -> LatentLM:
     """The latent LM: from a checkpoint to resume, from `init_from`, or freshly built."""
     if resume_from is not None or cfg.init_from:  # trainable: a LoRA checkpoint's adapters and latent-token rows
         dtype = DTYPE_NAMES[cfg.model.dtype] if cfg.model.dtype is not None else None  # None: the checkpoint's
-        lm = LatentLM.from_pretrained(resume_from or cfg.init_from, dtype=dtype, trainable=True,
-                                      thought_norm=cfg.model.thought_norm, autocast=cfg.model.autocast)
+        lm = LatentLM.from_pretrained(
+            resume_from or cfg.init_from,
+            dtype=dtype,
+            trainable=True,
+            thought_norm=cfg.model.thought_norm,
+            autocast=cfg.model.autocast,
+        )
         if cfg.model.gradient_checkpointing:
             lm.gradient_checkpointing_enable()
         return lm.configure_generation(cfg.model.kv_cache, cfg.model.compile)
@@ -134,6 +157,7 @@ def lr_at(step: int, total: int, cfg: RunConfig, warmup: int) -> float:
 
 # 3. one optimizer step ------------------------------------------------------------------------
 
+
 def stage_at(cfg: RunConfig, step: int, num_train: int, world: int) -> int:
     """The curriculum stage global step `step` trains (stages follow each other, zero-length ones skipped)."""
     end, last = 0, cfg.curriculum.stages()[0]
@@ -159,14 +183,23 @@ def global_batch(run: Run, stage: int, global_step: int, world: int) -> list[Seq
     cfg = run.cfg
     size, micro, n = cfg.train.batch_size * world, cfg.train.micro_batch_size, len(run.train_examples)
     if cfg.train.length_pool:
-        indices = grouped_batch_indices(n, size, global_step, cfg.seed, cfg.train.length_pool, micro,
-                                        lambda step: predicted_layouts(run, step, world))
+        indices = grouped_batch_indices(
+            n,
+            size,
+            global_step,
+            cfg.seed,
+            cfg.train.length_pool,
+            micro,
+            lambda step: predicted_layouts(run, step, world),
+        )
     else:
         indices = batch_indices(n, size, global_step, cfg.seed)
     # one stream per example of the global batch: the curriculum's mixing does not depend on the number of ranks
     rngs = [random.Random(f"{cfg.seed}-mix-{global_step}-{j}") for j in range(size)]
-    seqs = [build_sequence(run.train_examples[i], stage, cfg.curriculum, run.lm.special, rng)
-            for i, rng in zip(indices, rngs)]
+    seqs = [
+        build_sequence(run.train_examples[i], stage, cfg.curriculum, run.lm.special, rng)
+        for i, rng in zip(indices, rngs)
+    ]
     if not cfg.train.group_by_length:
         return seqs
     if cfg.train.length_pool:  # mixing may have drawn other stages: arrange the sequences as built
@@ -180,16 +213,20 @@ def train_step(run: Run, stage: int, global_step: int) -> dict[str, float]:
     Returns the mean losses and this rank's `tokens` (real) and `columns` (computed, padding included)."""
     cfg, acc = run.cfg, run.accelerator
     rank, per_rank = acc.process_index, cfg.train.batch_size
-    seqs = global_batch(run, stage, global_step, acc.num_processes)[rank * per_rank:(rank + 1) * per_rank]
+    seqs = global_batch(run, stage, global_step, acc.num_processes)[rank * per_rank : (rank + 1) * per_rank]
     micro = cfg.train.micro_batch_size
     totals = {"loss": 0.0, "lm_loss": 0.0, "thought_loss": 0.0}
     tokens = columns = 0
     for lo in range(0, len(seqs), micro):
-        batch = collate(seqs[lo:lo + micro], run.lm.special).to(acc.device)
+        batch = collate(seqs[lo : lo + micro], run.lm.special).to(acc.device)
         with acc.accumulate(run.model):
-            out = run.model(batch.input_ids, batch.attention_mask, labels=batch.labels,
-                            thought_targets=batch.thought_targets,
-                            thought_loss_weight=cfg.curriculum.thought_loss_weight)
+            out = run.model(
+                batch.input_ids,
+                batch.attention_mask,
+                labels=batch.labels,
+                thought_targets=batch.thought_targets,
+                thought_loss_weight=cfg.curriculum.thought_loss_weight,
+            )
             acc.backward(out.loss)
             if acc.sync_gradients and cfg.train.grad_clip > 0:
                 acc.clip_grad_norm_(run.model.parameters(), cfg.train.grad_clip)
@@ -206,14 +243,8 @@ def train_step(run: Run, stage: int, global_step: int) -> dict[str, float]:
     return totals
 
 
-def all_ranks_sum(acc: Accelerator, values: list[int]) -> list[int]:
-    """Collective: the sum of `values` over the processes."""
-    if acc.num_processes == 1:
-        return values
-    return [int(v) for v in acc.reduce(torch.tensor(values, dtype=torch.long, device=acc.device), "sum").tolist()]
-
-
 # 4. evaluation and checkpoints ----------------------------------------------------------------
+
 
 def eval_mode(cfg: RunConfig, stage: int) -> tuple[str, int]:
     """(mode, thoughts) a model trained up to `stage` is evaluated with."""
@@ -252,17 +283,20 @@ def snapshot(run: Run) -> Snapshot:
     return Snapshot(unsharded_lm(run.lm, weights).to(run.accelerator.device), OptimizerState(optimizer))
 
 
-def checkpoint(run: Run, name: str, state: TrainState, metrics: dict | None = None,
-               snap: Snapshot | None = None) -> None:
+def checkpoint(
+    run: Run, name: str, state: TrainState, metrics: dict | None = None, snap: Snapshot | None = None
+) -> None:
     """Collective: every rank calls it (with the same `snap` when one was taken), rank 0 writes."""
     snap = snap if snap is not None else snapshot(run)
     if run.accelerator.is_main_process:
-        save_checkpoint(run.out_dir / "checkpoints" / name, snap.lm, state, to_dict(run.cfg), snap.optimizer,
-                        metrics=metrics)
+        save_checkpoint(
+            run.out_dir / "checkpoints" / name, snap.lm, state, to_dict(run.cfg), snap.optimizer, metrics=metrics
+        )
     run.accelerator.wait_for_everyone()
 
 
 # 5. the run -----------------------------------------------------------------------------------
+
 
 def build_run(cfg: RunConfig, resume: str | None = None) -> tuple[Run, TrainState]:
     """Setup, data and model: everything before the first step (resuming when asked)."""
@@ -291,8 +325,9 @@ def build_run(cfg: RunConfig, resume: str | None = None) -> tuple[Run, TrainStat
     out_dir.mkdir(parents=True, exist_ok=True)
     if accelerator.is_main_process:
         save_config(cfg, out_dir / "config.yaml")
-    logger = MetricLogger(out_dir, cfg.log.tensorboard, cfg.log.wandb, cfg.log.wandb_project, to_dict(cfg),
-                          fresh=resume_from is None)
+    logger = MetricLogger(
+        out_dir, cfg.log.tensorboard, cfg.log.wandb, cfg.log.wandb_project, to_dict(cfg), fresh=resume_from is None
+    )
     print0(f"coconav train: mode={cfg.curriculum.mode} stages={cfg.curriculum.stages()} out_dir={out_dir}")
     if resume_from is not None:
         print0(f"resuming from {resume_from} at stage {state.stage}, step {state.step}")
@@ -300,8 +335,10 @@ def build_run(cfg: RunConfig, resume: str | None = None) -> tuple[Run, TrainStat
         model, optimizer = lm, accelerator.prepare(optimizer)
     else:
         model, optimizer = accelerator.prepare(lm, optimizer)
-    print0(f"data: train {len(splits.train)}, validation {len(splits.validation)}, test {len(splits.test)}; "
-           f"model: {sum(p.numel() for p in lm.parameters()) / 1e6:.2f}M parameters")
+    print0(
+        f"data: train {len(splits.train)}, validation {len(splits.validation)}, test {len(splits.test)}; "
+        f"model: {sum(p.numel() for p in lm.parameters()) / 1e6:.2f}M parameters"
+    )
     return Run(cfg, accelerator, lm, model, optimizer, splits, train_examples, logger, out_dir), state
 
 
@@ -338,18 +375,23 @@ def train_run(run: Run, state: TrainState, resumed: bool = False) -> dict:
     # 4. final test evaluation
     results = {"stages": stage_results, "train": padding_summary(stage_results)}
     if results["train"]["columns"]:
-        print0(f"padding: {results['train']['padded_fraction']:.1%} of the {results['train']['columns']:,} computed "
-               f"columns ({results['train']['tokens']:,} real tokens)")
+        print0(
+            f"padding: {results['train']['padded_fraction']:.1%} of the {results['train']['columns']:,} computed "
+            f"columns ({results['train']['tokens']:,} real tokens)"
+        )
     snap = snapshot(run) if run.splits.test else Snapshot(None, None)
     if accelerator.is_main_process and run.splits.test:
         test = run_eval(run, snap.lm, run.splits.test, state.stage)
         mode, thoughts = eval_mode(cfg, state.stage)
         results["test"] = {"mode": mode, "num_thoughts": thoughts, "stage": state.stage, **test.summary()}
         write_json_atomic(out_dir / "results.json", results)
-        run.logger.log({f"test/{k}": v for k, v in test.summary().items() if isinstance(v, (int, float))},
-                       state.global_step)
-        print0(f"test: accuracy {test.accuracy:.3f}, forward passes {test.mean_forward_passes:.1f}, "
-               f"thoughts {test.mean_thoughts:.1f}")
+        run.logger.log(
+            {f"test/{k}": v for k, v in test.summary().items() if isinstance(v, (int, float))}, state.global_step
+        )
+        print0(
+            f"test: accuracy {test.accuracy:.3f}, forward passes {test.mean_forward_passes:.1f}, "
+            f"thoughts {test.mean_thoughts:.1f}"
+        )
     accelerator.wait_for_everyone()
     run.logger.close()
     return results
@@ -394,8 +436,15 @@ def train_stage(run: Run, stage: int, state: TrainState) -> dict:
     whole = sum(stage_length(cfg, s, len(run.train_examples), acc.num_processes) for s in cfg.curriculum.stages())
     bar = progress(total=total, desc=f"stage {stage}", enabled=cfg.log.progress)
     bar.update(state.step)
-    window = {"loss": 0.0, "lm_loss": 0.0, "thought_loss": 0.0, "tokens": 0, "columns": 0, "n": 0,
-              "start": time.perf_counter()}
+    window = {
+        "loss": 0.0,
+        "lm_loss": 0.0,
+        "thought_loss": 0.0,
+        "tokens": 0,
+        "columns": 0,
+        "n": 0,
+        "start": time.perf_counter(),
+    }
     stage_tokens = stage_columns = 0  # this process's real tokens and computed columns over the stage
     while state.step < total:
         if cfg.train.restart_schedule:  # warm up when Adam's moments are fresh: the first stage or after a reset
@@ -415,12 +464,18 @@ def train_stage(run: Run, stage: int, state: TrainState) -> dict:
         stage_tokens, stage_columns = stage_tokens + stats["tokens"], stage_columns + stats["columns"]
         if state.step % cfg.train.log_every == 0 or state.step == total:
             seconds = time.perf_counter() - window["start"]
-            tokens, columns = all_ranks_sum(acc, [window["tokens"], window["columns"]])
-            metrics = {"train/loss": window["loss"] / window["n"], "train/lm_loss": window["lm_loss"] / window["n"],
-                       "train/thought_loss": window["thought_loss"] / window["n"], "train/lr": lr,
-                       "train/stage": stage, "train/tokens_per_second": window["tokens"] / max(seconds, 1e-9),
-                       "train/tokens": tokens / window["n"], "train/columns": columns / window["n"],
-                       "train/padded_fraction": 1 - tokens / max(columns, 1)}
+            tokens, columns = sum_over_ranks(acc, [window["tokens"], window["columns"]])
+            metrics = {
+                "train/loss": window["loss"] / window["n"],
+                "train/lm_loss": window["lm_loss"] / window["n"],
+                "train/thought_loss": window["thought_loss"] / window["n"],
+                "train/lr": lr,
+                "train/stage": stage,
+                "train/tokens_per_second": window["tokens"] / max(seconds, 1e-9),
+                "train/tokens": tokens / window["n"],
+                "train/columns": columns / window["n"],
+                "train/padded_fraction": 1 - tokens / max(columns, 1),
+            }
             run.logger.log(metrics, state.global_step)
             bar.set_postfix(loss=f"{metrics['train/loss']:.3f}")
             window.update(loss=0.0, lm_loss=0.0, thought_loss=0.0, tokens=0, columns=0, n=0, start=time.perf_counter())
@@ -428,16 +483,20 @@ def train_stage(run: Run, stage: int, state: TrainState) -> dict:
             checkpoint(run, "last", state)
     bar.close()
     state.stage_done = True
-    tokens, columns = all_ranks_sum(acc, [stage_tokens, stage_columns])
+    tokens, columns = sum_over_ranks(acc, [stage_tokens, stage_columns])
     result = {"stage": stage, "global_step": state.global_step, "train_tokens": tokens, "train_columns": columns}
     snap = snapshot(run)  # every rank: sharded weights are gathered for rank 0 to evaluate and save
     if cfg.train.eval_each_stage and acc.is_main_process and run.splits.validation:
         val = run_eval(run, snap.lm, run.splits.validation, stage)
         mode, thoughts = eval_mode(cfg, stage)
         result.update({"mode": mode, "num_thoughts": thoughts, **val.summary()})
-        run.logger.log({"eval/accuracy": val.accuracy, "eval/mean_forward_passes": val.mean_forward_passes,
-                        "eval/stage": stage}, state.global_step)
-        print0(f"stage {stage}: validation accuracy {val.accuracy:.3f} with {thoughts} thoughts, "
-               f"{val.mean_forward_passes:.1f} forward passes")
+        run.logger.log(
+            {"eval/accuracy": val.accuracy, "eval/mean_forward_passes": val.mean_forward_passes, "eval/stage": stage},
+            state.global_step,
+        )
+        print0(
+            f"stage {stage}: validation accuracy {val.accuracy:.3f} with {thoughts} thoughts, "
+            f"{val.mean_forward_passes:.1f} forward passes"
+        )
     checkpoint(run, f"stage-{stage}", state, metrics=result, snap=snap)
     return result

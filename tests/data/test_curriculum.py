@@ -8,8 +8,17 @@ import pytest
 import torch
 
 from coconav.config import CurriculumConfig
-from coconav.data.curriculum import (IGNORE, build_prompt, build_sequence, collate, sample_stage, stage_layout,
-                                     step_result, tokenize_example, tokenize_examples)
+from coconav.data.curriculum import (
+    IGNORE,
+    build_prompt,
+    build_sequence,
+    collate,
+    sample_stage,
+    stage_layout,
+    step_result,
+    tokenize_example,
+    tokenize_examples,
+)
 from coconav.data.records import Example
 from coconav.data.tasks import get_task
 from coconav.data.tokenizer import task_tokenizer
@@ -41,8 +50,16 @@ def test_batched_tokenization_equals_one_by_one():
     assert tokenize_examples(examples, TOK) == [tokenize_example(e, TOK) for e in examples]
 
 
-@pytest.mark.parametrize("step,result", [("<< 2 = 7 + 5 >>", "2"), ("<<16-3-4=9>>", "9"), ("<<600*.4=240>>", "240"),
-                                         ("Every wumpus is a yerpus.", "yerpus"), ("Sally is a rempus.", "rempus")])
+@pytest.mark.parametrize(
+    "step,result",
+    [
+        ("<< 2 = 7 + 5 >>", "2"),
+        ("<<16-3-4=9>>", "9"),
+        ("<<600*.4=240>>", "240"),
+        ("Every wumpus is a yerpus.", "yerpus"),
+        ("Sally is a rempus.", "rempus"),
+    ],
+)
 def test_step_result(step, result):
     assert step_result(step) == result
 
@@ -51,13 +68,16 @@ def cfg(**kw) -> CurriculumConfig:
     return CurriculumConfig(**{"mode": "coconut", "max_stage": 4, **kw})
 
 
-@pytest.mark.parametrize("stage,expected", [
-    (0, (0, 0)),   # stage 0: all steps in language
-    (1, (1, 1)),   # stage k: the first k steps replaced by k thoughts
-    (3, (3, 3)),
-    (4, (3, 4)),   # more slots than steps: k thoughts all the same (the paper's rule), every step dropped
-    (5, (3, 4)),   # the final stage (max_stage + 1): every step dropped, max_stage x c thoughts (padded)
-])
+@pytest.mark.parametrize(
+    "stage,expected",
+    [
+        (0, (0, 0)),  # stage 0: all steps in language
+        (1, (1, 1)),  # stage k: the first k steps replaced by k thoughts
+        (3, (3, 3)),
+        (4, (3, 4)),  # more slots than steps: k thoughts all the same (the paper's rule), every step dropped
+        (5, (3, 4)),  # the final stage (max_stage + 1): every step dropped, max_stage x c thoughts (padded)
+    ],
+)
 def test_stage_layout_coconut(stage, expected):
     assert stage_layout(3, stage, cfg()) == expected
 
@@ -87,7 +107,7 @@ def test_padding_thoughts_target_the_answer():
     slots = [i for i, t in enumerate(seq.ids) if t == SPECIAL.thought]
     assert len(slots) == 4
     assert [seq.thought_targets[i] for i in slots] == TOKED.step_targets + [TOKED.answer_target]
-    assert seq.ids[slots[-1] + 1:] == [SPECIAL.eot] + TOKED.answer  # <eot> then the answer directly
+    assert seq.ids[slots[-1] + 1 :] == [SPECIAL.eot] + TOKED.answer  # <eot> then the answer directly
 
 
 def test_modes():
@@ -129,7 +149,10 @@ def test_collate_aligns_bot_and_pads():
         assert batch.input_ids[row][real].tolist() == seq.ids
         assert batch.labels[row][real].tolist() == seq.labels
         assert (batch.labels[row][~real] == IGNORE).all()
-    assert batch.input_ids.shape == (2, int(bot_cols[0]) + max(len(s.ids) - s.ids.index(SPECIAL.bot) for s in (short, long)))
+    assert batch.input_ids.shape == (
+        2,
+        int(bot_cols[0]) + max(len(s.ids) - s.ids.index(SPECIAL.bot) for s in (short, long)),
+    )
     assert batch.input_ids.dtype == torch.long
 
 
@@ -148,5 +171,7 @@ def test_encode_question_refuses_unknown_words():
     assert tok.unk_token_id not in encode_question(tok, "3 + 4 ?")
     with pytest.raises(InputError) as info:
         encode_question(tok, "what is 3 plus 4?")
-    assert str(info.value) == ("words this model does not know: 'what', 'is', 'plus' (its vocabulary holds only the "
-                               "words of its task or training data; in the question 'what is 3 plus 4?')")
+    assert str(info.value) == (
+        "words this model does not know: 'what', 'is', 'plus' (its vocabulary holds only the "
+        "words of its task or training data; in the question 'what is 3 plus 4?')"
+    )

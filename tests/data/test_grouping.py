@@ -19,8 +19,14 @@ def stream(n: int, batch: int, steps: int, **kw) -> list[int]:
 
 
 def test_predicted_layout_is_the_built_sequence_layout_at_every_stage():
-    ex = TokenizedExample(question=[7] * 5, steps=[[8] * 3, [9] * 4, [10] * 2], answer=[11, 12, 1],
-                          step_targets=[8, 9, 10], answer_target=11, difficulty=3)
+    ex = TokenizedExample(
+        question=[7] * 5,
+        steps=[[8] * 3, [9] * 4, [10] * 2],
+        answer=[11, 12, 1],
+        step_targets=[8, 9, 10],
+        answer_target=11,
+        difficulty=3,
+    )
     cfg = CurriculumConfig(mode="coconut", thoughts_per_step=2, max_stage=2)
     for stage in range(4):  # 0 (CoT), 1-2 (steps replaced by 2 thoughts each), 3 (final: all steps dropped)
         seq = build_sequence(ex, stage, cfg, SPECIAL)
@@ -56,16 +62,18 @@ def test_arrange_is_never_worse_than_the_given_order():
 def test_grouped_batches_cover_each_epoch_once_even_across_a_stage_change():
     n, batch = 50, 8  # 8 does not divide 50: some batches straddle two epochs
     # the layouts change at step 9 (a new stage) in the middle of a pool of 3 batches
-    layouts = {s: [(random.Random(f"{s}-{i}").randrange(1, 30), random.Random(f"x{s}-{i}").randrange(1, 30))
-                   for i in range(n)] for s in (0, 1)}
+    layouts = {
+        s: [(random.Random(f"{s}-{i}").randrange(1, 30), random.Random(f"x{s}-{i}").randrange(1, 30)) for i in range(n)]
+        for s in (0, 1)
+    }
     kw = dict(seed=3, pool=3, micro=4, layouts_at=lambda step: layouts[int(step >= 9)])
     out = stream(n, batch, 25, **kw)  # 200 positions = 4 epochs
     for epoch in range(4):
-        assert sorted(out[epoch * n:(epoch + 1) * n]) == list(range(n)), epoch
-    assert out[:n] != out[n:2 * n]
+        assert sorted(out[epoch * n : (epoch + 1) * n]) == list(range(n)), epoch
+    assert out[:n] != out[n : 2 * n]
     assert out == stream(n, batch, 25, **kw)  # resumable: a pure function of (seed, step)
     assert out != stream(n, batch, 25, **{**kw, "seed": 4})
-    assert grouped_batch_indices(n, batch, 17, **kw) == out[17 * batch:18 * batch]  # any step on its own
+    assert grouped_batch_indices(n, batch, 17, **kw) == out[17 * batch : 18 * batch]  # any step on its own
 
 
 def test_grouped_batches_cut_padding_against_random_batches():
@@ -87,4 +95,4 @@ def test_grouped_batches_are_in_micro_batch_order():
     layouts = [(i % 4 * 10 + 1, 5) for i in range(n)]  # four prefix lengths, 8 examples each
     for step in range(2):
         b = grouped_batch_indices(n, 16, step, seed=1, pool=2, micro=4, layouts_at=lambda s: layouts)
-        assert all(len({layouts[i] for i in b[lo:lo + 4]}) == 1 for lo in range(0, 16, 4))
+        assert all(len({layouts[i] for i in b[lo : lo + 4]}) == 1 for lo in range(0, 16, 4))

@@ -24,8 +24,8 @@ from coconav.data.gsm8k import (  # noqa: E402
     steps_from_rationale,
 )
 from coconav.errors import ConfigError, DataError  # noqa: E402
-from conftest import real_data_path  # noqa: E402
 
+from conftest import real_data_path  # noqa: E402
 
 # The first row of GSM8K test, verbatim.
 JANET_QUESTION = (
@@ -323,9 +323,7 @@ def test_load_gsm8k_hub_failure_is_one_line_data_error(monkeypatch: pytest.Monke
     import datasets
 
     def offline(*args, **kwargs):
-        raise ConnectionError(
-            "Couldn't reach 'openai/gsm8k' on the Hub (LocalEntryNotFoundError)\nmore"
-        )
+        raise ConnectionError("Couldn't reach 'openai/gsm8k' on the Hub (LocalEntryNotFoundError)\nmore")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(DataError) as info:

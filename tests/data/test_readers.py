@@ -14,11 +14,10 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from coconav.data import readers  # noqa: E402
 from coconav.data.readers import load_examples, read_coconut_json, read_gsm8k_aug  # noqa: E402
 from coconav.errors import ConfigError, DataError  # noqa: E402
-from conftest import real_data_path  # noqa: E402
 
+from conftest import real_data_path  # noqa: E402
 
 
 def need(relative: str) -> Path:
@@ -200,11 +199,7 @@ def test_dispatch_by_extension() -> None:
     gsm = load_examples(need("gsm8k/test.jsonl"), limit=2)  # a Path is accepted too
     aug = load_examples(str(need("gsm8k_aug/valid.txt")), limit=2)
     prosqa = load_examples(str(need("prosqa/test.json")), limit=2)
-    assert (
-        gsm[0].answer == "18"
-        and aug[0].answer == "300"
-        and prosqa[0].answer == "Sally is a sterpus."
-    )
+    assert gsm[0].answer == "18" and aug[0].answer == "300" and prosqa[0].answer == "Sally is a sterpus."
 
 
 def test_dispatch_steps_style_reaches_gsm8k() -> None:
@@ -219,9 +214,7 @@ def test_format_prefix_overrides_extension(tmp_path: Path) -> None:
     path = write(tmp_path, "aug.data", "Q?||<<1+1=2>> #### 2\n")
     (example,) = load_examples(f"gsm8k_aug:{path}")
     assert example.steps == ("<<1+1=2>>",)
-    jsonl_named_json = write(
-        tmp_path, "x.json", json.dumps({"question": "Q?", "answer": "#### 4"}) + "\n"
-    )
+    jsonl_named_json = write(tmp_path, "x.json", json.dumps({"question": "Q?", "answer": "#### 4"}) + "\n")
     assert load_examples(f"gsm8k:{jsonl_named_json}")[0].answer == "4"
     coconut = write(tmp_path, "c.txt", json.dumps([record()]))
     assert load_examples(f"coconut:{coconut}")[0].answer_type == "text"
@@ -266,8 +259,11 @@ def test_hub_ids_go_to_the_hub(monkeypatch: pytest.MonkeyPatch) -> None:
     load_examples("openai/gsm8k")  # split defaults to test
     load_examples("gsm8k:openai/gsm8k:test")  # the gsm8k prefix is compatible with the hub
     # openai/gsm8k needs its "main" config; other ids load their default config.
-    assert calls == [("openai/gsm8k", "main", "train"), ("openai/gsm8k", "main", "test"),
-                     ("openai/gsm8k", "main", "test")]
+    assert calls == [
+        ("openai/gsm8k", "main", "train"),
+        ("openai/gsm8k", "main", "test"),
+        ("openai/gsm8k", "main", "test"),
+    ]
     # The hub serves GSM8K and GSM8k-Aug rows here; COCONUT JSON needs a local file.
     with pytest.raises(DataError, match="no such file"):
         load_examples("coconut:owner/prosqa")
@@ -287,10 +283,15 @@ def test_gsm8k_aug_hub_rows(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize(
     ("row", "message"),
-    [({"question": "Q?", "steps": ["<<1=1>>"], "answer": "many"}, "column 'answer' is not a number: 'many'"),
-     ({"question": " ", "steps": [], "answer": "1"}, "column 'question' must be a non-empty string"),
-     ({"question": "Q?", "steps": ["<<1=1>>", ""], "answer": "1"}, "column 'steps' must be a list of non-empty strings"),
-     ({"question": "Q?", "steps": ["<<1=1>>"]}, "column 'answer' missing")],
+    [
+        ({"question": "Q?", "steps": ["<<1=1>>"], "answer": "many"}, "column 'answer' is not a number: 'many'"),
+        ({"question": " ", "steps": [], "answer": "1"}, "column 'question' must be a non-empty string"),
+        (
+            {"question": "Q?", "steps": ["<<1=1>>", ""], "answer": "1"},
+            "column 'steps' must be a list of non-empty strings",
+        ),
+        ({"question": "Q?", "steps": ["<<1=1>>"]}, "column 'answer' missing"),
+    ],
     ids=["answer", "question", "steps", "no-answer"],
 )
 def test_gsm8k_aug_hub_bad_rows(monkeypatch: pytest.MonkeyPatch, row: dict, message: str) -> None:
@@ -305,25 +306,32 @@ def test_hub_id_offline_without_cache_is_one_line_error(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
-           "HF_DATASETS_CACHE": str(tmp_path / "hf" / "datasets"), "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    code = ("import sys\nfrom coconav.data.readers import load_examples\nfrom coconav.errors import DataError\n"
-            "try:\n    load_examples('openai/gsm8k:test')\nexcept DataError as err:\n    print(err)\n    sys.exit(2)\n")
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / "hf"),
+        "HF_DATASETS_CACHE": str(tmp_path / "hf" / "datasets"),
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+    }
+    code = (
+        "import sys\nfrom coconav.data.readers import load_examples\nfrom coconav.errors import DataError\n"
+        "try:\n    load_examples('openai/gsm8k:test')\nexcept DataError as err:\n    print(err)\n    sys.exit(2)\n"
+    )
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2, res.stderr
     assert "Traceback" not in res.stderr
     (line,) = res.stdout.splitlines()
     assert line.startswith("openai/gsm8k:test: cannot load from the Hugging Face hub (config 'main'): ")
-    assert line.endswith("; HF_HUB_OFFLINE is set and no cached copy was found: load it once online, or give a "
-                         "local file instead (e.g. data.train=path/to/train.jsonl or --data path/to/test.jsonl)")
+    assert line.endswith(
+        "; HF_HUB_OFFLINE is set and no cached copy was found: load it once online, or give a "
+        "local file instead (e.g. data.train=path/to/train.jsonl or --data path/to/test.jsonl)"
+    )
 
 
 def test_hub_id_through_patched_datasets(monkeypatch: pytest.MonkeyPatch) -> None:
     import datasets
 
     line = need("gsm8k/test.jsonl").read_text("utf-8").splitlines()[0]
-    monkeypatch.setattr(
-        datasets, "load_dataset", lambda *a, **k: datasets.Dataset.from_list([json.loads(line)])
-    )
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: datasets.Dataset.from_list([json.loads(line)]))
     (example,) = load_examples("openai/gsm8k:test")
     assert example.answer == "18" and example.steps == ("<<16-3-4=9>>", "<<9*2=18>>")

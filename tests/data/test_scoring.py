@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 from coconav.data.readers import read_coconut_json
 from coconav.data.records import Example
 from coconav.data.scoring import extract_final_text, is_correct_text, score
 from coconav.errors import DataError
-from conftest import real_data_path
 
+from conftest import real_data_path
 
 
 @pytest.mark.parametrize(

@@ -345,7 +345,9 @@ class TinyTask(Task):
 
 def test_rejection_cap_stops_infinite_loop():
     with pytest.raises(ConfigError, match="question space looks exhausted"):
-        make_splits(TinyTask(), seed=0, train_size=0, validation_size=0, test_size=4, min_difficulty=1, max_difficulty=1)
+        make_splits(
+            TinyTask(), seed=0, train_size=0, validation_size=0, test_size=4, min_difficulty=1, max_difficulty=1
+        )
 
 
 @pytest.mark.parametrize(

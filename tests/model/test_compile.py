@@ -12,9 +12,9 @@ from torch._dynamo.utils import counters
 from coconav.config import ModelConfig
 from coconav.data.tokenizer import task_tokenizer
 from coconav.model.build import build_latent_lm
-from coconav.rollout import roll_out
-from tests.model.test_static_cache import prompts_for, varied_lm
-from tests.test_rollout import questions, steering_navigator
+from coconav.rl.rollout import roll_out
+
+from conftest import prompts_for, questions, steering_navigator, varied_lm
 
 
 @pytest.fixture(scope="module")
@@ -47,17 +47,32 @@ def test_compiled_navigator_rollouts_equal_eager(models):
     eager, compiled = models
     examples = questions(4)
     seeds = torch.arange(7, 7 + 4 * 3)
-    ref = roll_out(eager, steering_navigator(seed=5).float(), examples, num_trajectories=3, sample=True,
-                   max_new_tokens=6, seeds=seeds)
-    out = roll_out(compiled, steering_navigator(seed=5).float(), examples, num_trajectories=3, sample=True,
-                   max_new_tokens=6, seeds=seeds)
+    ref = roll_out(
+        eager,
+        steering_navigator(seed=5).float(),
+        examples,
+        num_trajectories=3,
+        sample=True,
+        max_new_tokens=6,
+        seeds=seeds,
+    )
+    out = roll_out(
+        compiled,
+        steering_navigator(seed=5).float(),
+        examples,
+        num_trajectories=3,
+        sample=True,
+        max_new_tokens=6,
+        seeds=seeds,
+    )
     assert out.num_thoughts.tolist() == ref.num_thoughts.tolist() and out.texts == ref.texts
     torch.testing.assert_close(out.actions, ref.actions, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(out.values, ref.values, atol=1e-4, rtol=1e-4)
 
 
 def test_compile_is_a_model_setting():
-    cfg = ModelConfig(name_or_path="scratch-llama", hidden_size=32, num_layers=1, num_heads=4, intermediate_size=64,
-                      compile=True)
+    cfg = ModelConfig(
+        name_or_path="scratch-llama", hidden_size=32, num_layers=1, num_heads=4, intermediate_size=64, compile=True
+    )
     lm = build_latent_lm(cfg, task_tokenizer("arithmetic"))
     assert lm.is_compiled and lm.kv_cache == "static"  # compiled lazily: nothing is compiled until a call

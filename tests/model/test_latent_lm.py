@@ -11,11 +11,17 @@ from transformers.masking_utils import create_causal_mask
 
 from coconav.config import LoraConfig, ModelConfig
 from coconav.data.tokenizer import build_word_tokenizer
-from coconav.model.build import build_latent_lm
 from coconav.errors import ConfigError
+from coconav.model.build import build_latent_lm
 from coconav.model.cache import PassCache
-from coconav.model.latent_lm import (LatentLM, ThoughtDecision, add_latent_tokens, pass_bounds, positions_from_mask,
-                                     thought_span)
+from coconav.model.latent_lm import (
+    LatentLM,
+    ThoughtDecision,
+    add_latent_tokens,
+    pass_bounds,
+    positions_from_mask,
+    thought_span,
+)
 
 ARCHS = ["scratch-llama", "scratch-gpt2"]
 WORDS = [str(i) for i in range(10)] + "+ - * = << >> ? ###".split()
@@ -23,8 +29,15 @@ WORDS = [str(i) for i in range(10)] + "+ - * = << >> ? ###".split()
 
 def tiny_lm(arch: str, seed: int = 0, **kwargs) -> LatentLM:
     torch.manual_seed(seed)
-    cfg = ModelConfig(name_or_path=arch, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
-                      tie_embeddings=arch == "scratch-gpt2", **kwargs)
+    cfg = ModelConfig(
+        name_or_path=arch,
+        hidden_size=32,
+        num_layers=2,
+        num_heads=4,
+        intermediate_size=64,
+        tie_embeddings=arch == "scratch-gpt2",
+        **kwargs,
+    )
     return build_latent_lm(cfg, build_word_tokenizer(WORDS)).eval()
 
 
@@ -52,14 +65,18 @@ def naive_logits(lm: LatentLM, ids: torch.Tensor, mask: torch.Tensor) -> list[to
     s = lm.special
     out = []
     for b in range(ids.shape[0]):
-        row, m = ids[b:b + 1], mask[b:b + 1]
+        row, m = ids[b : b + 1], mask[b : b + 1]
         emb = lm.embed(row.masked_fill(row == s.thought, s.pad))
         pos = positions_from_mask(m)
         for col in (row[0] == s.thought).nonzero().flatten().tolist():
-            hidden = lm.causal_lm(inputs_embeds=emb[:, :col], attention_mask=m[:, :col], position_ids=pos[:, :col],
-                                  output_hidden_states=True).hidden_states[-1]
+            hidden = lm.causal_lm(
+                inputs_embeds=emb[:, :col],
+                attention_mask=m[:, :col],
+                position_ids=pos[:, :col],
+                output_hidden_states=True,
+            ).hidden_states[-1]
             thought = lm.to_thought(hidden[:, -1])
-            emb = torch.cat([emb[:, :col], thought[:, None], emb[:, col + 1:]], dim=1)
+            emb = torch.cat([emb[:, :col], thought[:, None], emb[:, col + 1 :]], dim=1)
         out.append(lm.causal_lm(inputs_embeds=emb, attention_mask=m, position_ids=pos).logits[0])
     return out
 
@@ -111,8 +128,13 @@ def test_full_attention_mask_slices_equal_transformers_per_pass_masks(arch, attn
     heads, head_dim = 4, lm.hidden_size // 4
     for a, b in pass_bounds(ids.shape[1], *thought_span(ids == lm.special.thought)):
         prefix = [(torch.zeros(3, heads, a, head_dim),) * 2] * lm.num_layers if a > 0 else None
-        ref = create_causal_mask(config=lm.decoder.config, inputs_embeds=embeds[:, a:b], attention_mask=mask[:, :b],
-                                 cache=PassCache(prefix, lm.num_layers), position_ids=positions[:, a:b])
+        ref = create_causal_mask(
+            config=lm.decoder.config,
+            inputs_embeds=embeds[:, a:b],
+            attention_mask=mask[:, :b],
+            cache=PassCache(prefix, lm.num_layers),
+            position_ids=positions[:, a:b],
+        )
         assert ref is not None and torch.equal(full[:, :, a:b, :b], ref), (a, b)
 
 
@@ -123,8 +145,10 @@ def test_full_attention_mask_is_none_without_padding():
     assert lm.full_attention_mask(lm.embed(ids), torch.ones_like(ids)) is None
 
 
-@pytest.mark.parametrize("setting", [("sliding_window", 4), ("attention_chunk_size", 4),
-                                     ("layer_types", ["full_attention", "sliding_attention"])])
+@pytest.mark.parametrize(
+    "setting",
+    [("sliding_window", 4), ("attention_chunk_size", 4), ("layer_types", ["full_attention", "sliding_attention"])],
+)
 def test_full_attention_mask_is_none_when_layers_need_other_masks(setting):
     """transformers hands a 4-D mask to every layer as is: sliding-window or chunked layers need their own."""
     lm = tiny_lm("scratch-llama")
@@ -201,7 +225,9 @@ def test_thought_input_is_previous_hidden_state():
     ids, mask, _ = uneven_batch(lm)
     inputs, outputs = [], []
     decoder = lm.decoder
-    h1 = decoder.register_forward_pre_hook(lambda m, a, kw: inputs.append(kw["inputs_embeds"].detach()), with_kwargs=True)
+    h1 = decoder.register_forward_pre_hook(
+        lambda m, a, kw: inputs.append(kw["inputs_embeds"].detach()), with_kwargs=True
+    )
     h2 = decoder.register_forward_hook(lambda m, a, o: outputs.append(o.last_hidden_state.detach()))
     lm(ids, mask)
     h1.remove()
@@ -252,17 +278,31 @@ def test_generation_matches_teacher_forced_forward():
     logits = lm(ids, torch.ones_like(ids), return_logits=True).logits[0]
     # the greedy token after <eot> and after each generated token is the argmax of the teacher-forced logits
     start = len(prompt) + 2
-    assert logits[start: start + len(tokens)].argmax(-1).tolist() == tokens
+    assert logits[start : start + len(tokens)].argmax(-1).tolist() == tokens
 
 
 def test_sampling_is_reproducible_with_a_generator():
     lm = tiny_lm("scratch-llama")
     s = lm.special
     prompts = [[7, 8, s.bot], [9, s.bot]]
-    a = lm.generate(prompts, 2, do_sample=True, temperature=1.5, top_p=0.9, max_new_tokens=5,
-                    generator=torch.Generator().manual_seed(1))
-    b = lm.generate(prompts, 2, do_sample=True, temperature=1.5, top_p=0.9, max_new_tokens=5,
-                    generator=torch.Generator().manual_seed(1))
+    a = lm.generate(
+        prompts,
+        2,
+        do_sample=True,
+        temperature=1.5,
+        top_p=0.9,
+        max_new_tokens=5,
+        generator=torch.Generator().manual_seed(1),
+    )
+    b = lm.generate(
+        prompts,
+        2,
+        do_sample=True,
+        temperature=1.5,
+        top_p=0.9,
+        max_new_tokens=5,
+        generator=torch.Generator().manual_seed(1),
+    )
     assert a.sequences.tolist() == b.sequences.tolist()
 
 
@@ -323,8 +363,8 @@ def test_add_latent_tokens_initialises_from_reference_token():
     # with the word tokenizer (they are always special), so check the no-op and the resize path separately
     model = GPT2LMHeadModel(GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=len(tok)))
     assert add_latent_tokens(model, tok) == []
-    from transformers import PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
 
     vocab = {w: i for i, w in enumerate(["<pad>", "<eos>", "<unk>", *WORDS])}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))

@@ -115,8 +115,11 @@ def test_topk_read_weights_by_sharpened_similarity():
     # weights = softmax([1, .70711] / .1) = softmax([10, 7.0711]): w0 = 1 / (1 + e^-2.9289) = .94926
     # readout = w0 * 10 + w1 * 20
     bank = PersistentMemory(2, 1, size=4, topk=2)
-    bank.write(torch.tensor([[1.0, 1.0], [1.0, 0.0], [-1.0, 0.0]]), torch.tensor([[10.0], [20.0], [99.0]]),
-               torch.tensor([1.0, 1.0, 1.0]))
+    bank.write(
+        torch.tensor([[1.0, 1.0], [1.0, 0.0], [-1.0, 0.0]]),
+        torch.tensor([[10.0], [20.0], [99.0]]),
+        torch.tensor([1.0, 1.0, 1.0]),
+    )
     readout, _ = bank.read(torch.tensor([[1.0, 1.0]]))
     w0 = 1 / (1 + math.exp(-(1 - math.sqrt(0.5)) / 0.1))
     assert w0 == pytest.approx(0.94926, abs=1e-5)
@@ -134,14 +137,14 @@ def test_eviction_lowest_return_first_then_oldest():
         return [(float(bank.values[i, 0]), float(bank.returns[i])) for i in range(bank.filled)]
 
     # returns are binary fractions so that float32 compares exactly
-    write(1, 0.5)   # slot 0, age 0
-    write(2, 1.0)   # slot 1, age 1
+    write(1, 0.5)  # slot 0, age 0
+    write(2, 1.0)  # slot 1, age 1
     write(3, 0.75)  # full: lowest return .5 (slot 0) goes
     assert stored() == [(3, 0.75), (2, 1.0)]
     write(4, 0.25)  # lower than everything stored: not written
     assert stored() == [(3, 0.75), (2, 1.0)]
     assert int(bank.count) == 3
-    write(5, 1.0)   # lowest is .75 (slot 0); the new entry gets age 3
+    write(5, 1.0)  # lowest is .75 (slot 0); the new entry gets age 3
     assert stored() == [(5, 1.0), (2, 1.0)]
     # now both hold 1.0: slot 1 (age 1) is older than slot 0 (age 3) -> slot 1 goes first
     write(6, 1.0)

@@ -3,38 +3,24 @@
 from __future__ import annotations
 
 import math
-import random
 
 import pytest
 import torch
 
-from coconav.config import ModelConfig, NavigatorConfig
+from coconav.config import NavigatorConfig
 from coconav.data.curriculum import encode_question
-from coconav.data.tasks import get_task
-from coconav.data.tokenizer import task_tokenizer
-from coconav.model.build import build_latent_lm
+from coconav.decode.controller import NavigatorController
 from coconav.model.latent_lm import LatentLM
 from coconav.model.navigator import Navigator, NavigatorOutput
-from coconav.model.controller import NavigatorController
-from coconav.rollout import roll_out
+from coconav.rl.rollout import roll_out
 
-
-def tiny_lm(seed: int = 0, hidden: int = 32) -> LatentLM:
-    torch.manual_seed(seed)
-    cfg = ModelConfig(name_or_path="scratch-llama", hidden_size=hidden, num_layers=2, num_heads=4, intermediate_size=64)
-    return build_latent_lm(cfg, task_tokenizer("arithmetic")).eval()
+from conftest import ScheduledHalt, questions, tiny_lm
 
 
 def nav_cfg(**kw) -> NavigatorConfig:
     base = dict(hidden=16, action_dim=4, max_thoughts=4)
     base.update(kw)
     return NavigatorConfig(**base)
-
-
-def questions(n: int, seed: int = 0) -> list:
-    rng = random.Random(seed)
-    task = get_task("arithmetic")
-    return [task.generate(rng, 1 + i % 4) for i in range(n)]
 
 
 def prompts_of(lm: LatentLM, examples) -> list[list[int]]:
@@ -45,11 +31,11 @@ def prompts_of(lm: LatentLM, examples) -> list[list[int]]:
 
 
 def test_zero_up_projection_feeds_plain_coconut_thoughts():
-    lm = tiny_lm()
+    lm = tiny_lm(seed=0)
     torch.manual_seed(1)
     nav = Navigator(lm.hidden_size, nav_cfg(init_halt_bias=0.0, init_log_std=0.5))
     assert bool((nav.up.weight == 0).all())
-    examples = questions(6)
+    examples = questions(6, seed=0)
     prompts = prompts_of(lm, examples)
     # sampled steering actions (nonzero) and sampled halting: every example stops at its own step
     ctrl = NavigatorController(nav, sample=True, generator=torch.Generator().manual_seed(0))
@@ -62,21 +48,6 @@ def test_zero_up_projection_feeds_plain_coconut_thoughts():
     assert torch.equal(steered.thoughts, plain.thoughts)
     assert steered.sequences.tolist() == plain.sequences.tolist()
     assert steered.texts == plain.texts
-
-
-class ScheduledHalt(Navigator):
-    """Halt logits replaced by a schedule: the question whose key (h_0) is nearest to keys[j] halts at step
-    targets[j] (logit +8 from then on, -8 before); everything else is the real navigator."""
-
-    def set_schedule(self, keys: torch.Tensor, targets: list[int]) -> None:
-        self.keys, self.targets = keys.float(), torch.tensor(targets)
-
-    def forward(self, states, question_keys, *rest, **kw):
-        out = super().forward(states, question_keys, *rest, **kw)
-        target = self.targets[torch.cdist(question_keys.float(), self.keys).argmin(-1)]
-        t = torch.arange(states.shape[1])[None, -out.halt_logits.shape[1]:]  # the last step only with last_only
-        out.halt_logits = torch.where(t >= target[:, None], 8.0, -8.0)
-        return out
 
 
 def test_untrained_navigator_rollout_answers_equal_coconut_greedy():
@@ -107,11 +78,11 @@ def test_step_masks_default():
     nav = Navigator(8, nav_cfg(max_thoughts=4))
     # n = [0, 2, 4], T = 5 = max + 1
     got = as_lists(nav.step_masks(torch.tensor([0, 2, 4]), 5))
-    assert got["valid"] == [[1, 0, 0, 0, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]   # t <= n
-    assert got["steer"] == [[0, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 0]]   # t < n: a thought was fed
+    assert got["valid"] == [[1, 0, 0, 0, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]  # t <= n
+    assert got["steer"] == [[0, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 0]]  # t < n: a thought was fed
     # a halting decision at every valid step before the budget; n = max halts by force (no decision at t = 4)
     assert got["decide"] == [[1, 0, 0, 0, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 0]]
-    assert got["halt"] == [[1, 0, 0, 0, 0], [0, 0, 1, 0, 0], [0, 0, 0, 0, 1]]    # t == n
+    assert got["halt"] == [[1, 0, 0, 0, 0], [0, 0, 1, 0, 0], [0, 0, 0, 0, 1]]  # t == n
 
 
 def test_step_masks_min_thoughts():
@@ -173,8 +144,9 @@ def test_log_probs_match_hand_computation():
     # the same numbers from torch.distributions
     from torch.distributions import Bernoulli, Normal
 
-    ref0 = (Normal(mean[0, 0], std * temperature).log_prob(actions[0, 0]).sum()
-            + Bernoulli(logits=halt_logits[0, 0]).log_prob(torch.tensor(0.0)))
+    ref0 = Normal(mean[0, 0], std * temperature).log_prob(actions[0, 0]).sum() + Bernoulli(
+        logits=halt_logits[0, 0]
+    ).log_prob(torch.tensor(0.0))
     torch.testing.assert_close(logp[0, 0], ref0)
 
 
@@ -254,16 +226,18 @@ def test_any_lm_hidden_size(hidden):
 
 
 def test_navigator_steers_an_lm_of_another_width():
-    lm = tiny_lm(hidden=48)
+    lm = tiny_lm(seed=0, hidden=48)
     nav = Navigator(lm.hidden_size, nav_cfg())
     with torch.no_grad():
         nav.up.weight.normal_()
-    traj = roll_out(lm, nav, questions(3), sample=True, max_new_tokens=4, generator=torch.Generator().manual_seed(0))
+    traj = roll_out(
+        lm, nav, questions(3, seed=0), sample=True, max_new_tokens=4, generator=torch.Generator().manual_seed(0)
+    )
     assert traj.question_keys.shape == (3, 48) and traj.actions.shape == (3, 4, 4)
 
 
 def test_parameters_are_separate_from_the_lm():
-    lm = tiny_lm()
+    lm = tiny_lm(seed=0)
     nav = Navigator(lm.hidden_size, nav_cfg())
     lm_ptrs = {p.data_ptr() for p in lm.parameters()} | {b.data_ptr() for b in lm.buffers()}
     nav_tensors = list(nav.parameters()) + list(nav.buffers())
@@ -283,6 +257,7 @@ def test_parameters_are_separate_from_the_lm():
 def group_batch(D: int = 32):
     """Two groups (rows 0-2 and 3-4) of random states; peers as the controller builds them."""
     from coconav.model.navigator import gather_peers, peer_index
+
     torch.manual_seed(1)
     states = torch.randn(5, 3, D)
     group = torch.tensor([0, 0, 0, 1, 1])
@@ -292,6 +267,7 @@ def group_batch(D: int = 32):
 
 def test_peer_index_lists_the_other_rows_of_each_group():
     from coconav.model.navigator import peer_index
+
     assert peer_index(torch.tensor([0, 0, 0, 1, 1])).tolist() == [[1, 2], [0, 2], [0, 1], [4, -1], [3, -1]]
     assert peer_index(torch.tensor([0, 1])).shape == (2, 0)
 
@@ -321,6 +297,7 @@ def test_group_memory_off_changes_nothing_but_the_group_read():
 
 def test_group_read_sees_only_existing_peer_states_up_to_the_step():
     from coconav.model.navigator import gather_peers, peer_index
+
     states, group, peers = group_batch()
     torch.manual_seed(0)
     nav = Navigator(32, nav_cfg(persistent_memory=False))
@@ -352,6 +329,7 @@ def test_new_parts_start_at_zero_and_a_checkpoint_without_them_loads(tmp_path):
 
     from coconav.checkpoint import load_module
     from coconav.errors import CheckpointError
+
     states, group, peers = group_batch()
     torch.manual_seed(0)
     nav = Navigator(32, nav_cfg())

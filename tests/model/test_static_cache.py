@@ -6,31 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from coconav.config import ModelConfig
-from coconav.data.tokenizer import task_tokenizer
 from coconav.errors import ConfigError
-from coconav.model.build import build_latent_lm
-from coconav.model.latent_lm import LatentLM
-from coconav.rollout import roll_out
-from tests.test_rollout import questions, scheduled_navigator, steering_navigator, tiny_lm
+from coconav.rl.rollout import roll_out
 
-
-def varied_lm(name: str = "scratch-llama") -> LatentLM:
-    """A random model whose greedy tokens vary (weights N(0, 0.1^2)), so token equality means something."""
-    torch.manual_seed(3)
-    cfg = ModelConfig(name_or_path=name, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64)
-    lm = build_latent_lm(cfg, task_tokenizer("arithmetic")).eval()
-    with torch.no_grad():
-        for param in lm.parameters():
-            if param.dim() >= 2:
-                param.normal_(0.0, 0.1)
-    return lm
-
-
-def prompts_for(lm: LatentLM, n: int = 12, seed: int = 1) -> list[list[int]]:
-    gen = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(2, 11, (n,), generator=gen)
-    return [torch.randint(5, 20, (int(k),), generator=gen).tolist() + [lm.special.bot] for k in lengths]
+from conftest import prompts_for, questions, scheduled_navigator, steering_navigator, tiny_lm, varied_lm
 
 
 @pytest.mark.parametrize("name", ["scratch-llama", "scratch-gpt2"])
@@ -59,7 +38,7 @@ def test_static_layout_has_fixed_shapes_and_writes_one_column_per_step():
     for layer in cache.cache.layers:
         assert layer.keys.shape[2] == width + 5
     # rows that stopped thinking keep their thought columns masked: row 0 sees none, row 3 all three
-    thought_columns = cache.mask[:, width:width + 3]
+    thought_columns = cache.mask[:, width : width + 3]
     assert thought_columns.tolist() == [[0, 0, 0], [1, 0, 0], [1, 1, 0], [1, 1, 1]]
     assert cache.mask[:, width + 3].tolist() == [1, 1, 1, 1]  # <eot>
     with pytest.raises(RuntimeError, match="do it between the prefill and the first step"):

@@ -11,7 +11,7 @@ def test_a_rows_draws_do_not_depend_on_the_other_rows():
     seeds = torch.tensor([7, 8, 9])
     together = stream_normal(seeds, step=3, size=5)
     for i in range(3):
-        torch.testing.assert_close(stream_normal(seeds[i: i + 1], step=3, size=5)[0], together[i], rtol=0, atol=0)
+        torch.testing.assert_close(stream_normal(seeds[i : i + 1], step=3, size=5)[0], together[i], rtol=0, atol=0)
     assert not torch.equal(together[0], together[1])
     assert not torch.equal(stream_normal(seeds, 4, 5), together)  # another step, other noise
     assert not torch.equal(stream_uniform(seeds, 3, 5, STEER), stream_uniform(seeds, 3, 5, HALT))  # other salt

@@ -17,7 +17,7 @@ from coconav.recipes import train_coconut
 args = sys.argv[1:]
 resume = args[0] == "--resume"
 out, overrides = (args[1], args[2:]) if resume else (args[0], args[1:])
-cfg = load_config("coconav/recipes/demo.yaml", [f"out_dir={out}", *overrides])
+cfg = load_config("configs/demo.yaml", [f"out_dir={out}", *overrides])
 run, state = train_coconut.build_run(cfg, resume=out if resume else None)
 train_coconut.train_run(run, state, resumed=resume)
 rank = run.accelerator.process_index

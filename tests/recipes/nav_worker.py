@@ -25,8 +25,15 @@ def recording_sample(run, update):
     return batch
 
 
-def barrier_and_dump(run):  # every rank calls the barrier, the last time after the final evaluation
-    wait(run)
+def recording_build(*args, **kwargs):
+    run, start = build(*args, **kwargs)
+    runs.append(run)
+    return run, start
+
+
+def barrier_and_dump(accelerator):  # every rank calls the barrier, the last time after the final evaluation
+    wait(accelerator)
+    run = runs[-1]
     rank = run.accelerator.process_index
     state = {k: v.detach().contiguous() for k, v in run.navigator.state_dict().items()}
     state.update({f"lm.{n}": p.detach().contiguous() for n, p in run.lm.named_parameters() if p.requires_grad})
@@ -35,7 +42,8 @@ def barrier_and_dump(run):  # every rank calls the barrier, the last time after 
         json.dump(seen, f)
 
 
-wait = train_navigator.barrier
+wait, build, runs = train_navigator.barrier, train_navigator.build, []
+train_navigator.build = recording_build
 train_navigator.sample_questions = recording_sample
 train_navigator.barrier = barrier_and_dump
 train_navigator.train(cfg)

@@ -16,10 +16,24 @@ import torch
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ["model.hidden_size=16", "model.num_layers=1", "model.num_heads=2", "model.intermediate_size=32",
-        "data.train_size=256", "data.validation_size=0", "data.test_size=0", "train.batch_size=8",
-        "train.first_stage_steps=3", "train.steps_per_stage=2", "train.warmup_steps=1", "curriculum.max_stage=2",
-        "train.final_stage_steps=1", "log.progress=false", "threads=1", "train.grad_accum=2"]
+TINY = [
+    "model.hidden_size=16",
+    "model.num_layers=1",
+    "model.num_heads=2",
+    "model.intermediate_size=32",
+    "data.train_size=256",
+    "data.validation_size=0",
+    "data.test_size=0",
+    "train.batch_size=8",
+    "train.first_stage_steps=3",
+    "train.steps_per_stage=2",
+    "train.warmup_steps=1",
+    "curriculum.max_stage=2",
+    "train.final_stage_steps=1",
+    "log.progress=false",
+    "threads=1",
+    "train.grad_accum=2",
+]
 # the same global batch of 16 examples in 4 micro-batches of 4, on 2 ranks or on 1, length-grouped (pools of 2
 # global batches, re-arranged after mixing); validation for the FSDP check
 EQUAL = [*TINY, "train.length_pool=2", "data.validation_size=8", "curriculum.mix_prob=0.3"]
@@ -30,8 +44,18 @@ LAST = "stage-3"
 
 def launch(out: Path, overrides: list[str], nproc: int = 2, resume: bool = False) -> str:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-           str(ROOT / "tests/recipes/ddp_worker.py"), *(["--resume"] if resume else []), str(out), *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(nproc),
+        str(ROOT / "tests/recipes/ddp_worker.py"),
+        *(["--resume"] if resume else []),
+        str(out),
+        *overrides,
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for r in range(nproc):
@@ -71,7 +95,9 @@ def test_two_processes_equal_one_process_with_the_same_global_batch_also_after_a
     one = tmp_path / "one"
     launch(one, [*EQUAL, *ONE_RANK], nproc=1)
     assert_same(weights(ddp_run), weights(one))
-    assert not torch.equal(weights(one, "stage-0")["model.embed_tokens.weight"], weights(one)["model.embed_tokens.weight"])
+    assert not torch.equal(
+        weights(one, "stage-0")["model.embed_tokens.weight"], weights(one)["model.embed_tokens.weight"]
+    )
     # resume the 2-process run from its stage-1 checkpoint (optimizer state, position) to the end
     resumed = tmp_path / "resumed"
     shutil.copytree(ddp_run, resumed)
@@ -84,15 +110,18 @@ def test_two_processes_equal_one_process_with_the_same_global_batch_also_after_a
 def test_fsdp_run_equals_ddp_and_its_checkpoint_reloads_and_evaluates_in_one_process(ddp_run, tmp_path):
     from coconav.checkpoint import load_trainer_state, read_optimizer_state
     from coconav.config import load_config
-    from coconav.evaluate import evaluate
     from coconav.data.splits import load_splits
+    from coconav.eval.evaluate import evaluate
     from coconav.model.latent_lm import LatentLM
 
     launch(tmp_path, [*EQUAL, *TWO_RANKS, "train.fsdp=true"])
     assert not list(tmp_path.glob("rank-*.safetensors"))  # the sharded worker really ran sharded
     assert_same(weights(tmp_path), weights(ddp_run))
     # the optimizer state was gathered in full, in the layout a 1-process optimizer loads
-    sharded, full = read_optimizer_state(tmp_path / "checkpoints" / LAST), read_optimizer_state(ddp_run / "checkpoints" / LAST)
+    sharded, full = (
+        read_optimizer_state(tmp_path / "checkpoints" / LAST),
+        read_optimizer_state(ddp_run / "checkpoints" / LAST),
+    )
     assert sharded["state"].keys() == full["state"].keys() and full["state"]
     for pid, slots in full["state"].items():
         for key, value in slots.items():
@@ -101,10 +130,16 @@ def test_fsdp_run_equals_ddp_and_its_checkpoint_reloads_and_evaluates_in_one_pro
     ckpt = tmp_path / "checkpoints" / LAST
     lm = LatentLM.from_pretrained(ckpt)
     assert load_trainer_state(ckpt, restore_rng=False).stage_done
-    cfg = load_config("coconav/recipes/demo.yaml", [f"out_dir={tmp_path}", *EQUAL, *TWO_RANKS])
+    cfg = load_config("configs/demo.yaml", [f"out_dir={tmp_path}", *EQUAL, *TWO_RANKS])
     recorded = json.loads((tmp_path / "stages.json").read_text())[-1]
-    result = evaluate(lm, load_splits(cfg.data, cfg.seed).validation, recorded["mode"], recorded["num_thoughts"],
-                      cfg.eval, seed=cfg.seed).summary()
+    result = evaluate(
+        lm,
+        load_splits(cfg.data, cfg.seed).validation,
+        recorded["mode"],
+        recorded["num_thoughts"],
+        cfg.eval,
+        seed=cfg.seed,
+    ).summary()
     for key in ("accuracy", "mean_thoughts", "mean_new_tokens", "mean_forward_passes", "num_questions"):
         assert result[key] == recorded[key], key
     # a sharded resume from stage 1 takes its slice of the saved full optimizer state and ends where DDP did
@@ -134,8 +169,17 @@ def test_navigator_ppo_on_two_ranks_keeps_identical_navigators_and_splits_the_gl
         cfg["model"] = {"lora": {"r": 2, "alpha": 4, "target_modules": ["q_proj", "v_proj"]}}
     (tmp_path / "nav.yaml").write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ROOT / "tests/recipes/nav_worker.py"), str(tmp_path / "nav.yaml"), str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(ROOT / "tests/recipes/nav_worker.py"),
+        str(tmp_path / "nav.yaml"),
+        str(out),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("navigator done") == 2, proc.stdout

@@ -16,13 +16,20 @@ from coconav.recipes import train_coconut
 
 def continue_config(init_from: Path, out_dir: Path, **model) -> RunConfig:
     """A two-step COCONUT run on the arithmetic task starting from `init_from`."""
-    return from_dict(RunConfig, {
-        "out_dir": str(out_dir), "threads": 1, "init_from": str(init_from), "model": model,
-        "data": {"task": "arithmetic", "train_size": 16, "validation_size": 2, "test_size": 2, "max_difficulty": 2},
-        "curriculum": {"mode": "coconut", "thoughts_per_step": 1, "max_stage": 2, "start_stage": 2},
-        "train": {"batch_size": 4, "final_stage_steps": 2, "warmup_steps": 1},
-        "eval": {"max_new_tokens": 4}, "log": {"progress": False},
-    })
+    return from_dict(
+        RunConfig,
+        {
+            "out_dir": str(out_dir),
+            "threads": 1,
+            "init_from": str(init_from),
+            "model": model,
+            "data": {"task": "arithmetic", "train_size": 16, "validation_size": 2, "test_size": 2, "max_difficulty": 2},
+            "curriculum": {"mode": "coconut", "thoughts_per_step": 1, "max_stage": 2, "start_stage": 2},
+            "train": {"batch_size": 4, "final_stage_steps": 2, "warmup_steps": 1},
+            "eval": {"max_new_tokens": 4},
+            "log": {"progress": False},
+        },
+    )
 
 
 def test_init_from_a_lora_checkpoint_trains_its_adapters(lora_coconut: Path, tmp_path: Path):
@@ -67,8 +74,13 @@ def test_init_from_and_resume_keep_the_checkpoint_dtype(bf16_coconut: Path, tmp_
 
 
 def test_stage_at_follows_the_stage_lengths_and_skips_empty_stages():
-    cfg = from_dict(RunConfig, {"curriculum": {"mode": "coconut", "max_stage": 2},
-                                "train": {"first_stage_steps": 3, "steps_per_stage": 2, "final_stage_steps": 1}})
+    cfg = from_dict(
+        RunConfig,
+        {
+            "curriculum": {"mode": "coconut", "max_stage": 2},
+            "train": {"first_stage_steps": 3, "steps_per_stage": 2, "final_stage_steps": 1},
+        },
+    )
     # stages 0, 1, 2, 3 last 3, 2, 2, 1 steps
     assert [train_coconut.stage_at(cfg, s, 100, 1) for s in range(9)] == [0, 0, 0, 1, 1, 2, 2, 3, 3]
     cfg.train.final_stage_steps = 0  # stage 3 skipped: step 7 on stays in the last stage that trains
@@ -77,15 +89,28 @@ def test_stage_at_follows_the_stage_lengths_and_skips_empty_stages():
 
 def grouping_run(out_dir: Path, length_pool: int) -> dict:
     """A 3-stage COCONUT run on arithmetic problems of 1-4 steps (lengths vary), 4 micro-batches per step."""
-    cfg = from_dict(RunConfig, {
-        "out_dir": str(out_dir), "threads": 1, "model": {"hidden_size": 16, "num_layers": 1, "num_heads": 2,
-                                                         "intermediate_size": 32},
-        "data": {"task": "arithmetic", "train_size": 96, "validation_size": 0, "test_size": 2, "max_difficulty": 4},
-        "curriculum": {"mode": "coconut", "thoughts_per_step": 1, "max_stage": 1},
-        "train": {"batch_size": 16, "grad_accum": 4, "length_pool": length_pool, "first_stage_steps": 6,
-                  "steps_per_stage": 6, "final_stage_steps": 6, "warmup_steps": 1, "log_every": 2},
-        "eval": {"max_new_tokens": 4}, "log": {"progress": False},
-    })
+    cfg = from_dict(
+        RunConfig,
+        {
+            "out_dir": str(out_dir),
+            "threads": 1,
+            "model": {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "intermediate_size": 32},
+            "data": {"task": "arithmetic", "train_size": 96, "validation_size": 0, "test_size": 2, "max_difficulty": 4},
+            "curriculum": {"mode": "coconut", "thoughts_per_step": 1, "max_stage": 1},
+            "train": {
+                "batch_size": 16,
+                "grad_accum": 4,
+                "length_pool": length_pool,
+                "first_stage_steps": 6,
+                "steps_per_stage": 6,
+                "final_stage_steps": 6,
+                "warmup_steps": 1,
+                "log_every": 2,
+            },
+            "eval": {"max_new_tokens": 4},
+            "log": {"progress": False},
+        },
+    )
     results = train_coconut.train(cfg)
     records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
     return {"results": results, "train": [r for r in records if "train/loss" in r]}
@@ -108,15 +133,26 @@ def test_metrics_log_real_tokens_and_computed_columns_and_grouping_cuts_the_padd
 
 def scratch_config(out_dir: Path, **train) -> RunConfig:
     """A fresh tiny scratch-Llama COCONUT run on the arithmetic task."""
-    return from_dict(RunConfig, {
-        "out_dir": str(out_dir), "threads": 1,
-        "model": {"name_or_path": "scratch-llama", "hidden_size": 32, "num_layers": 1, "num_heads": 4,
-                  "intermediate_size": 64, "gradient_checkpointing": train.pop("gradient_checkpointing", False)},
-        "data": {"task": "arithmetic", "train_size": 8, "validation_size": 2, "test_size": 2, "max_difficulty": 2},
-        "curriculum": {"mode": "coconut", "thoughts_per_step": 1, "max_stage": 1},
-        "train": {"batch_size": 4, "steps_per_stage": 1, "warmup_steps": 1, **train},
-        "eval": {"max_new_tokens": 4}, "log": {"progress": False},
-    })
+    return from_dict(
+        RunConfig,
+        {
+            "out_dir": str(out_dir),
+            "threads": 1,
+            "model": {
+                "name_or_path": "scratch-llama",
+                "hidden_size": 32,
+                "num_layers": 1,
+                "num_heads": 4,
+                "intermediate_size": 64,
+                "gradient_checkpointing": train.pop("gradient_checkpointing", False),
+            },
+            "data": {"task": "arithmetic", "train_size": 8, "validation_size": 2, "test_size": 2, "max_difficulty": 2},
+            "curriculum": {"mode": "coconut", "thoughts_per_step": 1, "max_stage": 1},
+            "train": {"batch_size": 4, "steps_per_stage": 1, "warmup_steps": 1, **train},
+            "eval": {"max_new_tokens": 4},
+            "log": {"progress": False},
+        },
+    )
 
 
 def test_train_compile_compiles_the_training_forward_only(tmp_path: Path):

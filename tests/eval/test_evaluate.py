@@ -1,0 +1,104 @@
+"""Evaluation: aggregates, forward-pass counting, the thought count rule, Spearman, the metric logger."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from coconav.common import MetricLogger
+from coconav.config import EvalConfig, ModelConfig
+from coconav.data.records import Example
+from coconav.data.tokenizer import task_tokenizer
+from coconav.eval.evaluate import QuestionResult, aggregate, evaluate, spearman
+from coconav.model.build import build_latent_lm
+
+
+def record(correct: bool, difficulty: int, thoughts: int, tokens: int) -> QuestionResult:
+    return QuestionResult("q", "1", "### 1", correct, difficulty, thoughts, tokens, 1 + thoughts + tokens)
+
+
+def test_aggregate_means_and_groups():
+    res = aggregate([record(True, 1, 2, 3), record(False, 1, 4, 3), record(True, 2, 6, 5)], seconds=3.0)
+    assert res.accuracy == pytest.approx(2 / 3)
+    assert res.accuracy_by_difficulty == {"1": 0.5, "2": 1.0}
+    assert res.mean_thoughts == pytest.approx(4.0)  # (2 + 4 + 6) / 3
+    assert res.mean_new_tokens == pytest.approx(11 / 3)
+    assert res.mean_forward_passes == pytest.approx((6 + 8 + 12) / 3)  # 1 + thoughts + tokens each
+    assert res.mean_thoughts_by_difficulty == {"1": 3.0, "2": 6.0}
+    assert res.seconds_per_question == pytest.approx(1.0)
+    assert "questions" not in res.summary()
+
+
+def test_spearman():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # ties get their mean rank: x ranks [0.5, 0.5, 2, 3], y ranks [0, 1, 2, 3] -> r = 0.9487 (hand-computed)
+    assert spearman([1, 1, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486833, abs=1e-6)
+    assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))
+
+
+def test_evaluate_counts_passes_and_uses_the_given_thought_count():
+    torch.manual_seed(0)
+    lm = build_latent_lm(
+        ModelConfig(name_or_path="scratch-llama", hidden_size=32, num_layers=1, num_heads=2, intermediate_size=32),
+        task_tokenizer("arithmetic"),
+    )
+    examples = [
+        Example("3 + 4 ?", ("<< 7 = 3 + 4 >>",), "7"),
+        Example("1 + 2 * 3 - 1 ?", ("<< 3 = 1 + 2 >>", "<< 9 = 3 * 3 >>", "<< 8 = 9 - 1 >>"), "8"),
+    ]
+    res = evaluate(lm, examples, "coconut", 5, EvalConfig(max_new_tokens=6, batch_size=1))
+    # every question gets the given count, whatever its number of gold steps
+    assert [q.num_thoughts for q in res.questions] == [5, 5]
+    assert all(q.forward_passes == 1 + 5 + q.new_tokens for q in res.questions)
+    cot = evaluate(lm, examples, "cot", 0, EvalConfig(max_new_tokens=6))
+    assert [q.num_thoughts for q in cot.questions] == [0, 0]
+    assert all(q.forward_passes == 1 + q.new_tokens for q in cot.questions)
+
+
+def test_metric_logger_writes_jsonl_and_starts_fresh(tmp_path):
+    log = MetricLogger(tmp_path)
+    log.log({"train/loss": 1.5}, step=1)
+    log.log({"train/loss": 1.0, "eval/accuracy": 0.5}, step=2)
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(d["step"], d["train/loss"]) for d in lines] == [(1, 1.5), (2, 1.0)]
+    MetricLogger(tmp_path, fresh=True).log({"train/loss": 9.0}, step=1)
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+@pytest.mark.parametrize("budget, chosen, fits", [(16.0, 0.5, True), (25.0, 0.1, True), (5.0, 0.7, False)])
+def test_halt_threshold_for_a_budget_is_the_most_accurate_that_fits(monkeypatch, budget, chosen, fits):
+    """Threshold -> (accuracy, passes): the most accurate that fits wins, ties go to fewer passes, and when none
+    fits the fewest passes; K > 1 evaluates the fused trajectories; the threshold is an argument (the navigator's
+    config is never changed)."""
+    from types import SimpleNamespace
+
+    from coconav.config import NavigatorConfig
+    from coconav.eval import evaluate as ev
+
+    table = {0.1: (0.95, 20.0), 0.3: (0.90, 15.0), 0.5: (0.90, 14.0), 0.7: (0.80, 10.0)}
+    calls = []
+
+    def fake(kind):
+        def run(lm, navigator, examples, cfg, *args, **kwargs):
+            calls.append((kind, kwargs["halt_threshold"], args))
+            acc, passes = table[kwargs["halt_threshold"]]
+            return SimpleNamespace(
+                accuracy=acc, mean_forward_passes=passes, mean_thoughts=1.0, compute_per_question=passes
+            )
+
+        return run
+
+    monkeypatch.setattr(ev, "evaluate_navigator", fake("k1"))
+    monkeypatch.setattr(ev, "evaluate_multi", fake("multi"))
+    nav = SimpleNamespace(cfg=NavigatorConfig(halt_threshold=0.4))
+    choice = ev.choose_halt_threshold(None, nav, [], EvalConfig(), budget, [0.7, 0.1, 0.5, 0.3, 0.5])
+    assert (choice.threshold, choice.fits, choice.budget) == (chosen, fits, budget)
+    assert [t["threshold"] for t in choice.tried] == [0.1, 0.3, 0.5, 0.7]  # each once, in order
+    assert nav.cfg.halt_threshold == 0.4 and {c[0] for c in calls} == {"k1"}
+    calls.clear()
+    ev.choose_halt_threshold(None, nav, [], EvalConfig(), budget, [0.3], num_trajectories=5, fusion="value")
+    assert calls == [("multi", 0.3, (5, "value"))]
