@@ -186,13 +186,18 @@ def compare_row(accuracy: float, compute: float, envelope: Sequence, oracle: Seq
     frontier_accuracy_at_passes (the envelope at the row's compute; None below the cheapest budget),
     gain_over_frontier (the row's accuracy minus that), oracle_accuracy_at_passes, and
     passes_saved_at_equal_accuracy (the envelope's compute at the row's accuracy minus the row's compute;
-    None when the envelope never reaches that accuracy). "passes" here means compute_per_question."""
+    None when the envelope never reaches that accuracy) and headroom_taken (the gain over the envelope as a share
+    of the oracle's: 1 = the oracle, 0 = the envelope; None without headroom). "passes" here means
+    compute_per_question."""
     envelope = as_points(envelope)
     at = envelope_at(envelope, compute)
     needed = compute_at(envelope, accuracy)
+    ceiling = envelope_at(as_points(oracle), compute) if oracle is not None else None
+    room = None if at is None or ceiling is None else ceiling - at
     return {
         "frontier_accuracy_at_passes": at,
         "gain_over_frontier": None if at is None else accuracy - at,
-        "oracle_accuracy_at_passes": envelope_at(as_points(oracle), compute) if oracle is not None else None,
+        "oracle_accuracy_at_passes": ceiling,
         "passes_saved_at_equal_accuracy": None if needed is None else needed - compute,
+        "headroom_taken": (accuracy - at) / room if room is not None and room > 1e-12 else None,
     }

@@ -381,9 +381,13 @@ def format_frontier(methods: dict[str, dict]) -> list[str]:
             if at is None
             else f"{100 * m['gain_over_frontier']:+.1f} points over the fixed budgets' envelope ({100 * at:.1f}%)"
         )
+        oracle = m.get("oracle_accuracy_at_passes")
+        taken = m.get("headroom_taken")
+        ceiling = "" if oracle is None else f"; the oracle reaches {100 * oracle:.1f}%"
+        share = "" if taken is None else f" ({100 * taken:.0f}% of that headroom taken)"
         lines.append(
             f"{name}: {100 * m['accuracy']:.1f}% at {m['compute_per_question']:.1f} compute per question "
-            f"({m['mean_forward_passes']:.1f} passes): {gain}"
+            f"({m['mean_forward_passes']:.1f} passes): {gain}{ceiling}{share}"
         )
     return lines
 

@@ -87,13 +87,14 @@ def test_gain_over_frontier_has_the_sign_of_beating_it():
     assert above["gain_over_frontier"] == pytest.approx(0.25)
     assert above["passes_saved_at_equal_accuracy"] is None  # no fixed-budget mix reaches 0.75
     assert above["oracle_accuracy_at_passes"] == pytest.approx(0.75)
+    assert above["headroom_taken"] == pytest.approx(1.0)  # (0.75 - 0.5) / (0.75 - 0.5): at the oracle
     below = compare_row(0.5, 3.0, env, oracle)
     # the envelope gives 2/3 at 3 passes, and reaches 0.5 already at 2.5 passes: half a pass wasted
     assert below["gain_over_frontier"] == pytest.approx(0.5 - 2 / 3)
     assert below["passes_saved_at_equal_accuracy"] == pytest.approx(-0.5)
     cheap = compare_row(0.3, 1.0, env)
     assert cheap["frontier_accuracy_at_passes"] is None and cheap["gain_over_frontier"] is None
-    assert cheap["oracle_accuracy_at_passes"] is None
+    assert cheap["oracle_accuracy_at_passes"] is None and cheap["headroom_taken"] is None
 
 
 def test_options_from_records_and_the_whole_frontier():

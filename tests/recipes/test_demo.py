@@ -44,10 +44,10 @@ def test_the_standard_demo_keeps_its_four_rows():
 def test_the_hard_preset_asks_for_the_vote_rows_and_its_own_navigator():
     cfg = load_config(HARD)
     assert {"cot_vote", "coconut_noise_vote", "navigator"} <= set(cfg.demo.rows)
-    assert demo.navigator_preset(cfg, str(HARD), None) == str(REPO / "configs" / "demo_hard_navigator.yaml")
+    assert demo.navigator_preset(cfg, str(HARD), None) == str(REPO / "configs" / "demo_hard_halting.yaml")
     assert demo.navigator_preset(cfg, str(HARD), "mine.yaml") == "mine.yaml"  # --navigator-config wins
     assert (
-        load_config(REPO / "configs" / "demo_hard_navigator.yaml").navigator.max_thoughts
+        load_config(REPO / "configs" / "demo_hard_halting.yaml").navigator.max_thoughts
         == cfg.curriculum.max_stage * cfg.curriculum.thoughts_per_step
     )  # the same thought budget as COCONUT
 
@@ -89,8 +89,17 @@ eval: {max_new_tokens: 6, batch_size: 8}
     assert (tmp_path / "d" / "navigator_multi" / "results.json").is_file()
 
 
-def test_the_hard_presets_train_the_same_navigator():
-    # the navigator and navigator_multi presets differ only in how they are evaluated: the demo trains one of them
+def test_the_hard_demo_navigator_row_is_the_halting_only_cold_start_preset():
+    hard = demo.demo_config(str(HARD), 0, Path("runs/x"), [])
+    preset = demo.navigator_preset(hard, str(HARD), None, hard.demo.navigator_config)
+    nav = demo.navigator_config(hard, Path("runs/x"), Path("c"), preset)
+    assert Path(preset).name == "demo_hard_halting.yaml"
+    assert not nav.navigator.steering and nav.ppo.cold_start_questions > 0
+    assert not (nav.navigator.episodic_memory or nav.navigator.persistent_memory or nav.navigator.group_memory)
+
+
+def test_the_steering_hard_presets_train_the_same_navigator():
+    # the steering navigator and navigator_multi presets differ only in how they are evaluated: one run serves both
     hard = demo.demo_config(str(HARD), 0, Path("runs/x"), [])
     single = demo.navigator_config(hard, Path("runs/x"), Path("c"), str(REPO / "configs" / "demo_hard_navigator.yaml"))
     multi = demo.navigator_config(
