@@ -377,7 +377,7 @@ def format_frontier(methods: dict[str, dict]) -> list[str]:
             continue
         at = m["frontier_accuracy_at_passes"]
         gain = (
-            "below the cheapest fixed budget"
+            "cheaper than every fixed budget (no mix of fixed thought counts is this cheap)"
             if at is None
             else f"{100 * m['gain_over_frontier']:+.1f} points over the fixed budgets' envelope ({100 * at:.1f}%)"
         )
