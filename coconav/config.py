@@ -433,6 +433,13 @@ class NavigatorConfig:
     memory_min_return: float = 0.5
     """Only trajectories whose return reaches this are written to the bank."""
 
+    def halt_threshold_at(self, num_trajectories: int | str) -> float:
+        """Where halting stops with `num_trajectories` per question: multi_halt_threshold at K != 1 when it is set,
+        else halt_threshold."""
+        if num_trajectories != 1 and self.multi_halt_threshold is not None:
+            return self.multi_halt_threshold
+        return self.halt_threshold
+
     def __post_init__(self) -> None:
         _check(self.hidden > 0, f"navigator.hidden must be > 0, got {self.hidden}")
         _check(self.action_dim > 0, f"navigator.action_dim must be > 0, got {self.action_dim}")

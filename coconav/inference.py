@@ -98,11 +98,11 @@ class CoconavModel:
 
     def halt_threshold_for(self, num_trajectories: int | str) -> float | None:
         """The halting threshold of a run with `num_trajectories` per question: the explicit halt_threshold, else
-        with K != 1 the checkpoint's navigator.multi_halt_threshold (chosen for K > 1 by the recipe), else None
-        (the navigator's own halt_threshold)."""
+        the checkpoint's (NavigatorConfig.halt_threshold_at: multi_halt_threshold at K != 1 when set, else
+        halt_threshold); None without a navigator."""
         if self.halt_threshold is not None or self.navigator is None:
             return self.halt_threshold
-        return self.navigator.cfg.multi_halt_threshold if num_trajectories != 1 else None
+        return self.navigator.cfg.halt_threshold_at(num_trajectories)
 
     @property
     def mode(self) -> str:

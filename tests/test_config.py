@@ -239,3 +239,12 @@ def test_negative_length_pool(cli) -> None:
         "train.length_pool must be >= 0 (0: batches drawn at random; k: pools of k global batches grouped by "
         "length), got -1"
     )
+
+
+def test_the_halting_threshold_at_k_is_the_multi_one_only_when_set_and_k_is_not_one():
+    from coconav.config import NavigatorConfig
+
+    nav = NavigatorConfig(halt_threshold=0.4, multi_halt_threshold=0.7)
+    assert nav.halt_threshold_at(1) == 0.4  # one trajectory: the K = 1 threshold
+    assert nav.halt_threshold_at(5) == 0.7 and nav.halt_threshold_at("auto") == 0.7  # K != 1: the multi one
+    assert NavigatorConfig(halt_threshold=0.4).halt_threshold_at(5) == 0.4  # unset: the K = 1 threshold

@@ -256,6 +256,19 @@ def evaluate_navigator(
         navigator.train(saved[3])
 
 
+def fixed_count_results(
+    lm: LatentLM,
+    examples: list[Example],
+    thoughts: list[int],
+    cfg: EvalConfig,
+    seed: int = 0,
+    show_progress: bool = False,
+) -> dict[int, EvalResult]:
+    """Fixed-count COCONUT at every k of `thoughts` on `examples`: k -> its EvalResult (per-question records in
+    the examples' order). The frontier's sweep and the halting head's cold start read the same records."""
+    return {k: evaluate(lm, examples, "coconut", k, cfg, seed=seed, show_progress=show_progress) for k in thoughts}
+
+
 def sweep_thoughts(
     lm: LatentLM,
     examples: list[Example],
@@ -268,7 +281,7 @@ def sweep_thoughts(
     """Fixed-count COCONUT at every k of `thoughts` on `examples`, and the compute frontier they span
     (coconav.eval.frontier.frontier: points, envelope, oracle, and with_difficulty the difficulty oracle);
     each point also reports its mean_forward_passes and accuracy_by_difficulty."""
-    results = {k: evaluate(lm, examples, "coconut", k, cfg, seed=seed, show_progress=show_progress) for k in thoughts}
+    results = fixed_count_results(lm, examples, thoughts, cfg, seed, show_progress)
     first = results[thoughts[0]].questions
     front = frontier(
         question_options({k: r.questions for k, r in results.items()}),

@@ -208,7 +208,7 @@ def navigator_settings(model: CoconavModel, steer: bool, memory: bool, halt: flo
         "max_thoughts": model.navigator.cfg.max_thoughts,
         "steering": steer,
         "memory": memory,
-        "halt_threshold": model.navigator.cfg.halt_threshold if halt is None else halt,
+        "halt_threshold": halt,
     }
 
 

@@ -65,6 +65,7 @@ from coconav.eval.evaluate import (
     evaluate,
     evaluate_multi,
     evaluate_navigator,
+    fixed_count_results,
     spearman,
 )
 from coconav.inference import CoconavModel
@@ -634,11 +635,9 @@ def cold_start_data(run: NavRun) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     rng = random.Random(cfg.seed * 1_000_003 + 17)
     examples = rng.sample(run.splits.train, min(cfg.ppo.cold_start_questions, len(run.splits.train)))
     L, eval_cfg = nav.max_thoughts, dataclasses.replace(cfg.eval, max_questions=0)
-    correct, passes = [], []
-    for k in range(L + 1):
-        res = evaluate(run.lm, examples, "coconut", k, eval_cfg, seed=cfg.seed)
-        correct.append(torch.tensor([q.correct for q in res.questions]))
-        passes.append(torch.tensor([q.forward_passes for q in res.questions], dtype=torch.float))
+    results = fixed_count_results(run.lm, examples, list(range(L + 1)), eval_cfg, seed=cfg.seed)
+    correct = torch.tensor([[q.correct for q in results[k].questions] for k in range(L + 1)]).T  # [N, L+1]
+    passes = torch.tensor([[q.forward_passes for q in results[k].questions] for k in range(L + 1)], dtype=torch.float).T
     prompts = [encode_question(run.lm.tokenizer, ex.question) + [run.lm.special.bot] for ex in examples]
     states = []
     with torch.no_grad():
@@ -647,7 +646,7 @@ def cold_start_data(run: NavRun) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
             tracer = TraceController(None, torch.full((len(batch),), L))
             run.lm.generate(batch, num_thoughts=0, controller=tracer, max_thoughts=L, max_new_tokens=1)
             states.append(tracer.states().cpu())
-    return torch.cat(states), torch.stack(correct, 1), torch.stack(passes, 1)
+    return torch.cat(states), correct, passes
 
 
 def cold_start(run: NavRun) -> dict[str, float]:
@@ -784,7 +783,7 @@ def final_evaluation(run: NavRun, curve: list[dict], budgets: dict[str, dict] | 
     results: dict = {"curve": curve, "base_thoughts": run.base_thoughts, **(budgets or {})}
     if not test:
         return results
-    halt = cfg.navigator.halt_threshold  # the K = 1 rows' (chosen for navigator.pass_budget when it has one)
+    halt = cfg.navigator.halt_threshold_at(1)  # the K = 1 rows' (chosen for navigator.pass_budget when it has one)
     rows = {
         "navigator": evaluate_navigator(run.lm, run.navigator, test, cfg.eval, seed=cfg.seed, halt_threshold=halt),
         "navigator_no_steering": evaluate_navigator(
@@ -797,7 +796,6 @@ def final_evaluation(run: NavRun, curve: list[dict], budgets: dict[str, dict] | 
     }
     k = cfg.ppo.answer_trajectories
     if k > 1:  # K trajectories (those it was trained with, or ppo.eval_trajectories), fused, beside K = 1 above
-        multi_halt = cfg.navigator.multi_halt_threshold  # chosen for navigator.multi_pass_budget (None: halt)
         rows["navigator_multi"] = evaluate_multi(
             run.lm,
             run.navigator,
@@ -806,7 +804,7 @@ def final_evaluation(run: NavRun, curve: list[dict], budgets: dict[str, dict] | 
             k,
             cfg.ppo.fusion,
             seed=cfg.seed,
-            halt_threshold=halt if multi_halt is None else multi_halt,
+            halt_threshold=cfg.navigator.halt_threshold_at(k),  # chosen for navigator.multi_pass_budget when set
         )
     for name, res in rows.items():
         results[name] = res.summary()

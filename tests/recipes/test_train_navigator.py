@@ -797,7 +797,7 @@ def test_k1_rows_and_the_multi_row_get_thresholds_chosen_at_their_own_k(cli, tin
         assert got["halt_threshold"] == picks[k]
         assert got["mean_forward_passes"] == pytest.approx(results[row]["mean_forward_passes"])
     # an explicit --halt-threshold replaces both
-    assert model.halt_threshold_for(3) == 0.05 and model.halt_threshold_for(1) is None
+    assert model.halt_threshold_for(3) == 0.05 and model.halt_threshold_for(1) == model.navigator.cfg.halt_threshold
     assert (
         CoconavModel(model.lm, model.config, model.stage, model.navigator, halt_threshold=0.3).halt_threshold_for(3)
         == 0.3
