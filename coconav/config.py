@@ -404,6 +404,11 @@ class NavigatorConfig:
         ]
     )
     """Thresholds tried under pass_budget (each one evaluation of the validation split)."""
+    halt_threshold_refine: int = 6
+    """Bisection steps after the grid under pass_budget / multi_pass_budget: the grid's best threshold that fits the
+    budget and its neighbour that does not bracket the point where the budget is crossed, and each step (one more
+    evaluation of the validation split) halves that bracket in logit space, so a budget in a coarse gap of the grid
+    (where passes jump, e.g. 17.4 at 0.85 and 8.0 at 0.9) is spent instead of left unused. 0: the grid alone."""
     group_memory: bool = True
     """Cross-communication: each trajectory attends over the other trajectories of its question (their
     states at steps <= t); off = trajectories are independent (nothing else changes)."""
@@ -480,6 +485,10 @@ class NavigatorConfig:
         _check(
             len(self.halt_threshold_grid) >= 1 and all(0 < t < 1 for t in self.halt_threshold_grid),
             f"navigator.halt_threshold_grid must hold thresholds in (0, 1), got {self.halt_threshold_grid}",
+        )
+        _check(
+            self.halt_threshold_refine >= 0,
+            f"navigator.halt_threshold_refine must be >= 0 (bisection steps), got {self.halt_threshold_refine}",
         )
         _check(
             self.trajectories_budget is None or 1 <= self.trajectories_budget <= self.max_trajectories,
@@ -640,6 +649,7 @@ DEMO_ROWS: tuple[str, ...] = (
     "navigator_multi",
     "cot_vote",
     "coconut_noise_vote",
+    "coconut_sample_vote",
 )
 
 
@@ -649,8 +659,9 @@ class DemoConfig:
 
     rows: list[str] = field(default_factory=lambda: ["no_cot", "cot", "coconut", "navigator"])
     """Rows of the comparison, in order: 'no_cot', 'cot', 'coconut', 'navigator', 'navigator_multi', and the
-    untrained vote baselines 'cot_vote' (K sampled CoT chains) and 'coconut_noise_vote' (K noisy COCONUT
-    trajectories), each fused by majority vote. COCONUT (with CoT as its stage 0) is always trained."""
+    untrained vote baselines 'cot_vote' (K sampled CoT chains), 'coconut_noise_vote' (K noisy COCONUT
+    trajectories) and 'coconut_sample_vote' (K COCONUT trajectories with sampled answer tokens), each fused by
+    majority vote. COCONUT (with CoT as its stage 0) is always trained."""
     num_trajectories: int = 5
     """K, the chains per question of the vote rows (and of navigator_multi, for a comparison at equal K)."""
     cot_vote_temperature: float = 0.7
@@ -660,6 +671,9 @@ class DemoConfig:
     noise_grid: list[float] = field(default_factory=lambda: [0.0, 0.05, 0.1, 0.2, 0.4])
     """coconut_noise_vote's candidate noise scales sigma (noise = sigma x the thought's RMS x N(0, 1));
     the one with the best K-vote accuracy on the validation split is used on test."""
+    sample_vote_temperatures: list[float] = field(default_factory=lambda: [0.3, 0.5, 0.7, 1.0])
+    """coconut_sample_vote's candidate temperatures for the answer tokens (top_p: cot_vote_top_p); the one with the
+    best K-vote accuracy on the validation split is used on test."""
     navigator_config: str | None = None
     """Navigator preset for the navigator rows; a relative path is read from the demo config's folder.
     None: the built-in demo_navigator.yaml. `coconav demo --navigator-config` overrides it."""
@@ -681,6 +695,10 @@ class DemoConfig:
             "navigator_multi" not in self.rows or self.navigator_multi_config is not None,
             "demo.rows includes 'navigator_multi': set demo.navigator_multi_config to its navigator preset "
             "(e.g. configs/demo_hard_navigator_multi.yaml)",
+        )
+        _check(
+            bool(self.sample_vote_temperatures) and all(t > 0 for t in self.sample_vote_temperatures),
+            f"demo.sample_vote_temperatures must hold temperatures > 0, got {self.sample_vote_temperatures}",
         )
         _check(bool(self.noise_grid), "demo.noise_grid must hold at least one sigma")
         _check(

@@ -314,14 +314,20 @@ def choose_halt_threshold(
     seed: int = 0,
     num_trajectories: int = 1,
     fusion: str = "majority",
+    refine: int = 0,
 ) -> ThresholdChoice:
     """The halting threshold for a budget of mean forward passes per question, chosen on `examples` (the
     validation split, never the test split): the navigator is evaluated at every threshold of `grid` as it will be
     used (K = 1 greedy, or K trajectories fused by `fusion`, every trajectory's passes counted); the most accurate
     threshold whose mean passes fit the budget wins (ties: fewer passes); when none fits, the one with the fewest
-    passes."""
-    tried = []
-    for threshold in sorted(set(grid)):
+    passes.
+
+    `refine` > 0: the grid's best fitting threshold and its neighbour on the grid that does not fit bracket the point
+    where the budget is crossed; `refine` bisection steps (in logit space, each one more evaluation) narrow that
+    bracket, so a budget that falls in a coarse gap of the grid is spent rather than left unused. Every threshold
+    evaluated is in `tried`, and the choice is made over all of them by the rule above."""
+
+    def measure(threshold: float) -> dict:
         res = (
             evaluate_navigator(lm, navigator, examples, cfg, seed=seed, halt_threshold=threshold)
             if num_trajectories == 1
@@ -329,21 +335,51 @@ def choose_halt_threshold(
                 lm, navigator, examples, cfg, num_trajectories, fusion, seed=seed, halt_threshold=threshold
             )
         )
-        tried.append(
-            {
-                "threshold": threshold,
-                "accuracy": res.accuracy,
-                "mean_forward_passes": res.mean_forward_passes,
-                "mean_thoughts": res.mean_thoughts,
-                "compute_per_question": res.compute_per_question,
-            }
-        )
+        return {
+            "threshold": threshold,
+            "accuracy": res.accuracy,
+            "mean_forward_passes": res.mean_forward_passes,
+            "mean_thoughts": res.mean_thoughts,
+            "compute_per_question": res.compute_per_question,
+        }
+
+    tried = [measure(threshold) for threshold in sorted(set(grid))]
+    bracket = budget_bracket(tried, budget)
+    for _ in range(refine if bracket else 0):
+        inside, outside = bracket
+        mid = torch.sigmoid((torch.logit(torch.tensor(inside)) + torch.logit(torch.tensor(outside))) / 2).item()
+        if mid in (inside, outside):
+            break
+        point = measure(mid)
+        tried.append(point)
+        bracket = (mid, outside) if point["mean_forward_passes"] <= budget else (inside, mid)
+    tried.sort(key=lambda t: t["threshold"])
+    best = best_within_budget(tried, budget)
+    return ThresholdChoice(
+        threshold=best["threshold"], budget=budget, fits=best["mean_forward_passes"] <= budget, tried=tried
+    )
+
+
+def best_within_budget(tried: list[dict], budget: float) -> dict:
+    """The most accurate point whose mean passes fit the budget (ties: fewer passes); none fits: the fewest passes."""
     fitting = [t for t in tried if t["mean_forward_passes"] <= budget]
     if fitting:
-        best = max(fitting, key=lambda t: (t["accuracy"], -t["mean_forward_passes"]))
-    else:
-        best = min(tried, key=lambda t: t["mean_forward_passes"])
-    return ThresholdChoice(threshold=best["threshold"], budget=budget, fits=bool(fitting), tried=tried)
+        return max(fitting, key=lambda t: (t["accuracy"], -t["mean_forward_passes"]))
+    return min(tried, key=lambda t: t["mean_forward_passes"])
+
+
+def budget_bracket(tried: list[dict], budget: float) -> tuple[float, float] | None:
+    """(the best fitting threshold, its grid neighbour that does not fit), the neighbour on the side where passes
+    rise; None when nothing fits or no neighbour of the best exceeds the budget. `tried` is sorted by threshold."""
+    best = best_within_budget(tried, budget)
+    if best["mean_forward_passes"] > budget:
+        return None
+    i = tried.index(best)
+    over = [tried[j] for j in (i - 1, i + 1) if 0 <= j < len(tried) and tried[j]["mean_forward_passes"] > budget]
+    if not over:
+        return None
+    neighbour = max(over, key=lambda t: (t["accuracy"], -t["mean_forward_passes"]))
+    return best["threshold"], neighbour["threshold"]
 
 
 def evaluate_multi(

@@ -1,6 +1,6 @@
 """Untrained vote baselines for multi-trajectory reasoning: K chains per question, then a majority vote.
 
-Two baselines a trained multi-trajectory navigator must beat at equal K:
+Three baselines a trained multi-trajectory navigator must beat at equal K:
 
 * ``cot_vote``: self-consistency (Wang et al. 2022, arXiv 2203.11171): K CoT chains sampled at a
   temperature, then a majority vote over their answers. The compute-matched language baseline.
@@ -8,6 +8,8 @@ Two baselines a trained multi-trajectory navigator must beat at equal K:
   trajectories, each fed-back thought perturbed by additive Gaussian noise
   ``sigma * rms(thought) * N(0, 1)`` (``NoiseController``, one random stream per trajectory), then a
   majority vote. ``sigma`` is chosen on the validation split (``select_noise``), never on test.
+* ``coconut_sample_vote``: K COCONUT trajectories with plain thoughts and answer tokens sampled at a
+  temperature chosen on the validation split, then a majority vote: the latent counterpart of ``cot_vote``.
 
 Each question's prompt is repeated K times (one row per trajectory). Forward passes follow the one
 compute rule (``coconav.decode.generate.passes_per_question``): the question's prefill once (the K
@@ -29,7 +31,7 @@ totals over the K chains. Answers go through the one generation path of evaluati
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -44,6 +46,7 @@ from coconav.eval.evaluate import QuestionMeans, by_difficulty, question_means
 from coconav.model.latent_lm import LatentLM, ThoughtDecision
 
 DEFAULT_NOISE_GRID: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.4)
+DEFAULT_TEMPERATURE_GRID: tuple[float, ...] = (0.3, 0.5, 0.7, 1.0)
 _SEED_STRIDE = 1_000_003  # keeps (seed, question, trajectory) streams apart
 
 
@@ -154,8 +157,9 @@ def vote_evaluate(
     """K chains per question (its prompt repeated K times), then a majority vote on the answer.
 
     mode 'coconut': ``num_thoughts`` thoughts per chain with noise ``sigma`` (``NoiseController``, one
-    generator per chain); mode 'cot' / 'no_cot': language chains, sampled when ``do_sample`` at
-    ``temperature`` / ``top_p`` (one generator per batch, seeded from ``seed`` and the batch's index).
+    generator per chain); mode 'cot' / 'no_cot': language chains. In every mode the answer tokens (and a CoT
+    chain's steps) are sampled when ``do_sample``, at ``temperature`` / ``top_p`` (one generator per batch, seeded
+    from ``seed`` and the batch's index); otherwise greedy.
     ``cfg.batch_size`` counts chains (rows), ``cfg.max_new_tokens`` bounds each chain's answer.
     """
     if k < 1:
@@ -177,12 +181,9 @@ def vote_evaluate(
         if mode == "coconut":
             gens = [torch.Generator(device=lm.device).manual_seed(trajectory_seed(seed, *rows[r], k)) for r in idx]
             plan = ThoughtPlan(mode, 0, NoiseController(sigma, num_thoughts, gens), max_thoughts=num_thoughts)
-            generator = None
         else:
             plan = ThoughtPlan(mode, num_thoughts)
-            generator = (
-                torch.Generator(device=lm.device).manual_seed(trajectory_seed(seed, b, 0, 1)) if do_sample else None
-            )
+        generator = torch.Generator(device=lm.device).manual_seed(trajectory_seed(seed, b, 0, 1)) if do_sample else None
         out = generate_answers(
             lm, [base[rows[r][0]] for r in idx], plan, cfg.max_new_tokens, do_sample, temperature, top_p, generator
         )
@@ -231,6 +232,27 @@ def cot_vote(
     return vote_evaluate(lm, examples, "cot", k, cfg, do_sample=True, temperature=temperature, top_p=top_p, seed=seed)
 
 
+def select_on_validation(
+    grid: Sequence[float], run: Callable[[float], VoteResult], what: str
+) -> tuple[float, dict[str, dict]]:
+    """The value of ``grid`` whose K-vote (``run(value)`` on the validation split) is most accurate (ties: the
+    smaller value). Returns (value, {str(value): {accuracy, mean_agreement, mean_chain_accuracy}})."""
+    if not grid:
+        raise ConfigError(f"the {what} grid is empty: give at least one value")
+    table: dict[str, dict] = {}
+    best, best_acc = None, -1.0
+    for value in sorted(float(v) for v in grid):
+        res = run(value)
+        table[str(value)] = {
+            "accuracy": res.accuracy,
+            "mean_agreement": res.mean_agreement,
+            "mean_chain_accuracy": res.mean_chain_accuracy,
+        }
+        if res.accuracy > best_acc:
+            best, best_acc = value, res.accuracy
+    return float(best), table
+
+
 def select_noise(
     lm: LatentLM,
     validation: list[Example],
@@ -242,22 +264,15 @@ def select_noise(
 ) -> tuple[float, dict[str, dict]]:
     """Pick sigma from ``grid`` by the K-vote accuracy on ``validation`` (ties: the smaller sigma).
     Returns (sigma, {str(sigma): {accuracy, mean_agreement, mean_chain_accuracy}})."""
-    if not grid:
-        raise ConfigError("the noise grid is empty: give at least one sigma")
     if not validation:
         raise ConfigError("choosing the noise scale needs a validation split, and it is empty")
-    table: dict[str, dict] = {}
-    best, best_acc = None, -1.0
-    for sigma in sorted(float(s) for s in grid):
-        res = vote_evaluate(lm, validation, "coconut", k, cfg, num_thoughts=num_thoughts, sigma=sigma, seed=seed)
-        table[str(sigma)] = {
-            "accuracy": res.accuracy,
-            "mean_agreement": res.mean_agreement,
-            "mean_chain_accuracy": res.mean_chain_accuracy,
-        }
-        if res.accuracy > best_acc:
-            best, best_acc = sigma, res.accuracy
-    return float(best), table
+    return select_on_validation(
+        grid,
+        lambda sigma: vote_evaluate(
+            lm, validation, "coconut", k, cfg, num_thoughts=num_thoughts, sigma=sigma, seed=seed
+        ),
+        "noise",
+    )
 
 
 def coconut_noise_vote(
@@ -280,4 +295,48 @@ def coconut_noise_vote(
         "noise_grid": [float(s) for s in grid],
         "noise_validation": table,
         "noise_selected_on": "validation",
+    }
+
+
+def coconut_sample_vote(
+    lm: LatentLM,
+    validation: list[Example],
+    test: list[Example],
+    k: int,
+    num_thoughts: int,
+    cfg: EvalConfig,
+    grid: Sequence[float] = DEFAULT_TEMPERATURE_GRID,
+    top_p: float = 1.0,
+    seed: int = 0,
+) -> tuple[VoteResult, dict]:
+    """The latent sampling baseline: K COCONUT trajectories per question with plain thoughts (``num_thoughts``,
+    as fixed-count COCONUT) and sampled answer tokens, then a majority vote. The temperature is chosen from
+    ``grid`` on ``validation`` (the best K-vote accuracy; ties: the lower temperature), then used on ``test``.
+    Returns (test result, selection record with the grid, each temperature's validation numbers and the choice)."""
+    if not validation:
+        raise ConfigError("choosing the sampling temperature needs a validation split, and it is empty")
+    if any(t <= 0 for t in grid):
+        raise ConfigError(f"every sampling temperature must be > 0, got {list(grid)}")
+
+    def run(examples: list[Example], temperature: float) -> VoteResult:
+        return vote_evaluate(
+            lm,
+            examples,
+            "coconut",
+            k,
+            cfg,
+            num_thoughts=num_thoughts,
+            do_sample=True,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+        )
+
+    temperature, table = select_on_validation(grid, lambda t: run(validation, t), "temperature")
+    return run(test, temperature), {
+        "temperature": temperature,
+        "temperature_grid": [float(t) for t in grid],
+        "top_p": top_p,
+        "temperature_validation": table,
+        "temperature_selected_on": "validation",
     }

@@ -16,7 +16,9 @@ The config's `demo:` section chooses the rows (`demo.rows`). Besides the four ab
 untrained vote baselines at K = `demo.num_trajectories` chains per question (coconav.eval.voting):
 `cot_vote` (K CoT chains sampled from the stage-0 checkpoint at `demo.cot_vote_temperature`) and
 `coconut_noise_vote` (K COCONUT trajectories of the last stage with Gaussian noise on each thought, the
-noise scale chosen from `demo.noise_grid` on the validation split), both fused by majority vote; every
+noise scale chosen from `demo.noise_grid` on the validation split) and `coconut_sample_vote` (K COCONUT
+trajectories with plain thoughts and sampled answer tokens, the temperature chosen from
+`demo.sample_vote_temperatures` on the validation split), all fused by majority vote; every
 row reports `mean_forward_passes` (the vote rows count all K chains). Rows other than the four trained
 ones are built by the functions in ``EXTRA_ROWS`` (the hook for further rows such as navigator_multi).
 When navigator_multi's preset trains exactly as the navigator's (``training_settings``: only evaluation
@@ -46,7 +48,7 @@ from coconav.errors import ConfigError
 from coconav.eval.evaluate import evaluate, sweep_thoughts
 from coconav.eval.frontier import compare_row
 from coconav.eval.plots import plot_demo
-from coconav.eval.voting import coconut_noise_vote, cot_vote
+from coconav.eval.voting import coconut_noise_vote, coconut_sample_vote, cot_vote
 from coconav.model.latent_lm import LatentLM
 from coconav.recipes import explore, train_coconut
 
@@ -168,6 +170,29 @@ def noise_vote_row(ctx: RowContext) -> tuple[dict, dict]:
     return res.summary(), {**record, "checkpoint": ctx.coconut_checkpoint.name}
 
 
+def sample_vote_row(ctx: RowContext) -> tuple[dict, dict]:
+    """K COCONUT trajectories per test question with sampled answer tokens, the temperature chosen on validation,
+    majority vote."""
+    d = ctx.cfg.demo
+    lm = LatentLM.from_pretrained(ctx.coconut_checkpoint)
+    res, record = coconut_sample_vote(
+        lm,
+        ctx.validation,
+        ctx.test,
+        d.num_trajectories,
+        ctx.num_thoughts,
+        ctx.cfg.eval,
+        grid=d.sample_vote_temperatures,
+        top_p=d.cot_vote_top_p,
+        seed=ctx.cfg.seed,
+    )
+    print0(
+        f"coconut_sample_vote: temperature {record['temperature']} chosen on validation from "
+        f"{record['temperature_grid']}"
+    )
+    return res.summary(), {**record, "checkpoint": ctx.coconut_checkpoint.name}
+
+
 def navigator_multi_row(ctx: RowContext) -> tuple[dict, dict]:
     """The multi-trajectory navigator trained with PPO on the COCONUT checkpoint (its preset's K trajectories per
     question, fused by its ppo.fusion), evaluated on the test set beside the vote rows (trained here unless step 3
@@ -185,6 +210,7 @@ def navigator_multi_row(ctx: RowContext) -> tuple[dict, dict]:
         "trained_with": cfg.ppo.num_trajectories,
         "fusion": cfg.ppo.fusion,
         "navigator_k1": res["navigator"],
+        "no_steering": res.get("navigator_multi_no_steering"),
         "pass_budget": res.get("multi_pass_budget"),
         "preset": ctx.navigator_multi_preset,
     }
@@ -201,6 +227,7 @@ EVALUATION_ONLY = {
         "pass_budget",
         "multi_pass_budget",
         "halt_threshold_grid",
+        "halt_threshold_refine",
         "trajectories_budget",
     ),
     "ppo": ("eval_trajectories", "fusion"),  # fusion: the final row and a logged diagnostic (the scorer trains anyway)
@@ -222,6 +249,7 @@ EXTRA_ROWS: dict[str, Callable[[RowContext], tuple[dict, dict]]] = {
     "navigator_multi": navigator_multi_row,
     "cot_vote": cot_vote_row,
     "coconut_noise_vote": noise_vote_row,
+    "coconut_sample_vote": sample_vote_row,
 }
 
 

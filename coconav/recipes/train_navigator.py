@@ -738,6 +738,7 @@ def fit_pass_budgets(run: NavRun) -> dict[str, dict]:
             seed=run.cfg.seed,
             num_trajectories=k,
             fusion=ppo.fusion,
+            refine=nav.halt_threshold_refine,
         )
         thresholds[key] = choice.threshold
         choices[name] = {**asdict(choice), "num_trajectories": k}
@@ -773,7 +774,9 @@ def validate(run: NavRun, update: int) -> EvalResult:
 def final_evaluation(run: NavRun, curve: list[dict], budgets: dict[str, dict] | None = None) -> dict:
     """Test accuracy of the navigator at K = 1, of its ablations (steering off; memory off: episodic, persistent and
     group read), of fixed-count COCONUT and, when K = ppo.eval_trajectories (default ppo.num_trajectories) is > 1, of
-    K trajectories fused by ppo.fusion (navigator_multi, at navigator.multi_halt_threshold when set).
+    K trajectories fused by ppo.fusion (navigator_multi, at navigator.multi_halt_threshold when set), and with
+    steering those K trajectories again with steering off (navigator_multi_no_steering: halting, memory and fusion
+    as trained, plain thoughts).
 
     The K = 1 rows run one lone trajectory per question (index 0): its group read sees no peers (the null slot
     only). A navigator trained with K > 1 and group memory always had peers in training, so these rows measure it
@@ -806,6 +809,18 @@ def final_evaluation(run: NavRun, curve: list[dict], budgets: dict[str, dict] | 
             seed=cfg.seed,
             halt_threshold=cfg.navigator.halt_threshold_at(k),  # chosen for navigator.multi_pass_budget when set
         )
+        if cfg.navigator.steering:  # the same K trajectories with plain thoughts: what steering does as a sampler
+            rows["navigator_multi_no_steering"] = evaluate_multi(
+                run.lm,
+                run.navigator,
+                test,
+                cfg.eval,
+                k,
+                cfg.ppo.fusion,
+                seed=cfg.seed,
+                steer=False,
+                halt_threshold=cfg.navigator.halt_threshold_at(k),
+            )
     for name, res in rows.items():
         results[name] = res.summary()
     nav = rows["navigator"]

@@ -102,3 +102,51 @@ def test_halt_threshold_for_a_budget_is_the_most_accurate_that_fits(monkeypatch,
     calls.clear()
     ev.choose_halt_threshold(None, nav, [], EvalConfig(), budget, [0.3], num_trajectories=5, fusion="value")
     assert calls == [("multi", 0.3, (5, "value"))]
+
+
+def stepped_navigator(monkeypatch) -> list[float]:
+    """A fake K = 1 evaluation whose passes jump inside the grid gap 0.85..0.9, as the hard demo's do: 17.4 passes
+    (98.7%) up to 0.86, 16.0 (95%) up to 0.88, then 8.0 (72.7%: every question thinks all its thoughts). Returns the
+    thresholds evaluated, in order."""
+    from types import SimpleNamespace
+
+    from coconav.eval import evaluate as ev
+
+    seen = []
+
+    def run(lm, navigator, examples, cfg, **kwargs):
+        t = kwargs["halt_threshold"]
+        seen.append(t)
+        acc, passes = (0.987, 17.4) if t <= 0.86 else (0.95, 16.0) if t <= 0.88 else (0.727, 8.0)
+        return SimpleNamespace(accuracy=acc, mean_forward_passes=passes, mean_thoughts=1.0, compute_per_question=passes)
+
+    monkeypatch.setattr(ev, "evaluate_navigator", run)
+    return seen
+
+
+def test_halt_threshold_refinement_spends_a_budget_that_falls_in_a_grid_gap(monkeypatch):
+    """The grid's best fitting threshold (0.9, 8 passes) and its neighbour over the budget (0.85) bracket the
+    crossing; bisection finds a threshold in (0.86, 0.88] that fits 16.5 passes at 95%, never one over the budget,
+    and records every threshold it evaluated; without refinement the grid's 0.9 stays."""
+    from coconav.eval import evaluate as ev
+
+    seen = stepped_navigator(monkeypatch)
+    coarse = ev.choose_halt_threshold(None, None, [], EvalConfig(), 16.5, [0.5, 0.85, 0.9, 0.95])
+    assert coarse.threshold == 0.9 and len(seen) == 4
+    seen.clear()
+    fine = ev.choose_halt_threshold(None, None, [], EvalConfig(), 16.5, [0.5, 0.85, 0.9, 0.95], refine=6)
+    assert 0.86 < fine.threshold <= 0.88 and fine.fits
+    assert len(seen) == 4 + 6 and all(0.85 < t < 0.9 for t in seen[4:])
+    assert [t["threshold"] for t in fine.tried] == sorted(seen)
+    chosen = next(t for t in fine.tried if t["threshold"] == fine.threshold)
+    assert chosen["accuracy"] == 0.95 and chosen["mean_forward_passes"] <= 16.5
+
+
+@pytest.mark.parametrize("budget", [20.0, 5.0])
+def test_halt_threshold_refinement_needs_a_bracket(monkeypatch, budget):
+    """Every threshold fits (20 passes) or none does (5): there is no crossing to narrow, so no evaluation is added."""
+    from coconav.eval import evaluate as ev
+
+    seen = stepped_navigator(monkeypatch)
+    choice = ev.choose_halt_threshold(None, None, [], EvalConfig(), budget, [0.5, 0.85, 0.9], refine=6)
+    assert len(seen) == 3 and choice.threshold == (0.5 if budget == 20.0 else 0.9)

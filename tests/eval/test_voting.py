@@ -13,7 +13,14 @@ from coconav.data.tokenizer import task_tokenizer
 from coconav.errors import ConfigError
 from coconav.eval import voting
 from coconav.eval.evaluate import evaluate
-from coconav.eval.voting import NoiseController, coconut_noise_vote, cot_vote, select_noise, vote_evaluate
+from coconav.eval.voting import (
+    NoiseController,
+    coconut_noise_vote,
+    coconut_sample_vote,
+    cot_vote,
+    select_noise,
+    vote_evaluate,
+)
 from coconav.model.build import build_latent_lm
 from coconav.model.latent_lm import GenerationOutput
 
@@ -194,6 +201,43 @@ def test_sigma_is_chosen_on_validation_only(lm, monkeypatch):
     assert [s for ex, s in calls if ex is validation] == [0.0, 0.1, 0.4]
     assert [s for ex, s in calls if ex is test] == [0.1]  # test is evaluated once, at the chosen sigma
     assert result.accuracy == 0.0
+
+
+def test_coconut_sample_vote_samples_answers_after_plain_thoughts(lm):
+    """Plain fixed-count thoughts (every chain thinks the same), answer tokens sampled: at a high temperature an
+    untrained model's chains differ; the same seed gives the same chains; a near-zero temperature is greedy."""
+    cfg = EvalConfig(max_new_tokens=6, batch_size=16)
+    hot = vote_evaluate(lm, EXAMPLES, "coconut", 5, cfg, num_thoughts=2, do_sample=True, temperature=3.0, seed=0)
+    assert any(len(set(q.completions)) > 1 for q in hot.questions)
+    assert all(q.thoughts == 5 * 2 for q in hot.questions)
+    again = vote_evaluate(lm, EXAMPLES, "coconut", 5, cfg, num_thoughts=2, do_sample=True, temperature=3.0, seed=0)
+    assert [q.completions for q in again.questions] == [q.completions for q in hot.questions]
+    cold = vote_evaluate(lm, EXAMPLES, "coconut", 2, cfg, num_thoughts=2, do_sample=True, temperature=1e-4)
+    plain = evaluate(lm, EXAMPLES, "coconut", 2, cfg)
+    assert [q.completions for q in cold.questions] == [[p.completion] * 2 for p in plain.questions]
+
+
+def test_sampling_temperature_is_chosen_on_validation_only(lm, monkeypatch):
+    validation, test = EXAMPLES[:2], EXAMPLES[2:]
+    calls = []
+
+    def spy(lm_, examples, mode, k, cfg, *, num_thoughts=0, do_sample=False, temperature=1.0, **kw):
+        calls.append((examples, mode, num_thoughts, do_sample, temperature))
+        # validation favours 0.5; test would favour 1.0
+        acc = {0.5: 0.9}.get(temperature, 0.2) if examples is validation else {1.0: 1.0}.get(temperature, 0.0)
+        return dataclasses.replace(voting._aggregate([], k, 0.0), accuracy=acc)
+
+    monkeypatch.setattr(voting, "vote_evaluate", spy)
+    result, record = coconut_sample_vote(lm, validation, test, 3, 2, EvalConfig(), grid=(1.0, 0.5, 0.3))
+    assert record["temperature"] == 0.5 and record["temperature_selected_on"] == "validation"
+    assert record["temperature_validation"]["0.5"]["accuracy"] == 0.9
+    assert [c[4] for c in calls if c[0] is validation] == [0.3, 0.5, 1.0]
+    assert [c[1:] for c in calls if c[0] is test] == [("coconut", 2, True, 0.5)]  # test once, at the choice
+    assert result.accuracy == 0.0
+    with pytest.raises(ConfigError, match="validation split"):
+        coconut_sample_vote(lm, [], test, 3, 2, EvalConfig())
+    with pytest.raises(ConfigError, match="temperature must be > 0"):
+        coconut_sample_vote(lm, validation, test, 3, 2, EvalConfig(), grid=(0.0, 0.5))
 
 
 def test_select_noise_ties_go_to_the_smaller_sigma(lm):

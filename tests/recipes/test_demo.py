@@ -41,9 +41,15 @@ def test_the_standard_demo_keeps_its_four_rows():
     assert load_config(REPO / "configs" / "demo.yaml").demo == DemoConfig()
 
 
+def test_the_main_demos_navigator_halts_with_memory_and_does_not_steer():
+    """Steering was chosen off on the demo's validation split (the preset's header); the feature stays."""
+    nav = load_config(REPO / "configs" / "demo_navigator.yaml").navigator
+    assert not nav.steering and nav.episodic_memory and nav.persistent_memory
+
+
 def test_the_hard_preset_asks_for_the_vote_rows_and_its_own_navigator():
     cfg = load_config(HARD)
-    assert {"cot_vote", "coconut_noise_vote", "navigator"} <= set(cfg.demo.rows)
+    assert {"cot_vote", "coconut_noise_vote", "coconut_sample_vote", "navigator"} <= set(cfg.demo.rows)
     assert demo.navigator_preset(cfg, str(HARD), None) == str(REPO / "configs" / "demo_hard_halting.yaml")
     assert demo.navigator_preset(cfg, str(HARD), "mine.yaml") == "mine.yaml"  # --navigator-config wins
     assert (
@@ -183,13 +189,19 @@ def test_vote_rows_run_end_to_end(tmp_path: Path, monkeypatch):
         return real(results, out)
 
     monkeypatch.setattr(demo, "plot_demo", spy)
-    rows = "demo.rows=[cot,coconut,cot_vote,coconut_noise_vote]"
+    rows = "demo.rows=[cot,coconut,cot_vote,coconut_noise_vote,coconut_sample_vote]"
     results = demo.run(
         out=tmp_path / "d",
         config=str(HARD),
-        overrides=[*TINY, rows, "demo.num_trajectories=3", "demo.noise_grid=[0.0,0.3]"],
+        overrides=[
+            *TINY,
+            rows,
+            "demo.num_trajectories=3",
+            "demo.noise_grid=[0.0,0.3]",
+            "demo.sample_vote_temperatures=[0.5,2.0]",
+        ],
     )
-    assert list(results["methods"]) == ["cot", "coconut", "cot_vote", "coconut_noise_vote"]
+    assert list(results["methods"]) == ["cot", "coconut", "cot_vote", "coconut_noise_vote", "coconut_sample_vote"]
     saved = json.loads((tmp_path / "d" / "results.json").read_text())
     assert list(saved["methods"]) == list(results["methods"]) and list(plotted) == list(results["methods"])
     for name, m in saved["methods"].items():
@@ -201,12 +213,20 @@ def test_vote_rows_run_end_to_end(tmp_path: Path, monkeypatch):
     assert detail["noise_grid"] == [0.0, 0.3] and detail["noise_sigma"] in (0.0, 0.3)
     assert detail["noise_selected_on"] == "validation" and set(detail["noise_validation"]) == {"0.0", "0.3"}
     assert saved["rows"]["cot_vote"]["temperature"] == 0.7 and saved["rows"]["num_trajectories"] == 3
+    sampled = saved["rows"]["coconut_sample_vote"]
+    assert sampled["temperature"] in (0.5, 2.0) and sampled["temperature_selected_on"] == "validation"
+    assert set(sampled["temperature_validation"]) == {"0.5", "2.0"}
+    assert saved["methods"]["coconut_sample_vote"]["mean_thoughts"] == 3 * coconut["mean_thoughts"]
     assert (tmp_path / "d" / "accuracy_vs_forward_passes.png").is_file()
     assert not (tmp_path / "d" / "no_cot").exists()  # a row not asked for is not trained
     # the frontier is measured even without a navigator row; only navigator rows are compared with it
     assert [p["num_thoughts"] for p in saved["frontier"]["points"]] == list(range(coconut_thoughts(saved) + 1))
     assert not any(set(FRONTIER_KEYS) & set(m) for m in saved["methods"].values())
-    for name in ("cot_vote", "coconut_noise_vote"):  # one shared prefill: passes = 1 + the chains' own work
+    for name in (
+        "cot_vote",
+        "coconut_noise_vote",
+        "coconut_sample_vote",
+    ):  # one shared prefill: passes = 1 + the chains' own work
         assert saved["methods"][name]["compute_per_question"] == saved["methods"][name]["mean_forward_passes"]
 
 

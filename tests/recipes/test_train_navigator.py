@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from coconav.checkpoint import TrainState, save_checkpoint
-from coconav.config import RunConfig, from_dict, to_dict
+from coconav.config import NavigatorConfig, RunConfig, from_dict, to_dict
 from coconav.eval.evaluate import evaluate
 from coconav.recipes import train_navigator
 from coconav.rl.rewards import step_rewards
@@ -623,6 +623,20 @@ def test_multi_trajectory_recipe_end_to_end(cli, tiny_run, tmp_path):
     assert multi["num_questions"] == results["navigator"]["num_questions"] == 4
     assert "mean_forward_passes" in multi and "accuracy_coverage" in multi
     assert results["navigator"]["mean_thoughts"] <= 4  # the K = 1 row beside it
+    # the same K trajectories with steering off, beside it (steering as the sampler of diverse trajectories)
+    plain = results["navigator_multi_no_steering"]
+    assert plain["num_trajectories"] == 2 and plain["num_questions"] == 4
+    assert plain["mean_agreement"] >= 0.5 and "navigator_multi_no_steering" in results
+
+
+def test_a_halting_only_multi_run_has_no_steering_ablation(cli, tiny_run, tmp_path):
+    cfg, out = write_config(tiny_run, tmp_path, ppo_epochs=1, updates=1, num_trajectories=2, advantage="group")
+    data = yaml.safe_load(cfg.read_text())
+    data["navigator"]["steering"] = False
+    cfg.write_text(yaml.safe_dump(data), encoding="utf-8")
+    assert cli("train", "--config", cfg).rc == 0
+    results = json.loads((out / "results.json").read_text())
+    assert "navigator_multi" in results and "navigator_multi_no_steering" not in results
 
 
 def test_single_trajectory_run_logs_group_diagnostics_and_no_multi_row(cli, tiny_run, tmp_path):
@@ -654,7 +668,13 @@ def spy_on_threshold_choices(monkeypatch) -> list[dict]:
     real = train_navigator.choose_halt_threshold
 
     def spy(lm, navigator, examples, *args, **kwargs):
-        calls.append({"questions": [ex.question for ex in examples], "k": kwargs.get("num_trajectories", 1)})
+        calls.append(
+            {
+                "questions": [ex.question for ex in examples],
+                "k": kwargs.get("num_trajectories", 1),
+                "refine": kwargs.get("refine", 0),
+            }
+        )
         return real(lm, navigator, examples, *args, **kwargs)
 
     monkeypatch.setattr(train_navigator, "choose_halt_threshold", spy)
@@ -676,9 +696,11 @@ def test_pass_budget_chooses_the_halting_threshold_on_validation_and_saves_it(cl
     validation, test = [ex.question for ex in splits.validation], [ex.question for ex in splits.test]
     assert validation != test
     assert [c["questions"] for c in calls] == [validation] and calls[0]["k"] == 1
+    assert calls[0]["refine"] == NavigatorConfig().halt_threshold_refine > 0  # the grid, then the bisection
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     budget = results["pass_budget"]
-    assert budget["budget"] == 9.0 and [t["threshold"] for t in budget["tried"]] == [0.05, 0.5, 0.95]
+    tried = [t["threshold"] for t in budget["tried"]]
+    assert budget["budget"] == 9.0 and {0.05, 0.5, 0.95} <= set(tried) and tried == sorted(tried)
     fitting = [t for t in budget["tried"] if t["mean_forward_passes"] <= 9.0]
     assert budget["fits"] == bool(fitting)
     if fitting:
@@ -742,7 +764,9 @@ def test_k1_rows_and_the_multi_row_get_thresholds_chosen_at_their_own_k(cli, tin
     # never halts: every thought) and 0.05 at K = 3 (it halts at once: no thought)
     picks, calls = {1: 0.95, 3: 0.05}, []
 
-    def choose(lm, navigator, examples, eval_cfg, budget, grid, seed=0, num_trajectories=1, fusion="majority"):
+    def choose(
+        lm, navigator, examples, eval_cfg, budget, grid, seed=0, num_trajectories=1, fusion="majority", refine=0
+    ):
         calls.append((len(examples), num_trajectories, budget, fusion))
         t = picks[num_trajectories]
         return ThresholdChoice(
@@ -767,7 +791,8 @@ def test_k1_rows_and_the_multi_row_get_thresholds_chosen_at_their_own_k(cli, tin
     assert calls == [(4, 1, 9.0, "value"), (4, 3, 30.0, "value")]  # both on the 4 validation questions
     # the K = 1 rows (navigator, no steering, no memory) halt at the K = 1 choice, the multi row at the K = 3 one
     # (the periodic validation before them uses the configured default: None)
-    assert used["evaluate_navigator"][-3:] == [0.95] * 3 and used["evaluate_multi"] == [0.05]
+    # the multi row and its steering-off ablation halt at the K = 3 threshold
+    assert used["evaluate_navigator"][-3:] == [0.95] * 3 and used["evaluate_multi"] == [0.05, 0.05]
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert results["pass_budget"]["threshold"] == 0.95 and results["pass_budget"]["num_trajectories"] == 1
     assert results["multi_pass_budget"]["threshold"] == 0.05 and results["multi_pass_budget"]["num_trajectories"] == 3
