@@ -799,18 +799,10 @@ def final_evaluation(run: NavRun, curve: list[dict], budgets: dict[str, dict] | 
     }
     k = cfg.ppo.answer_trajectories
     if k > 1:  # K trajectories (those it was trained with, or ppo.eval_trajectories), fused, beside K = 1 above
-        rows["navigator_multi"] = evaluate_multi(
-            run.lm,
-            run.navigator,
-            test,
-            cfg.eval,
-            k,
-            cfg.ppo.fusion,
-            seed=cfg.seed,
-            halt_threshold=cfg.navigator.halt_threshold_at(k),  # chosen for navigator.multi_pass_budget when set
-        )
-        if cfg.navigator.steering:  # the same K trajectories with plain thoughts: what steering does as a sampler
-            rows["navigator_multi_no_steering"] = evaluate_multi(
+        halt_k = cfg.navigator.halt_threshold_at(k)  # chosen for navigator.multi_pass_budget when set
+
+        def fused(steer: bool) -> EvalResult:
+            return evaluate_multi(
                 run.lm,
                 run.navigator,
                 test,
@@ -818,9 +810,13 @@ def final_evaluation(run: NavRun, curve: list[dict], budgets: dict[str, dict] | 
                 k,
                 cfg.ppo.fusion,
                 seed=cfg.seed,
-                steer=False,
-                halt_threshold=cfg.navigator.halt_threshold_at(k),
+                steer=steer,
+                halt_threshold=halt_k,
             )
+
+        rows["navigator_multi"] = fused(steer=True)
+        if cfg.navigator.steering:  # the same K trajectories with plain thoughts: what steering does as a sampler
+            rows["navigator_multi_no_steering"] = fused(steer=False)
     for name, res in rows.items():
         results[name] = res.summary()
     nav = rows["navigator"]
