@@ -514,7 +514,10 @@ class PPOConfig:
     scale_rewards: Literal["group", "batch", "none"] = "group"
     """advantage=group: divide by the std of the question's group, of the whole (global) batch, or not at all (TRL's
     name). "group" (the default, as earlier runs) blows a pure cost difference (every trajectory right, 0.01 per pass
-    apart) up to +-1, the size of right against wrong; "none" keeps it as small as it is (tests/rl/test_ppo.py)."""
+    apart) up to +-1, the size of right against wrong; "none" keeps it as small as it is (tests/rl/test_ppo.py). On
+    the hard setting's validation split "none" left the steering navigator near fixed 3-thought COCONUT (18.5-19.6
+    passes at every halting threshold: no pass budget below that can be met) and "group" kept its halting
+    responsive to the threshold (docs/guides/trajectories.md)."""
     scorer_coef: float = 1.0
     """Weight of the fusion scorer's loss (BCE of each trajectory's final score against its correctness). The
     scorer reads detached trunk features: it never changes the policy or the value head (0 = not trained)."""
