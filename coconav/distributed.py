@@ -41,8 +41,6 @@ from coconav.errors import ConfigError
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
-    from coconav.model.latent_lm import LatentLM
-
 FULL_ON_RANK0 = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
@@ -129,8 +127,9 @@ def check_engine(accelerator) -> None:
         )
 
 
-def shard_lm(lm: LatentLM) -> LatentLM:
-    """Shard `lm` in place over the default process group, as one FSDP unit (see module docstring).
+def shard_lm(lm: torch.nn.Module) -> torch.nn.Module:
+    """Shard `lm`, a LatentLM, in place over the default process group, as one FSDP unit (see module docstring).
+    It is typed as a module: the ground floor imports nothing from the rooms above it.
 
     Full fine-tuning only: a LoRA-wrapped backbone is refused (train it with DDP).
     """
@@ -175,7 +174,7 @@ def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimize
     set_optimizer_state_dict(model, _inner(optimizer), named, options=StateDictOptions(full_state_dict=True))
 
 
-def unsharded_lm(lm: LatentLM, state: dict[str, torch.Tensor]) -> LatentLM:
+def unsharded_lm(lm: torch.nn.Module, state: dict[str, torch.Tensor]) -> torch.nn.Module:
     """A plain (unsharded, CPU) LatentLM with the architecture of `lm` and the weights `state`
     (the full state dict of `lm`, as `gather_model_state` returns it on rank 0)."""
     from transformers.initialization import no_init_weights

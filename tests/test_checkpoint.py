@@ -15,7 +15,12 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from coconav.checkpoint import (
+from coconav.cli import main
+from coconav.config import ModelConfig
+from coconav.data.tasks import get_task
+from coconav.data.tokenizer import build_word_tokenizer
+from coconav.errors import CheckpointError
+from coconav.io.checkpoint import (
     TrainState,
     checkpoint_meta,
     latest_checkpoint,
@@ -23,11 +28,6 @@ from coconav.checkpoint import (
     load_trainer_state,
     save_checkpoint,
 )
-from coconav.cli import main
-from coconav.config import ModelConfig
-from coconav.data.tasks import get_task
-from coconav.data.tokenizer import build_word_tokenizer
-from coconav.errors import CheckpointError
 from coconav.model.build import build_latent_lm
 from coconav.model.latent_lm import LatentLM
 

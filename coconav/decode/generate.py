@@ -1,7 +1,7 @@
 """Answer generation: the one path from questions to answers, for evaluation and for inference.
 
 A ``ThoughtPlan`` (mode, and a fixed thought count or a controller) -> ``question_prompts`` ->
-``generate_answers``. With a navigator and K > 1 (or K = "auto") trajectories per question, the one
+``generate_answers``; ``navigator_prompts`` are the prompts a navigator starts from, in training and inference. With a navigator and K > 1 (or K = "auto") trajectories per question, the one
 path is ``multi_answers``: ``run_groups`` in inference mode (trajectory 0 greedy, the others steered
 at the navigator's inference temperatures, halting and answers greedy), then ``fuse`` by majority,
 value or learned-scorer vote.
@@ -51,6 +51,12 @@ def question_prompts(lm: LatentLM, questions: list[str], plan: ThoughtPlan) -> l
         which = "the question" if len(questions) == 1 else "a question"
         raise InputError(f"{which} has {longest} tokens, longer than the model's context of {lm.context_length}")
     return prompts
+
+
+def navigator_prompts(lm: LatentLM, questions: list[str]) -> list[list[int]]:
+    """The prompts a navigator thinks from (each question's ids, then <bot>): the same in training rollouts
+    (coconav.rl.rollout) as at inference and in evaluation, K = 1 or K > 1; the navigator decides the thoughts."""
+    return question_prompts(lm, questions, ThoughtPlan("coconut"))
 
 
 def generate_answers(

@@ -106,7 +106,7 @@ class Navigator(nn.Module):
     """Steering, halting and value heads over latent states, with episodic, group and persistent memory."""
 
     # parameters added with multi-trajectory navigation: a checkpoint saved before them loads with their
-    # zero initialisation, which reproduces its behaviour exactly (coconav.checkpoint.load_module)
+    # zero initialisation, which reproduces its behaviour exactly (coconav.io.checkpoint.load_module)
     OPTIONAL_KEYS = ("trajectory_embedding.", "group.", "scorer_head.", "selector.", "thought_rms")
 
     def __init__(self, lm_hidden: int, cfg: NavigatorConfig) -> None:

@@ -4,7 +4,8 @@ Schulman et al., "Proximal Policy Optimization Algorithms" (arXiv 1707.06347), e
 surrogate) and eq. 9 (value + entropy terms); Schulman et al., "High-Dimensional Continuous Control
 Using Generalized Advantage Estimation" (arXiv 1506.02438) for GAE. Names follow cleanrl's ppo.py.
 
-Also the pieces that train multi-trajectory navigation beside PPO: ``anneal`` (the exploration
+``reference_kl`` is the KL penalty that keeps a trained LM (ppo.train_lm) near its frozen reference. Also
+the pieces that train multi-trajectory navigation beside PPO: ``anneal`` (the exploration
 temperature over training), ``scorer_loss`` (the fusion scorer: binary cross-entropy of each
 trajectory's final-step score against its correctness) and ``selector_loss`` (the K-selector:
 binary cross-entropy of the question's success logit against the share of its trajectories
@@ -149,6 +150,15 @@ def ppo_loss(
     return PPOLoss(
         loss, policy_loss.detach(), value_loss.detach(), entropy_mean.detach(), approx_kl, clipfrac, ratio_mean
     )
+
+
+def reference_kl(ref_logprobs: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor:
+    """k3 estimate of KL(policy || reference) on sampled actions, averaged: E[exp(d) - d - 1] with
+    d = ref_logprobs - logprobs (Schulman, "Approximating KL divergence", 2020: unbiased and never negative).
+
+    Shape: ref_logprobs, logprobs [B] (the policy's keeps its gradient) -> scalar."""
+    log_ratio = ref_logprobs - logprobs
+    return (log_ratio.exp() - log_ratio - 1).mean()
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:

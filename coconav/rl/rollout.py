@@ -1,6 +1,7 @@
 """Latent rollouts of a navigator-steered COCONUT model, and their replay for PPO.
 
-``roll_out`` runs a batch of questions with the KV cache (no gradients): one prefill per question,
+``roll_out`` runs a batch of questions with the KV cache (no gradients), from the prompts inference uses
+(coconav.decode.generate.navigator_prompts): one prefill per question,
 expanded along the batch for its K trajectories (never recomputed: ``batch_repeat_interleave`` for
 one K, ``batch_select_indices`` with per-question counts when K varies), a thought phase in which
 the navigator steers every thought of every trajectory of every question together and each
@@ -19,6 +20,9 @@ thought loop with the stored steering (``LatentLM.forward(thought_offsets=...)``
 log-probabilities, entropies and values at every step, and the log-probability of the decoded
 answer (the episode's last action when ``answer_in_policy``).
 
+``rollout_diagnostics`` and ``group_diagnostics`` summarise a rollout for the log: its accuracy, rewards and
+compute, and per question K, agreement, fused and single accuracy.
+
     traj = roll_out(lm, nav, examples, sample=True, temperature=1.0, max_new_tokens=16)
     traj = roll_out(lm, nav, examples, num_trajectories=5, sample=True, generator=gen)
     rep = replay(lm, nav, traj, torch.arange(len(traj)), temperature=1.0)
@@ -31,9 +35,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from coconav.data.curriculum import IGNORE, Sequence, collate, encode_question
+from coconav.data.curriculum import IGNORE, Sequence, collate
 from coconav.data.records import Example
+from coconav.decode.fusion import fuse
+from coconav.decode.generate import fusion_scores, navigator_prompts, passes_per_question
 from coconav.decode.groups import run_groups
+from coconav.distributed import gather_global
 from coconav.model.latent_lm import LatentLM
 from coconav.model.navigator import Navigator, Peers, StepMasks, gather_peers, peer_index
 
@@ -113,7 +120,7 @@ def roll_out(
 ) -> Trajectories:
     """Roll out K trajectories per question (see module docstring and coconav/decode/groups.py)."""
     L = navigator.cfg.max_thoughts
-    prompts = [encode_question(lm.tokenizer, ex.question) + [lm.special.bot] for ex in examples]
+    prompts = navigator_prompts(lm, [ex.question for ex in examples])  # the prompts of inference, exactly
     run = run_groups(
         lm,
         navigator,
@@ -257,3 +264,58 @@ def replay(
         final_scores=final_scores,
         success_logits=navigator.success_logits(hidden[:, 0].detach()),
     )
+
+
+def rollout_diagnostics(
+    traj: Trajectories, returns: torch.Tensor, correct: torch.Tensor, temperature: float, accelerator=None
+) -> dict[str, float]:
+    """The rollout's numbers over the global batch (all ranks): accuracy, reward mean and std, thoughts, answer
+    tokens and forward passes (the compute rule of passes_per_question: a question's K trajectories share one
+    prefill), the exploration temperature and the first step's halting probability.
+    Shape: returns, correct [B_global] (already gathered); `traj` this rank's."""
+    num_thoughts = gather_global(accelerator, traj.num_thoughts)
+    work = traj.num_thoughts + traj.new_tokens.to(traj.num_thoughts.device)
+    local = passes_per_question(work, traj.group, int(traj.group.max()) + 1 if len(traj) else 0)
+    passes = float(gather_global(accelerator, local.to(traj.num_thoughts.device)).mean())
+    return {
+        "rollout/accuracy": float(correct.mean()),
+        "rollout/reward_mean": float(returns.mean()),
+        "rollout/reward_std": float(returns.std()) if len(returns) > 1 else 0.0,
+        "rollout/mean_thoughts": float(num_thoughts.float().mean()),
+        "rollout/mean_new_tokens": float(gather_global(accelerator, traj.new_tokens).float().mean()),
+        "rollout/forward_passes": passes,
+        "rollout/temperature": temperature,
+        "rollout/halt_prob": float(traj.halt_probs[:, 0].mean()),
+    }
+
+
+def group_diagnostics(traj: Trajectories, correct: torch.Tensor, fusion: str, accelerator=None) -> dict[str, float]:
+    """Per-question rollout diagnostics over the global batch (all ranks): K (mean, share of each value), agreement
+    with the answer fused by `fusion`, and the accuracy of the fused answer, of trajectory 0 and of any trajectory.
+    Shape: correct [B] (this rank's trajectories, 0/1)."""
+    correct = correct.float().cpu()
+    group = traj.group.cpu()
+    Q = int(group.max()) + 1 if len(group) else 0
+    fused = fuse(traj.texts, fusion_scores(traj, fusion), [ex.answer_type for ex in traj.examples], fusion, group)
+    first = traj.trajectory.cpu() == 0 if traj.trajectory is not None else torch.ones(len(group), dtype=torch.bool)
+    per_question = torch.stack(
+        [
+            traj.counts.cpu().float(),  # K
+            fused.agreement.float(),  # share agreeing with the fused answer
+            correct[fused.winner],  # fused answer right
+            torch.zeros(Q).index_add_(0, group, correct).gt(0).float(),  # any trajectory right
+            correct[first],  # trajectory 0 right
+        ],
+        dim=1,
+    )
+    k, agreement, fused_right, any_right, first_right = gather_global(accelerator, per_question).unbind(1)
+    out = {
+        "rollout/k_mean": float(k.mean()),
+        "rollout/agreement": float(agreement.mean()),
+        "rollout/fused_accuracy": float(fused_right.mean()),
+        "rollout/best_single_accuracy": float(any_right.mean()),
+        "rollout/single_accuracy": float(first_right.mean()),
+    }
+    for value in sorted({int(v) for v in k.tolist()}):
+        out[f"rollout/k_share/{value}"] = float((k == value).float().mean())
+    return out

@@ -327,8 +327,8 @@ def test_group_read_sees_only_existing_peer_states_up_to_the_step():
 def test_new_parts_start_at_zero_and_a_checkpoint_without_them_loads(tmp_path):
     from safetensors.torch import save_file
 
-    from coconav.checkpoint import load_module
     from coconav.errors import CheckpointError
+    from coconav.io.checkpoint import load_module
 
     states, group, peers = group_batch()
     torch.manual_seed(0)

@@ -108,10 +108,10 @@ def test_two_processes_equal_one_process_with_the_same_global_batch_also_after_a
 
 
 def test_fsdp_run_equals_ddp_and_its_checkpoint_reloads_and_evaluates_in_one_process(ddp_run, tmp_path):
-    from coconav.checkpoint import load_trainer_state, read_optimizer_state
     from coconav.config import load_config
     from coconav.data.splits import load_splits
     from coconav.eval.evaluate import evaluate
+    from coconav.io.checkpoint import load_trainer_state, read_optimizer_state
     from coconav.model.latent_lm import LatentLM
 
     launch(tmp_path, [*EQUAL, *TWO_RANKS, "train.fsdp=true"])
@@ -140,8 +140,9 @@ def test_fsdp_run_equals_ddp_and_its_checkpoint_reloads_and_evaluates_in_one_pro
         cfg.eval,
         seed=cfg.seed,
     ).summary()
+    # means of counts, but summed in another order by two ranks than by one process: equal up to the last digit
     for key in ("accuracy", "mean_thoughts", "mean_new_tokens", "mean_forward_passes", "num_questions"):
-        assert result[key] == recorded[key], key
+        assert result[key] == pytest.approx(recorded[key], rel=1e-9), key
     # a sharded resume from stage 1 takes its slice of the saved full optimizer state and ends where DDP did
     resumed = tmp_path / "resumed"
     shutil.copytree(tmp_path, resumed, ignore=shutil.ignore_patterns("resumed"))

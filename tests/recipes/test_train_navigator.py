@@ -16,10 +16,12 @@ import pytest
 import torch
 import yaml
 
-from coconav.checkpoint import TrainState, save_checkpoint
 from coconav.config import NavigatorConfig, RunConfig, from_dict, to_dict
 from coconav.eval.evaluate import evaluate
+from coconav.io.checkpoint import TrainState, save_checkpoint
 from coconav.recipes import train_navigator
+from coconav.rl import update as rl_update
+from coconav.rl.policy import reference_policy
 from coconav.rl.rewards import step_rewards
 from coconav.rl.rollout import roll_out
 
@@ -106,6 +108,15 @@ def rollout_with_mixed_rewards(run):
     return traj, rewards
 
 
+def update_policy(run, traj, rewards, update: int = 0, correct=None) -> dict:
+    """One PPO update (coconav.rl.update.ppo_update) of a run's policy, as the recipe makes it at `update`
+    (temperature 1; minibatches seeded by the run's seed and the update)."""
+    seed = run.cfg.seed * 100_003 + update
+    return rl_update.ppo_update(
+        run.policy, run.optimizer, run.accelerator, traj, rewards, run.cfg.ppo, 1.0, seed, correct=correct
+    )
+
+
 def test_build_freezes_the_lm_and_owns_the_navigator(nav_run):
     assert all(not p.requires_grad for p in nav_run.lm.parameters())
     opt_params = {id(p) for group in nav_run.optimizer.param_groups for p in group["params"]}
@@ -116,15 +127,15 @@ def test_build_freezes_the_lm_and_owns_the_navigator(nav_run):
 
 
 def spy_on_ppo_loss(monkeypatch) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Record (new, old) log-probs of every ppo_loss call the recipe makes."""
+    """Record (new, old) log-probs of every ppo_loss call a PPO update makes."""
     calls = []
-    real_loss = train_navigator.ppo_loss
+    real_loss = rl_update.ppo_loss
 
     def spy(new, old, *args, **kwargs):
         calls.append((new.detach().clone(), old.clone()))
         return real_loss(new, old, *args, **kwargs)
 
-    monkeypatch.setattr(train_navigator, "ppo_loss", spy)
+    monkeypatch.setattr(rl_update, "ppo_loss", spy)
     return calls
 
 
@@ -136,7 +147,7 @@ def test_one_ppo_update_trains_the_navigator_only(nav_run, monkeypatch):
     lm_before = {n: p.detach().clone() for n, p in run.lm.named_parameters()}
     calls = spy_on_ppo_loss(monkeypatch)
     run.navigator.train()
-    stats = train_navigator.ppo_update(run, traj, rewards, temperature=1.0, update=0)
+    stats = update_policy(run, traj, rewards, update=0)
     # 2 epochs x 2 minibatches (target_kl off)
     assert len(calls) == 4 and stats["ppo/epochs"] == 2
     # the first minibatch of the first epoch replays exactly what the old log-probs were computed from
@@ -167,12 +178,12 @@ def test_ppo_update_is_deterministic(nav_run):
     state = {k: v.clone() for k, v in run.navigator.state_dict().items()}
     opt_state = run.optimizer.state_dict()
     run.navigator.train()
-    train_navigator.ppo_update(run, traj, rewards, 1.0, update=3)
+    update_policy(run, traj, rewards, update=3)
     first = {k: v.clone() for k, v in run.navigator.state_dict().items()}
     run.navigator.load_state_dict(state)
     run.optimizer.load_state_dict(opt_state)
     run.optimizer.state.clear()
-    train_navigator.ppo_update(run, traj, rewards, 1.0, update=3)
+    update_policy(run, traj, rewards, update=3)
     for k, v in run.navigator.state_dict().items():
         assert torch.equal(v, first[k]), k
 
@@ -234,7 +245,8 @@ def test_init_from_that_is_not_a_checkpoint(cli, tmp_path):
         f"init_from={missing}",
         "navigator.max_thoughts=3",
     )
-    assert res.error() == f"checkpoint folder not found: {missing}"
+    assert res.error().startswith(f"init_from: checkpoint folder not found: {missing}")
+    assert not (tmp_path / "run").exists()  # refused before the run folder is written
 
 
 # -- the whole recipe ---------------------------------------------------------------------------------
@@ -307,7 +319,7 @@ def test_train_lm_updates_lora_adapters_with_a_kl_penalty(tiny_run, tmp_path):
     assert lora and all("lora_" in n for n in lora)
     traj, rewards = rollout_with_mixed_rewards(run)
     run.navigator.train()
-    stats = train_navigator.ppo_update(run, traj, rewards, temperature=1.0, update=0)
+    stats = update_policy(run, traj, rewards, update=0)
     assert "ppo/kl_ref" in stats and math.isfinite(stats["ppo/kl_ref"]) and stats["ppo/kl_ref"] >= 0
     assert any(not torch.equal(p, lora[n]) for n, p in run.lm.named_parameters() if n in lora)
     assert all(torch.equal(p, base[n]) for n, p in run.lm.named_parameters() if n in base)
@@ -346,16 +358,16 @@ def test_train_lm_on_a_lora_checkpoint_keeps_training_its_adapter(lora_coconut, 
     trainable = {n: p.detach().clone() for n, p in run.lm.named_parameters() if p.requires_grad}
     assert trainable and all(".default" in n for n in trainable), sorted(trainable)
     torch.testing.assert_close(lm_logits(run.lm, ids), loaded, atol=0, rtol=0)  # the policy starts as COCONUT
-    with train_navigator.reference_policy(run):
+    with reference_policy(run.lm, run.reference_adapter):
         torch.testing.assert_close(lm_logits(run.lm, ids), loaded, atol=0, rtol=0)
     traj, rewards = rollout_with_mixed_rewards(run)
     run.navigator.train()
-    stats = train_navigator.ppo_update(run, traj, rewards, temperature=1.0, update=0)
+    stats = update_policy(run, traj, rewards, update=0)
     assert stats["ppo/ratio_first"] == 1.0 and math.isfinite(stats["ppo/kl_ref"])
     assert any(not torch.equal(p, trainable[n]) for n, p in run.lm.named_parameters() if n in trainable)
     assert {n for n, p in run.lm.named_parameters() if p.requires_grad} == trainable.keys()  # flags restored
     assert not torch.equal(lm_logits(run.lm, ids), loaded)  # the policy moved ...
-    with train_navigator.reference_policy(run):  # ... the reference did not
+    with reference_policy(run.lm, run.reference_adapter):  # ... the reference did not
         torch.testing.assert_close(lm_logits(run.lm, ids), loaded, atol=0, rtol=0)
     # the navigator checkpoint holds the trained adapter only (not the reference) and reloads to the policy
     save_checkpoint(
@@ -423,7 +435,7 @@ def test_rollouts_and_replays_run_without_dropout(tmp_path, monkeypatch):
     assert torch.equal(first.logprobs, second.logprobs) and torch.equal(first.answer_logprobs, second.answer_logprobs)
     calls = spy_on_ppo_loss(monkeypatch)
     run.navigator.train()
-    stats = train_navigator.ppo_update(run, traj, rewards, temperature=1.0, update=0)
+    stats = update_policy(run, traj, rewards, update=0)
     assert torch.equal(*calls[0]) and stats["ppo/ratio_first"] == 1.0
     assert not run.lm.training
     run.logger.close()
@@ -436,7 +448,7 @@ def test_navigator_keeps_the_checkpoint_dtype(bf16_coconut, tmp_path):
     assert run.lm.causal_lm.dtype == torch.bfloat16
     traj, rewards = rollout_with_mixed_rewards(run)
     run.navigator.train()
-    stats = train_navigator.ppo_update(run, traj, rewards, temperature=1.0, update=0)
+    stats = update_policy(run, traj, rewards, update=0)
     assert math.isfinite(stats["ppo/policy_loss"])
     run.logger.close()
 
@@ -451,9 +463,9 @@ def multi_run(tiny_run: Path, out: Path, **ppo):
 
 
 def spy_on_ppo_loss_inputs(monkeypatch) -> list[dict[str, torch.Tensor]]:
-    """Record the advantages, value targets and mask of every ppo_loss call the recipe makes."""
+    """Record the advantages, value targets and mask of every ppo_loss call a PPO update makes."""
     calls = []
-    real_loss = train_navigator.ppo_loss
+    real_loss = rl_update.ppo_loss
 
     def spy(new, old, advantages, new_values, old_values, returns, entropy, mask, *args, **kwargs):
         calls.append(
@@ -461,7 +473,7 @@ def spy_on_ppo_loss_inputs(monkeypatch) -> list[dict[str, torch.Tensor]]:
         )
         return real_loss(new, old, advantages, new_values, old_values, returns, entropy, mask, *args, **kwargs)
 
-    monkeypatch.setattr(train_navigator, "ppo_loss", spy)
+    monkeypatch.setattr(rl_update, "ppo_loss", spy)
     return calls
 
 
@@ -491,7 +503,7 @@ def test_group_advantages_through_the_recipe_equal_hand_derived_numbers(tiny_run
     expected = centred / (0.5 + 1e-4) if scale == "group" else centred  # groups that agree stay 0 (eps 1e-4)
     calls = spy_on_ppo_loss_inputs(monkeypatch)
     run.navigator.train()
-    train_navigator.ppo_update(run, traj, rewards, 1.0, update=0)
+    update_policy(run, traj, rewards, update=0)
     assert len(calls) == 1
     mb = torch.randperm(8, generator=torch.Generator().manual_seed(run.cfg.seed * 100_003))  # the recipe's minibatch
     valid = calls[0]["mask"].float()
@@ -514,7 +526,7 @@ def test_gae_is_still_the_default_advantage(tiny_run, tmp_path, monkeypatch):
     rewards[torch.arange(8), traj.num_thoughts] = 1.0  # every trajectory right: group advantages would be all 0
     calls = spy_on_ppo_loss_inputs(monkeypatch)
     run.navigator.train()
-    train_navigator.ppo_update(run, traj, rewards, 1.0, update=0)
+    update_policy(run, traj, rewards, update=0)
     assert bool((calls[0]["advantages"].abs() > 0).any())  # return 1 minus the (untrained) value estimates
     run.logger.close()
 
@@ -562,13 +574,13 @@ def test_scorer_and_selector_train_without_changing_the_policy(nav_run):
     state = {k: v.clone() for k, v in run.navigator.state_dict().items()}
     opt_state = run.optimizer.state_dict()
     run.navigator.train()
-    on = train_navigator.ppo_update(run, traj, rewards, 1.0, update=0, correct=correct)
+    on = update_policy(run, traj, rewards, update=0, correct=correct)
     with_heads = {n: p.detach().clone() for n, p in run.navigator.named_parameters()}
     run.navigator.load_state_dict(state)
     run.optimizer.load_state_dict(opt_state)
     run.optimizer.state.clear()
     run.cfg.ppo.scorer_coef = run.cfg.ppo.selector_coef = 0.0
-    off = train_navigator.ppo_update(run, traj, rewards, 1.0, update=0, correct=correct)
+    off = update_policy(run, traj, rewards, update=0, correct=correct)
     heads = head_names(run)
     for n, p in run.navigator.named_parameters():
         if n in heads:
@@ -591,7 +603,7 @@ def test_scorer_and_selector_losses_decrease_over_updates(tiny_run, tmp_path):
     rewards = torch.zeros(8, run.cfg.navigator.max_thoughts + 1)
     rewards[torch.arange(8), traj.num_thoughts] = correct
     run.navigator.train()
-    history = [train_navigator.ppo_update(run, traj, rewards, 1.0, update=u, correct=correct) for u in range(6)]
+    history = [update_policy(run, traj, rewards, update=u, correct=correct) for u in range(6)]
     scorer = [h["ppo/scorer_loss"] for h in history]
     selector = [h["ppo/selector_loss"] for h in history]
     assert scorer[-1] < scorer[0] - 0.02 and selector[-1] < selector[0] - 0.02, (scorer, selector)

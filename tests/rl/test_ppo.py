@@ -15,6 +15,7 @@ from coconav.rl.ppo import (
     masked_mean,
     normalize_advantages,
     ppo_loss,
+    reference_kl,
 )
 
 # -- GAE ------------------------------------------------------------------------------------------
@@ -310,3 +311,15 @@ def test_anneal_linear_is_the_recipes_old_schedule_bit_for_bit(start, end):
         for update in range(updates + 1):
             frac = update / max(1, updates - 1)
             assert anneal(start, end, frac) == start + (end - start) * min(1.0, frac), (updates, update)
+
+
+def test_reference_kl_k3_by_hand():
+    # two sampled answers: the reference gives the first twice the policy's probability (d = log 2), the second the
+    # same (d = 0); k3 = exp(d) - d - 1 -> 2 - log 2 - 1 = .306853 and 0, mean .153426
+    logprobs = torch.tensor([math.log(0.25), math.log(0.5)], requires_grad=True)
+    ref = torch.tensor([math.log(0.5), math.log(0.5)])
+    kl = reference_kl(ref, logprobs)
+    assert float(kl.detach()) == pytest.approx((1 - math.log(2)) / 2, abs=1e-6)
+    kl.backward()  # the penalty's gradient reaches the policy: d/dlogp (exp(r - logp) - (r - logp) - 1) = 1 - exp(d)
+    torch.testing.assert_close(logprobs.grad, torch.tensor([(1 - 2.0) / 2, 0.0]))
+    assert float(reference_kl(ref, ref)) == 0.0  # the policy at its reference: no penalty

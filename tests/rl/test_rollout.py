@@ -388,3 +388,48 @@ def test_answers_never_hold_latent_tokens_and_replay_scores_them(sample):
     assert bool(torch.isfinite(rep.answer_logprobs).all())
     for i in (0, 5, 9):
         assert float(rep.answer_logprobs[i]) == pytest.approx(stepwise_answer_logprob(lm, nav, traj, i), abs=1e-4)
+
+
+# -- one prompt builder for training and inference ---------------------------------------------------
+
+
+def test_training_and_inference_prompts_are_identical(lm, monkeypatch):
+    """A navigator thinks from the same prompt ids in a training rollout as at inference (K = 1 and K > 1): one
+    builder, coconav.decode.generate.navigator_prompts, each question's ids then <bot>."""
+    from coconav.config import RunConfig
+    from coconav.data.curriculum import encode_question
+    from coconav.decode import generate
+    from coconav.inference import CoconavModel
+    from coconav.rl import rollout
+
+    calls: list[list[list[int]]] = []
+
+    def spy_groups(module):
+        real = module.run_groups
+
+        def spy(lm_, navigator, prompts, *args, **kwargs):
+            calls.append([list(p) for p in prompts])
+            return real(lm_, navigator, prompts, *args, **kwargs)
+
+        monkeypatch.setattr(module, "run_groups", spy)
+
+    def spy_generate(self, prompts, *args, _real=LatentLM.generate, **kwargs):
+        calls.append([list(p) for p in prompts])
+        return _real(self, prompts, *args, **kwargs)
+
+    spy_groups(rollout)
+    spy_groups(generate)
+    monkeypatch.setattr(LatentLM, "generate", spy_generate)
+    examples, nav = questions(4), steering_navigator()
+    texts = [ex.question for ex in examples]
+    sampled_rollout(lm, nav, examples, seed=0, max_new_tokens=2)
+    training = calls[0]
+    model = CoconavModel(lm, RunConfig(init_from="coconut", navigator=nav.cfg), stage=0, navigator=nav)
+    calls.clear()
+    model.generate(texts, max_new_tokens=2)  # K = 1: the navigator as the generation's controller
+    alone = calls[0]
+    calls.clear()
+    model.generate(texts, max_new_tokens=2, num_trajectories=2)  # K = 2: run_groups in inference mode
+    together = calls[0]
+    assert training == alone == together
+    assert training == [encode_question(lm.tokenizer, q) + [lm.special.bot] for q in texts]

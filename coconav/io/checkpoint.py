@@ -5,10 +5,11 @@ A checkpoint folder ``RUN/checkpoints/NAME`` holds
 - ``coconav.json``: special token ids, the resolved run config, stage, step, metrics,
 - ``trainer_state.safetensors`` + ``trainer_state.json``: optimizer tensors and their structure
   and the torch RNG state; extra modules (the navigator) as ``NAME.safetensors`` — never a pickle,
-- ``README.md``: a Hub model card (coconav/hub.py), so the folder can be pushed as it is.
+- ``README.md``: a Hub model card (coconav/io/hub.py), so the folder can be pushed as it is, and
+  ``coconav_pipeline.py``, named in config.json, which makes ``transformers.pipeline`` refuse the folder.
 
 A checkpoint argument may also be a Hub id ``owner/name`` (resolved through the Hub cache, see
-``coconav.hub.resolve_checkpoint``).
+``coconav.io.hub.resolve_checkpoint``).
 
 Every folder is written under a temporary name and renamed into place when complete, so an
 interrupted run never leaves a half-written checkpoint that could be loaded. Resuming happens
@@ -29,7 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from coconav.common import replace_dir_atomic
 from coconav.errors import CheckpointError
-from coconav.hub import resolve_checkpoint, write_model_card
+from coconav.io.hub import current_versions, resolve_checkpoint, write_model_card, write_pipeline_guard
 from coconav.model.latent_lm import META_FILE, LatentLM, read_metadata
 
 STATE_TENSORS = "trainer_state.safetensors"
@@ -84,7 +85,12 @@ def save_checkpoint(
     tmp = directory.with_name(f".{directory.name}.tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    extra = {"config": config, "train_state": train_state.__dict__, "metrics": metrics or {}}
+    extra = {
+        "config": config,
+        "train_state": train_state.__dict__,
+        "metrics": metrics or {},
+        "versions": current_versions(),  # the model card's versions block
+    }
     lm.save_pretrained(tmp, extra_metadata=extra)
     tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
     structure: dict[str, Any] = {"optimizer": None, "modules": []}
@@ -99,6 +105,7 @@ def save_checkpoint(
     save_file(tensors, str(tmp / STATE_TENSORS))
     (tmp / STATE_JSON).write_text(json.dumps(structure), encoding="utf-8")
     run_dir = directory.parent.parent if directory.parent.name == "checkpoints" else None  # RUN/checkpoints/NAME
+    write_pipeline_guard(tmp)  # transformers.pipeline() refuses the folder with a message (coconav/io/hub.py)
     write_model_card(tmp, read_metadata(tmp), run_dir)
     replace_dir_atomic(tmp, directory)
     return directory
@@ -109,7 +116,7 @@ def _read_trainer_files(directory: Path) -> tuple[dict[str, torch.Tensor], dict]
     try:
         tensors = load_file(str(directory / STATE_TENSORS))
         structure = json.loads((directory / STATE_JSON).read_text(encoding="utf-8"))
-    except (FileNotFoundError, SafetensorError, json.JSONDecodeError, OSError) as err:
+    except (SafetensorError, ValueError, RecursionError, OSError) as err:  # ValueError: bad JSON, an integer too long
         raise CheckpointError(f"{directory}: trainer state missing or corrupt ({type(err).__name__})") from None
     return tensors, structure
 
@@ -180,10 +187,16 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return [p for _, _, p in sorted(found, key=lambda x: (x[0], x[1]))]
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path:
+def latest_checkpoint(
+    run_dir: str | Path,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    cache_dir: str | Path | None = None,
+) -> Path:
     """The most advanced complete checkpoint of a run folder (or a checkpoint folder itself, or a Hub id
-    'owner/name' that is no local path: its snapshot in the Hub cache, downloaded if missing and online)."""
-    run_dir = resolve_checkpoint(run_dir)
+    'owner/name' that is no local path: its snapshot in the Hub cache, downloaded if missing and online, at
+    `revision` with `token` into `cache_dir`; see coconav.io.hub.resolve_checkpoint)."""
+    run_dir = resolve_checkpoint(run_dir, revision=revision, token=token, cache_dir=cache_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"checkpoint folder not found: {run_dir}")
     if (run_dir / META_FILE).is_file():
