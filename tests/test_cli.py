@@ -8,6 +8,7 @@ tiny COCONUT run (conftest.tiny_run); tests that change a checkpoint work on a c
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import shutil
@@ -16,9 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from coconav.checkpoint import list_checkpoints
 from coconav.data.curriculum import build_prompt, encode_question
 from coconav.data.tasks import get_task
+from coconav.io.checkpoint import list_checkpoints
 from coconav.model.latent_lm import LatentLM
 
 REPO = Path(__file__).resolve().parent.parent
@@ -614,7 +615,32 @@ def test_eval_sweep_thoughts_reports_the_frontier(cli, tiny_run: Path, tmp_path:
     best = max(p["accuracy"] for p in got["points"])
     assert got["envelope"][-1]["accuracy"] == pytest.approx(best)
     assert got["oracle"][-1]["accuracy"] >= got["difficulty_oracle"][-1]["accuracy"] >= best - 1e-9
+    # the length rule is fitted on the validation split: here the very questions it is applied to, and it says so;
+    # fitted and applied on the same questions it is the difficulty oracle
+    assert got["length_rule_fit"] == {
+        "group_by": "difficulty",
+        "num_questions": 8,
+        "in_sample": True,
+        "data": "validation",
+    }
+    assert got["length_rule"][-1]["accuracy"] == pytest.approx(got["difficulty_oracle"][-1]["accuracy"])
     assert res.out.startswith(f"wrote {out}\n") and json.loads(res.out.split("\n", 1)[1])["points"] == got["points"]
+
+
+def test_eval_sweep_thoughts_on_test_fits_the_length_rule_on_validation(cli, tiny_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "frontier.json"
+    assert cli("eval", "--checkpoint", tiny_run, "--sweep-thoughts", "0-1", "--data", "test", "--out", out).rc == 0
+    got = json.loads(out.read_text(encoding="utf-8"))
+    # fitted on the run's 8 validation questions, applied to its test questions: one budget per difficulty
+    assert got["length_rule_fit"] == {
+        "group_by": "difficulty",
+        "num_questions": 8,
+        "in_sample": False,
+        "data": "validation",
+    }
+    assert got["length_rule"] and all(set(v["budgets"].values()) <= {0, 1} for v in got["length_rule"])
+    computes = [v["compute_per_question"] for v in got["length_rule"]]
+    assert computes == sorted(computes) and all(0.0 <= v["fit_accuracy"] <= 1.0 for v in got["length_rule"])
 
 
 @pytest.mark.parametrize(
@@ -631,3 +657,140 @@ def test_eval_sweep_thoughts_rejects_a_malformed_range(cli, tiny_run: Path, text
         "--sweep-thoughts"
         in cli("eval", "--checkpoint", tiny_run, "--sweep-thoughts", "0-1", "--num-thoughts", "2").error()
     )
+
+
+# -- numbers too large for what they size: refused before anything runs ------------------------------------
+
+HUGE = "99999999999999999999"  # 1e20: past int64, where torch's sizes overflow
+HUGE_CASES = [  # (argv, the message after "coconav: error: ")
+    (
+        ["eval", "--checkpoint", "RUN", "--sweep-thoughts", f"0-{HUGE}"],
+        f"--sweep-thoughts A-B: B must be <= 4096 thoughts, got '0-{HUGE}'",
+    ),
+    (["eval", "--checkpoint", "RUN", "--sweep-thoughts", "0-" + "9" * 5000], "--sweep-thoughts A-B: B must be <= 4096"),
+    (["eval", "--checkpoint", "RUN", "--num-thoughts", HUGE], f"--num-thoughts must be <= 2147483647, got {HUGE}"),
+    (
+        ["eval", "--checkpoint", "RUN", "--max-questions", "1e400"],
+        "--max-questions must be an integer >= 1, got '1e400'",
+    ),
+    (["eval", "--checkpoint", "RUN", "--max-questions", HUGE], f"--max-questions must be <= 2147483647, got {HUGE}"),
+    (["eval", "--checkpoint", "RUN", "--batch-size", HUGE], f"--batch-size must be <= 2147483647, got {HUGE}"),
+    (["eval", "--checkpoint", "RUN", "--max-new-tokens", HUGE], f"--max-new-tokens must be <= 2147483647, got {HUGE}"),
+    (
+        ["eval", "--checkpoint", "RUN", "--max-questions", "9" * 5000],
+        "--max-questions must be an integer >= 1, got '999",
+    ),
+    (
+        ["eval", "--checkpoint", "RUN", "--num-trajectories", "9" * 5000],
+        "--num-trajectories must be an integer or 'auto'",
+    ),
+    (["eval", "--checkpoint", "RUN", "--halt-threshold", "nan"], "--halt-threshold must be a finite number, got 'nan'"),
+    (["eval", "--checkpoint", "RUN", "--abstain-below", "inf"], "--abstain-below must be a finite number, got 'inf'"),
+    (
+        ["eval", "--checkpoint", "RUN", "--trajectories-budget", "1e400"],
+        "--trajectories-budget must be a finite number",
+    ),
+    (["generate", "--checkpoint", "RUN", "q", "--top-k", HUGE], f"--top-k must be <= 2147483647, got {HUGE}"),
+    (
+        ["generate", "--checkpoint", "RUN", "q", "--num-thoughts", HUGE],
+        f"--num-thoughts must be <= 2147483647, got {HUGE}",
+    ),
+    (["explore", "--checkpoint", "RUN", "--port", "65536"], "--port must be <= 65535, got 65536"),
+    (["explore", "--checkpoint", "RUN", "--max-questions", HUGE], f"--max-questions must be <= 2147483647, got {HUGE}"),
+    (["demo", "--seed", HUGE], f"--seed must be <= 4294967295, got {HUGE}"),
+    (["train", "--config", str(DEMO_PRESET), f"seed={HUGE}"], f"seed must be in [0, 2**32), got {HUGE}"),
+    (["train", "--config", str(DEMO_PRESET), "train.lr=1e400"], "train.lr: expected a finite number, got '1e400'"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), HUGE_CASES, ids=[f"{c[0][0]}{c[0][-2]}" for c in HUGE_CASES])
+def test_huge_numbers_are_refused_in_one_line(cli, argv: list[str], message: str) -> None:
+    # each once overflowed with a traceback (a range list of 1e20 items, a tensor of 1e20 thoughts, seeding with 1e20)
+    assert cli(*argv).error().startswith(message)
+
+
+def test_a_sweep_beyond_the_context_is_refused_before_any_count_runs(cli, tiny_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "frontier.json"
+    message = cli("eval", "--checkpoint", tiny_run, "--sweep-thoughts", "0-4000", "--out", out).error()
+    assert message == "--sweep-thoughts: 4000 thoughts do not fit the model's context of 512 positions"
+    assert not out.exists()
+
+
+# -- output paths: checked before the work, never a temporary file left --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("command", "flag"),
+    [("eval", "--out"), ("explore", "--static"), ("explore", "--search-frontier")],
+)
+def test_an_output_file_that_is_a_folder_is_refused_before_the_work(cli, tmp_path: Path, command, flag):
+    # the checkpoint does not even exist: the path is checked first, so no evaluation runs only to fail at the end
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    message = cli(command, "--checkpoint", tmp_path / "no-such-run", flag, folder).error()
+    assert message.startswith(f"{flag} {folder} is a folder: give a file name (e.g. {folder}/")
+    assert list(folder.iterdir()) == []
+
+
+def test_an_output_file_below_a_file_is_refused_before_the_work(cli, tmp_path: Path) -> None:
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("a file, not a folder")
+    message = cli("eval", "--checkpoint", tmp_path / "no-such-run", "--out", blocker / "x.json").error()
+    assert message == f"--out {blocker / 'x.json'}: {blocker} is a file, not a folder"
+
+
+@pytest.mark.skipif(os.geteuid() == 0 if hasattr(os, "geteuid") else True, reason="root writes anywhere")
+def test_an_output_file_in_a_read_only_folder_is_refused_before_the_work(cli, tmp_path: Path) -> None:
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        message = cli("eval", "--checkpoint", tmp_path / "no-such-run", "--out", folder / "x.json").error()
+    finally:
+        folder.chmod(0o700)
+    assert message.startswith(f"--out {folder / 'x.json'}: cannot write in {folder}")
+
+
+def test_missing_folders_of_an_output_file_are_made(cli, tiny_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "new" / "deeper" / "report.json"
+    assert cli("eval", "--checkpoint", tiny_run, "--max-questions", "2", "--out", out).rc == 0
+    assert json.loads(out.read_text())["num_questions"] == 2
+    assert sorted(p.name for p in out.parent.iterdir()) == ["report.json"]  # no temporary file beside it
+
+
+def test_an_output_folder_that_is_a_file_is_refused_before_the_work(cli, tmp_path: Path) -> None:
+    blocker = tmp_path / "runs"
+    blocker.write_text("a file")
+    assert cli("demo", "--out", blocker).error() == f"--out {blocker} is a file, not a folder"
+    assert (
+        cli("train", "--config", DEMO_PRESET, f"out_dir={blocker}").error()
+        == f"out_dir {blocker} is a file, not a folder"
+    )
+
+
+def test_a_failed_atomic_write_leaves_no_temporary_file(tmp_path: Path) -> None:
+    from coconav.common import write_json_atomic
+
+    target = tmp_path / "report.json"
+    target.mkdir()  # os.replace cannot put a file over a folder
+    with pytest.raises(OSError):
+        write_json_atomic(target, {"accuracy": 1.0})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
+
+
+# -- a navigator run checks the checkpoint it steers before making its run folder -----------------------------
+
+
+def test_a_navigator_without_its_coconut_checkpoint_writes_nothing(cli, tmp_path: Path) -> None:
+    out, missing = tmp_path / "nav", tmp_path / "no-coconut" / "checkpoints" / "stage-6"
+    message = cli(
+        "train", "--config", REPO / "configs" / "demo_navigator.yaml", f"out_dir={out}", f"init_from={missing}"
+    ).error()
+    assert message == f"init_from: checkpoint folder not found: {missing} (the COCONUT checkpoint the navigator steers)"
+    assert not out.exists()  # no config.yaml, no metrics.jsonl
+
+
+def test_a_missing_navigator_preset_is_refused_before_the_demo_trains(cli, tmp_path: Path) -> None:
+    out, missing = tmp_path / "demo", tmp_path / "no-such-navigator.yaml"
+    assert cli("demo", "--out", out, "--navigator-config", missing).error() == f"config file not found: {missing}"
+    assert not out.exists()

@@ -248,3 +248,128 @@ def test_the_halting_threshold_at_k_is_the_multi_one_only_when_set_and_k_is_not_
     assert nav.halt_threshold_at(1) == 0.4  # one trajectory: the K = 1 threshold
     assert nav.halt_threshold_at(5) == 0.7 and nav.halt_threshold_at("auto") == 0.7  # K != 1: the multi one
     assert NavigatorConfig(halt_threshold=0.4).halt_threshold_at(5) == 0.4  # unset: the K = 1 threshold
+
+
+# -- malformed files the parser alone would accept or crash on ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "first"),
+    [
+        ("seed: 1\ntrain:\n  lr: 1.0e-3\n  batch_size: 8\n  lr: 1.0e-4\n", 5, 3),  # inside a section
+        ("seed: 1\nseed: 2\n", 2, 1),  # at the top level
+    ],
+)
+def test_a_key_given_twice_is_refused_before_anything_is_written(cli, tmp_path: Path, text, line, first) -> None:
+    # PyYAML keeps the last value silently: the run would go ahead with one of two settings
+    cfg = write(tmp_path / "dup.yaml", text + f"out_dir: {tmp_path / 'run'}\n")
+    key = "lr" if "lr: 1.0e-4" in text else "seed"
+    assert cli("train", "--config", cfg).error() == (
+        f"{cfg}:{line}: key '{key}' is given twice in one section (first on line {first}): keep one"
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_same_key_in_two_sections_is_fine(tmp_path: Path) -> None:
+    cfg = write(tmp_path / "ok.yaml", "train:\n  lr: 1.0e-3\nppo:\n  lr: 1.0e-4\n")
+    assert load_config(cfg).ppo.lr == 1e-4 and load_config(cfg).train.lr == 1e-3
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("seed: " + "[" * 5000 + "]" * 5000 + "\n", "YAML nested too deeply"),  # RecursionError in the parser
+        ("seed: " + "1" * 5000 + "\n", "a value cannot be read: Exceeds the limit"),  # int() refuses 4300+ digits
+        ("train:\n  lr: 1e400\n", "train.lr: expected a finite number, got '1e400'"),  # inf
+        ("train:\n  lr: .nan\n", "train.lr: expected a finite number, got nan"),
+        ("seed: 99999999999999999999\n", "seed must be in [0, 2**32), got 99999999999999999999"),
+    ],
+    ids=["deep", "long-int", "inf", "nan", "huge-seed"],
+)
+def test_values_python_cannot_hold_are_one_line_errors(cli, tmp_path: Path, text: str, message: str) -> None:
+    cfg = write(tmp_path / "bad.yaml", text)
+    assert message in cli("train", "--config", cfg).error()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.lr=1e400", "train.lr: expected a finite number, got '1e400'"),
+        ("train.lr=nan", "train.lr: expected a finite number, got 'nan'"),
+        ("seed=99999999999999999999999", "seed must be in [0, 2**32), got 99999999999999999999999"),
+        ("seed=-1", "seed must be in [0, 2**32), got -1"),
+        ("seed=" + "9" * 5000, "override 'seed': the value cannot be read (Exceeds the limit"),
+        ("train.betas=" + "[" * 3000, "override 'train.betas': the value cannot be read (maximum recursion depth"),
+    ],
+    ids=["inf", "nan", "huge-seed", "negative-seed", "long-int", "deep"],
+)
+def test_overrides_python_cannot_hold_are_one_line_errors(cli, override: str, message: str) -> None:
+    assert cli("train", "--config", DEMO_PRESET, override).error().startswith(message)
+
+
+# -- inheritance: `base: OTHER.yaml` ----------------------------------------------------------------------
+
+
+def test_a_preset_inherits_its_base_and_overrides_keys(tmp_path: Path) -> None:
+    write(tmp_path / "root.yaml", "seed: 1\ntrain:\n  lr: 1.0e-3\n  batch_size: 64\n  betas: [0.9, 0.98]\n")
+    (tmp_path / "sub").mkdir()
+    write(tmp_path / "sub" / "middle.yaml", "base: ../root.yaml\ntrain:\n  lr: 3.0e-4\n  betas: [0.8, 0.9]\n")
+    child = write(
+        tmp_path / "sub" / "child.yaml", "base: middle.yaml  # beside it\nseed: 2\neval:\n  num_thoughts: 3\n"
+    )
+    cfg = load_config(child)
+    assert cfg.seed == 2 and cfg.eval.num_thoughts == 3  # its own keys
+    assert cfg.train.lr == 3e-4 and cfg.train.betas == [0.8, 0.9]  # the middle's: a list is replaced whole
+    assert cfg.train.batch_size == 64  # the root's, kept beside the overridden keys of its section
+    # the saved config is resolved: no base, loads on its own to the same run
+    save_config(cfg, tmp_path / "config.yaml")
+    assert "base" not in (tmp_path / "config.yaml").read_text() and load_config(tmp_path / "config.yaml") == cfg
+
+
+def test_null_in_a_preset_replaces_its_bases_value(tmp_path: Path) -> None:
+    write(tmp_path / "root.yaml", "train:\n  first_stage_epochs: 25\n")
+    child = write(tmp_path / "child.yaml", "base: root.yaml\ntrain:\n  first_stage_epochs: null\n")
+    assert load_config(tmp_path / "root.yaml").train.first_stage_epochs == 25.0
+    assert load_config(child).train.first_stage_epochs is None
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"a.yaml": "base: nope.yaml\n"}, "{a}: base preset not found: {dir}/nope.yaml"),
+        ({"a.yaml": "base: a.yaml\n"}, "{a}: its bases lead back to a preset already read ({a} -> {a})"),
+        (
+            {"a.yaml": "base: b.yaml\n", "b.yaml": "base: a.yaml\n"},
+            "{a}: its bases lead back to a preset already read ({a} -> {dir}/b.yaml -> {a})",
+        ),
+        ({"a.yaml": "base: [b.yaml]\n"}, "{a}: 'base' must name a preset file (e.g. base: demo.yaml), got ['b.yaml']"),
+    ],
+    ids=["missing", "itself", "cycle", "not-a-name"],
+)
+def test_bad_bases_are_one_line_errors(cli, tmp_path: Path, files: dict, message: str) -> None:
+    for name, text in files.items():
+        write(tmp_path / name, text)
+    a = tmp_path / "a.yaml"
+    assert cli("train", "--config", a).error() == message.format(a=a, dir=tmp_path)
+
+
+def test_an_error_in_a_base_names_the_base_and_its_line(cli, tmp_path: Path) -> None:
+    base = write(tmp_path / "base.yaml", "seed: 1\ntrain:\n  lr: -1.0\n")
+    child = write(tmp_path / "child.yaml", "base: base.yaml\nseed: 2\n")
+    assert cli("train", "--config", child).error() == f"{base}:3: train.lr must be > 0, got -1.0"
+    write(tmp_path / "dup.yaml", "seed: 1\nseed: 2\n")
+    child = write(tmp_path / "child2.yaml", "base: dup.yaml\n")
+    assert cli("train", "--config", child).error().startswith(f"{tmp_path / 'dup.yaml'}:2: key 'seed' is given twice")
+
+
+# -- the library's errors are ValueErrors ---------------------------------------------------------------
+
+
+def test_every_coconav_error_is_a_value_error() -> None:
+    from coconav import errors
+
+    classes = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.CoconavError)]
+    assert len(classes) >= 5 and all(issubclass(c, ValueError) for c in classes), classes
+    assert issubclass(errors.InputTypeError, TypeError)  # a question that is not a string
+    with pytest.raises(ValueError, match="unknown config key"):
+        load_config(DEMO_PRESET, ["model.hidden=3"])

@@ -77,3 +77,40 @@ def test_from_pretrained_static_cache_and_compile(bf16_coconut: Path):
     assert static.generate(questions) == eager.generate(questions)
     compiled = CoconavModel.from_pretrained(bf16_coconut, dtype="float32", compile=True)
     assert compiled.lm.is_compiled and compiled.lm.kv_cache == "static"  # compiled lazily, at the first call
+
+
+@pytest.mark.parametrize(
+    ("questions", "kind", "message"),
+    [
+        ("", InputError, "every question must be a non-empty string"),
+        ([], InputError, "every question must be a non-empty string"),
+        (["1 + 2 ?", "  "], InputError, "every question must be a non-empty string"),
+        ([None], TypeError, "every question must be a string, got NoneType"),
+        (["1 + 2 ?", 3], TypeError, "every question must be a string, got int"),
+        (7, TypeError, "questions must be a string or a list of strings, got int"),
+    ],
+    ids=["empty", "no-questions", "blank", "none", "int-in-list", "int"],
+)
+@pytest.mark.parametrize("num_trajectories", [1, 2])
+def test_bad_questions_are_value_or_type_errors(nav_checkpoint: Path, questions, kind, message, num_trajectories):
+    """API errors are ValueErrors (InputError), and TypeErrors too where the type is wrong: `except ValueError`
+    around a call catches every bad argument coconav refuses, `except TypeError` the wrong types."""
+    model = CoconavModel.from_pretrained(nav_checkpoint)
+    with pytest.raises(kind) as err:
+        model.generate(questions, num_trajectories=num_trajectories)
+    assert str(err.value) == message and isinstance(err.value, ValueError) and isinstance(err.value, InputError)
+
+
+@pytest.mark.parametrize(
+    ("num_thoughts", "kind", "message"),
+    [
+        (10**20, InputError, "--num-thoughts 100000000000000000000 does not fit the model's context of 512 positions"),
+        (-1, InputError, "--num-thoughts must be >= 0, got -1"),
+        ("3", TypeError, "num_thoughts must be an integer, got str"),
+    ],
+)
+def test_bad_thought_counts_are_refused_before_any_tensor_is_sized(tiny_run: Path, num_thoughts, kind, message):
+    # 10**20 thoughts once overflowed torch.full with a bare "Overflow when unpacking long long"
+    with pytest.raises(kind) as err:
+        CoconavModel.from_pretrained(tiny_run).generate("1 + 2 ?", num_thoughts=num_thoughts)
+    assert str(err.value) == message and isinstance(err.value, ValueError)

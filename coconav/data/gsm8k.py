@@ -204,6 +204,23 @@ def read_text(path: str | Path) -> str:
         raise DataError(f"{path}:{line}: invalid UTF-8 (byte 0x{data[exc.start]:02x} at column {column})") from None
 
 
+def parse_json(text: str) -> Any:
+    """``json.loads`` that also refuses, as a one-line DataError without location (callers add it), JSON
+    that Python cannot hold: lists or objects nested deeper than the interpreter's recursion limit
+    (a RecursionError) and integers of more than 4300 digits (a ValueError). Bad syntax stays a
+    ``json.JSONDecodeError``, whose line and column the caller words for its format.
+    """
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise
+    except RecursionError:
+        raise DataError("bad JSON: lists or objects nested too deeply (hundreds of levels)") from None
+    except ValueError as exc:  # an integer of more than 4300 digits
+        detail = (str(exc).strip().splitlines() or [""])[0].split(";")[0]
+        raise DataError(f"bad JSON: {detail}") from None
+
+
 def iter_lines(text: str) -> Iterator[tuple[int, str]]:
     """(1-based line number, line) for each non-blank line; ``\\r\\n`` endings accepted."""
     # split("\n") rather than splitlines(): the latter also breaks on U+2028 and form feeds,
@@ -278,7 +295,7 @@ def read_gsm8k_jsonl(path: str | Path, steps: StepStyle = "notes", limit: int | 
 
     def parse(line: str, where: str) -> Example:
         try:
-            record = json.loads(line)
+            record = parse_json(line)
         except json.JSONDecodeError as exc:
             raise DataError(f"bad JSON at column {exc.colno}: {exc.msg}") from None
         return gsm8k_example(record, steps, where)

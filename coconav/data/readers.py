@@ -37,6 +37,7 @@ from coconav.data.gsm8k import (
     examples_from_rows,
     gsm8k_example,
     load_hub_rows,
+    parse_json,
     parse_number,
     parse_reference,
     read_gsm8k_jsonl,
@@ -186,9 +187,11 @@ def read_coconut_json(path: str | Path, limit: int | None = None) -> list[Exampl
     if not text.strip():
         raise DataError(f"{path}: no records (the file is empty or blank)")
     try:
-        data = json.loads(text)
+        data = parse_json(text)
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}:{exc.lineno}: bad JSON at column {exc.colno}: {exc.msg}") from None
+    except DataError as exc:  # nested too deeply, an integer too long
+        raise DataError(f"{path}: {exc}") from None
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
     if not data:

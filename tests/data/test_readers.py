@@ -335,3 +335,61 @@ def test_hub_id_through_patched_datasets(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: datasets.Dataset.from_list([json.loads(line)]))
     (example,) = load_examples("openai/gsm8k:test")
     assert example.answer == "18" and example.steps == ("<<16-3-4=9>>", "<<9*2=18>>")
+
+
+# --- every reader against every malformed file -------------------------------------------------
+
+DEEP = "[" * 100_000 + "]" * 100_000  # deeper than the interpreter's recursion limit
+LONG_INT = "1" * 5000  # int() refuses more than 4300 digits
+GOOD_GSM8K_LINE = '{"question": "Q?", "answer": "<<1+1=2>> #### 2"}'
+GOOD_AUG_LINE = "Q?||<<1+1=2>> #### 2"
+MALFORMED = {  # name -> {extension: (file content, the message's pattern after "FILE")}
+    "deep": {
+        ".json": (DEEP, r": bad JSON: lists or objects nested too deeply"),
+        ".jsonl": (f"{GOOD_GSM8K_LINE}\n{DEEP}\n", r":2: bad JSON: lists or objects nested too deeply"),
+    },
+    "long-int": {
+        ".json": (f"[{LONG_INT}]", r": bad JSON: Exceeds the limit \(4300 digits\)"),
+        ".jsonl": (f'{{"question": "Q?", "answer": {LONG_INT}}}\n', r":1: bad JSON: Exceeds the limit"),
+    },
+    "not-utf8": {
+        ".json": (b"[\xff]", r":1: invalid UTF-8 \(byte 0xff at column 2\)"),
+        ".jsonl": (GOOD_GSM8K_LINE.encode() + b"\n\xfe\n", r":2: invalid UTF-8 \(byte 0xfe at column 1\)"),
+        ".txt": (GOOD_AUG_LINE.encode() + b"\nQ\xe9?||#### 1\n", r":2: invalid UTF-8 \(byte 0xe9 at column 2\)"),
+    },
+    "empty": {
+        ".json": ("", r": no records \(the file is empty or blank\)"),
+        ".jsonl": ("\n \n", r": no records \(the file is empty or blank\)"),
+        ".txt": ("", r": no records \(the file is empty or blank\)"),
+    },
+    "wrong-top-level": {
+        ".json": ('{"question": "Q?", "steps": ["s"], "answer": "1"}', r": expected a JSON list of records, got dict"),
+        ".jsonl": ('["Q?", "#### 1"]\n', r":1: expected a JSON object, got list"),
+        ".txt": ("Q? #### 1\n", r":1: expected 'question\|\|<<eq>> ... #### N', found no '\|\|'"),
+    },
+}
+CASES = [(name, ext) for name, by_ext in MALFORMED.items() for ext in by_ext]
+
+
+@pytest.mark.parametrize(("name", "ext"), CASES, ids=[f"{n}{e}" for n, e in CASES])
+def test_every_reader_refuses_every_malformed_file_in_one_line(tmp_path: Path, name: str, ext: str) -> None:
+    text, message = MALFORMED[name][ext]
+    path = write(tmp_path, f"bad{ext}", text)
+    with pytest.raises(DataError, match="^" + str(path).replace(".", r"\.") + message) as info:
+        load_examples(path)
+    assert "\n" not in str(info.value)
+    assert isinstance(info.value, ValueError)  # `except ValueError` catches it too
+
+
+def test_a_folder_named_like_a_data_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "data.json").mkdir()
+    with pytest.raises(DataError, match=r"data\.json: is a directory, expected a data file"):
+        load_examples(tmp_path / "data.json")
+
+
+@pytest.mark.parametrize("ext", [".json", ".jsonl"])
+def test_a_deeply_nested_file_through_the_cli_is_one_line(cli, tiny_run: Path, tmp_path: Path, ext: str) -> None:
+    path = write(tmp_path, f"deep{ext}", MALFORMED["deep"][ext][0])
+    assert (
+        "bad JSON: lists or objects nested too deeply" in cli("eval", "--checkpoint", tiny_run, "--data", path).error()
+    )
