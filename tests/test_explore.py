@@ -1,9 +1,12 @@
 """The thought explorer (coconav/recipes/explore.py, coconav/decode/trace.py): the page's data is the Python API's
 output, the trace changes no decision, errors are JSON 4xx (never a traceback), a burst of concurrent
-requests is answered, the server binds to 127.0.0.1 only, and the static file stays small.
+requests is answered, the server binds to 127.0.0.1 by default, serves only its own routes and answers only
+this machine's (or a trusted) Host header, and the static file stays small. A graph question (ProsQA-shaped)
+carries its graph and each node's probability per thought, and the frontier analysis is written as JSON.
 
 The model is the session's tiny COCONUT run (conftest.tiny_run), read-only; a navigator with random
-(non-zero) steering and a filled persistent memory is attached in memory for the navigator fields.
+(non-zero) steering and a filled persistent memory is attached in memory for the navigator fields. The graph
+question runs through conftest.graph_model, a tiny random model over its words.
 """
 
 from __future__ import annotations
@@ -21,13 +24,19 @@ import torch
 from coconav.config import NavigatorConfig
 from coconav.data.scoring import score
 from coconav.data.tasks import make_splits
-from coconav.errors import ConfigError, InputError
+from coconav.errors import InputError
+from coconav.eval.search import graph_of, node_token_ids, search_frontier
 from coconav.inference import CoconavModel
 from coconav.model.navigator import Navigator
 from coconav.recipes import evaluate_checkpoint, explore
 
+from conftest import GRAPH_DISTANCES, GRAPH_RECORD, assert_close_tree, graph_example, graph_model
+
 TRACE_ONLY = ("correct", "reward")  # keys the explorer adds to the API's trajectory records
-STEP_ONLY = ("xy",)  # the explorer's 2-D projection of each state
+STEP_ONLY = ("xy", "node_probs")  # the explorer's 2-D projection of each state; its graph nodes' probabilities
+# The page batches its questions otherwise than the API call beside it, so a float may move in its last digit
+# (the CPU's summation order): page and API agree to one unit of the page's rounding, or 1e-5 relative.
+PAGE_DIGIT = {"abs": 2 * 10**-explore.DIGITS, "rel": 1e-5}
 
 
 @pytest.fixture(scope="module")
@@ -49,13 +58,15 @@ def test_page_data_equals_the_python_api(explorer: explore.Explorer, tiny_run: P
     for i, record in zip(ids, records):
         page = explorer.questions[i]
         assert len(page["trajectories"]) == 1
-        assert api_view(page["trajectories"][0]) == explore.rounded(record)
+        assert_close_tree(api_view(page["trajectories"][0]), explore.rounded(record), **PAGE_DIGIT)
         assert len(record["steps"]) == record["num_thoughts"] + 1 == 7  # h_0..h_6 for the tiny run's 6 thoughts
     # correctness and thought counts are what `coconav eval` reports for the same questions
     report = evaluate_checkpoint.run(tiny_run, data="test")
     assert [q["correct"] for q in explorer.questions] == [q["correct"] for q in report["questions"]]
     assert [q["num_thoughts"] for q in explorer.questions] == [q["num_thoughts"] for q in report["questions"]]
-    assert explorer.summary()["accuracy_by_difficulty"] == explore.rounded(report["accuracy_by_difficulty"])
+    assert_close_tree(
+        explorer.summary()["accuracy_by_difficulty"], explore.rounded(report["accuracy_by_difficulty"]), **PAGE_DIGIT
+    )
 
 
 def test_trace_fields_are_the_real_states(explorer: explore.Explorer, tiny_run: Path) -> None:
@@ -146,7 +157,8 @@ def test_unknown_ids_are_json_4xx(client, path: str, status: int) -> None:
         ({"question": ""}, "empty"),
         ({"question": "   "}, "empty"),
         ({"question": "1 + " * 400}, "more than the limit"),
-        ({"question": 3}, "empty"),
+        ({"question": 3}, "the question must be a string, got int"),
+        ({"question": None}, "the question must be a string, got NoneType"),
         ({"q": "1 + 2 ?"}, "send JSON"),
         ("not json", "send JSON"),
     ],
@@ -173,7 +185,7 @@ def test_ask_answers_a_typed_question(client, explorer: explore.Explorer) -> Non
     q = response.get_json()
     [traj] = q["trajectories"]
     expected = explorer.model.generate("4 + 5 ?", return_trajectories=True)
-    assert api_view(traj) == explore.rounded(expected)
+    assert_close_tree(api_view(traj), explore.rounded(expected), **PAGE_DIGIT)
     assert traj["correct"] is None and traj["reward"] is None  # no reference answer for a typed question
     assert all(s["xy"] is not None and len(s["xy"]) == 2 for s in traj["steps"])
 
@@ -225,9 +237,34 @@ def test_a_burst_of_concurrent_requests_is_answered(explorer: explore.Explorer) 
         server.server_close()
 
 
-def test_only_localhost(explorer: explore.Explorer) -> None:
-    with pytest.raises(ConfigError, match="127.0.0.1 only"):
-        explore.make_server(explorer, 0, host="0.0.0.0")
+@pytest.mark.parametrize("host", ["http://127.0.0.1", "localhost:8765", "a b", "", "[::1", "x/y"])
+def test_a_host_that_is_no_address_is_refused(explorer: explore.Explorer, host: str) -> None:
+    with pytest.raises(InputError, match="not a host name or address"):
+        explore.make_server(explorer, 0, host=host)
+    with pytest.raises(InputError, match="not a host name or address"):
+        explore.make_server(explorer, 0, trusted=[host])
+
+
+def test_the_server_refuses_a_foreign_host_header(explorer: explore.Explorer) -> None:
+    """Through the real server: a page on another site that rebinds its name to 127.0.0.1 sends its own Host."""
+    import http.client
+
+    server = explore.make_server(explorer, 0, host="localhost", trusted=["box.lan"])
+    assert server.host == "localhost"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        for host, status in [("evil.example", 400), ("box.lan:80", 200), ("127.0.0.1", 200), ("localhost:1", 200)]:
+            conn = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=60)
+            conn.request("GET", "/api/questions", headers={"Host": host})
+            response = conn.getresponse()
+            body = json.loads(response.read())
+            assert response.status == status, (host, body)
+            assert ("error" in body) == (status == 400)
+            conn.close()
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_a_busy_port_is_a_clear_error(explorer: explore.Explorer) -> None:
@@ -284,8 +321,11 @@ def test_k_trajectory_page_data_equals_the_python_api(multi_explorer: explore.Ex
     for i, record, single in zip(ids, records, singles):
         page = multi_explorer.questions[i]
         assert len(page["trajectories"]) == 3
-        assert [api_view(t) for t in page["trajectories"]] == explore.rounded(record["trajectories"])
-        assert page["answer"] == record["answer"] and page["agreement"] == explore.rounded(record["agreement"])
+        assert_close_tree(
+            [api_view(t) for t in page["trajectories"]], explore.rounded(record["trajectories"]), **PAGE_DIGIT
+        )
+        assert page["answer"] == record["answer"]
+        assert page["agreement"] == pytest.approx(record["agreement"], **PAGE_DIGIT)
         assert page["forward_passes"] == record["forward_passes"]
         assert page["num_thoughts"] == sum(t["num_thoughts"] for t in record["trajectories"])
         for t in page["trajectories"]:
@@ -387,3 +427,182 @@ def test_static_file_for_100_questions_at_k_5_stays_under_5_mb(nav_checkpoint: P
     assert sum(len(t["steps"]) for q in explorer.questions for t in q["trajectories"]) == 2500
     out = explore.write_static(explorer, tmp_path / "k5.html")
     assert out.stat().st_size < 5 * 2**20, out.stat().st_size
+
+
+# -- the server answers only its own routes, only this machine's Host, and never 500 to a malformed request ------
+
+
+def test_no_static_route_serves_the_working_folder(explorer: explore.Explorer, tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "secret.txt").write_text("private notes")
+    monkeypatch.chdir(tmp_path)  # Flask's default /static would serve this folder
+    app = explore.create_app(explorer)
+    assert app.static_folder is None
+    client = app.test_client()
+    for path in ("/static/secret.txt", "/secret.txt", "/static/", "/../secret.txt"):
+        response = client.get(path)
+        assert response.status_code == 404, path
+        assert "error" in response.get_json() and "private" not in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("qid", ["\u0661", "\u00b2", "\uff19", "1\u00b2", "0" * 10, "9" * 5000, " 1", "1.0"])
+def test_a_question_id_that_is_no_ascii_number_is_a_404(client, qid: str) -> None:
+    response = client.get(f"/api/question/{qid}")
+    assert response.status_code == 404
+    assert response.get_json()["error"].startswith("unknown question id")
+
+
+@pytest.mark.parametrize(
+    "host, status",
+    [
+        ("localhost", 200),
+        ("127.0.0.1:8765", 200),
+        ("[::1]:8765", 200),
+        ("LOCALHOST:80", 200),
+        ("evil.example", 400),
+        ("evil.example:8765", 400),
+        ("127.0.0.1.evil.example", 400),
+        ("localhost@evil.example", 400),
+        ("[::2]:8765", 400),
+    ],
+)
+def test_only_this_machines_host_header_is_answered(client, host: str, status: int) -> None:
+    for path in ("/", "/api/questions"):
+        response = client.get(path, headers={"Host": host})
+        assert response.status_code == status, path
+        if status == 400:
+            assert "untrusted Host header" in response.get_json()["error"]
+    if status == 400:  # refused before the model runs
+        response = client.post("/api/ask", json={"question": "1 + 2 ?"}, headers={"Host": host})
+        assert response.status_code == 400 and "untrusted Host header" in response.get_json()["error"]
+
+
+def test_a_trusted_host_is_answered(explorer: explore.Explorer) -> None:
+    trusted = explore.trusted_hosts("0.0.0.0", ["Box.LAN", "::1"])
+    assert trusted == ("localhost", "127.0.0.1", "[::1]", "box.lan")  # the wildcard is no name a request carries
+    client = explore.create_app(explorer, trusted).test_client()
+    assert client.get("/api/questions", headers={"Host": "box.lan:8765"}).status_code == 200
+    assert client.get("/api/questions", headers={"Host": "other.lan:8765"}).status_code == 400
+
+
+@pytest.mark.parametrize(
+    "kwargs, status, message",
+    [
+        ({"data": "[" * 20000, "content_type": "application/json"}, 400, "send JSON"),  # deeper than the parser goes
+        ({"data": '{"question": "\\ud800 1 + 2 ?"}', "content_type": "application/json"}, 400, "not valid Unicode"),
+        ({"data": "1" * (explore.MAX_REQUEST_BYTES + 1), "content_type": "application/json"}, 413, "Too Large"),
+        ({"json": {"question": "\u0661 + \u0662 ?"}}, 400, "words this model does not know"),
+        ({"json": [1, 2]}, 400, "send JSON"),
+    ],
+)
+def test_malformed_asks_are_json_4xx(client, kwargs: dict, status: int, message: str) -> None:
+    response = client.post("/api/ask", **kwargs)
+    assert response.status_code == status
+    assert message in response.get_json()["error"]
+
+
+@pytest.mark.parametrize("method, path", [("get", "/api/ask"), ("post", "/"), ("put", "/api/questions")])
+def test_a_wrong_method_is_a_json_405(client, method: str, path: str) -> None:
+    response = getattr(client, method)(path)
+    assert response.status_code == 405 and "Method Not Allowed" in response.get_json()["error"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--host", "http://box"], "not a host name or address: 'http://box' (e.g. localhost, 192.168.1.5, ::1)"),
+        (["--trusted-host", "box:80"], "not a host name or address: 'box:80' (e.g. localhost, 192.168.1.5, ::1)"),
+    ],
+)
+def test_bad_host_flags_are_one_line_errors_before_anything_runs(cli, tiny_run: Path, args, message: str) -> None:
+    assert cli("explore", "--checkpoint", tiny_run, *args).error() == message
+
+
+# -- a question with a graph (ProsQA): the graph and each node's probability at each thought ----------------------
+
+
+@pytest.fixture(scope="module")
+def graph_explorer() -> explore.Explorer:
+    """Two copies of the graph question through a tiny random model over its words (3 thoughts)."""
+    explorer = explore.Explorer(model=graph_model(), checkpoint="graph-model", data="graph.json")
+    explorer.evaluate([graph_example(), graph_example()], batch_size=2)
+    return explorer
+
+
+def test_a_graph_question_carries_its_graph_and_node_probabilities(graph_explorer: explore.Explorer) -> None:
+    q = graph_explorer.questions[0]
+    graph = q["graph"]
+    assert graph["nodes"] == GRAPH_RECORD["idx_to_symbol"] and graph["edges"] == GRAPH_RECORD["edges"]
+    assert (graph["root"], graph["target"], graph["neg_target"]) == (0, 6, 8)
+    assert graph["path"] == [0, 2, 4, 6] and graph["depth"] == GRAPH_DISTANCES
+    # each step's node_probs is the LM head's probability of each node's word over the state h_t
+    model = graph_explorer.model
+    record = model.generate(q["question"], return_trajectories=True, return_states=True)
+    probs = torch.softmax(model.lm.lm_head(record["states"]), dim=-1).detach()  # [4, V]: h_0..h_3
+    ids = node_token_ids(model.lm.tokenizer, graph["nodes"])
+    [traj] = q["trajectories"]
+    assert len(traj["steps"]) == 4
+    for t, step in enumerate(traj["steps"]):
+        assert step["node_probs"][9] is None  # kumpus: a word the tokenizer lacks has no probability
+        assert step["node_probs"][:9] == pytest.approx([float(probs[t, i]) for i in ids[:9]], abs=2e-5)
+    # the reading moves from thought to thought (what the page's colours show)
+    first, second = traj["steps"][0]["node_probs"][:9], traj["steps"][1]["node_probs"][:9]
+    assert max(abs(a - b) for a, b in zip(first, second)) > 0.05
+    # a typed question has no graph, and its steps no node probabilities
+    asked = graph_explorer.ask("Alex is a wumpus.")
+    assert "graph" not in asked and all("node_probs" not in s for s in asked["trajectories"][0]["steps"])
+
+
+def test_the_graph_reaches_both_pages(graph_explorer: explore.Explorer, tmp_path: Path) -> None:
+    html = explore.write_static(graph_explorer, tmp_path / "graph.html").read_text()
+    data = json.loads(html.split('<script id="coconav-data" type="application/json">')[1].split("</script>")[0])
+    assert data["questions"][0]["graph"] == graph_explorer.questions[0]["graph"]
+    served = explore.create_app(graph_explorer).test_client().get("/api/question/1").get_json()
+    assert served["graph"]["path"] == [0, 2, 4, 6]
+    assert len(served["trajectories"][0]["steps"][2]["node_probs"]) == 10
+
+
+def test_search_analysis_is_the_frontier_of_each_questions_states(graph_explorer: explore.Explorer) -> None:
+    model = graph_explorer.model
+    examples = [graph_example(), graph_example()]
+    analysis = explore.search_analysis(model, examples, batch_size=1)
+    # by hand: each question alone through generate, its states read through the LM head
+    items = []
+    for ex in examples:
+        states = model.generate(ex.question, return_trajectories=True, return_states=True)["states"]
+        probs = torch.softmax(model.lm.lm_head(states), dim=-1).detach()
+        ids = node_token_ids(model.lm.tokenizer, GRAPH_RECORD["idx_to_symbol"])
+        column = [probs[:, i] if i is not None else torch.full((len(states),), float("nan")) for i in ids]
+        items.append((torch.stack(column, dim=1), graph_of(ex)))
+    expected = search_frontier(items).to_json()
+    assert_close_tree(analysis.to_json(), expected, abs=1e-5)
+    assert [s["frontier_depth"] for s in expected["steps"]] == [1, 2, 3, 4]
+    assert expected["steps"][3]["frontier_nodes"] == 0  # no node 4 edges from the root
+
+
+def test_search_frontier_cli_writes_the_analysis(cli, tmp_path: Path, graph_explorer: explore.Explorer) -> None:
+    from coconav.config import to_dict
+    from coconav.io.checkpoint import TrainState, save_checkpoint
+
+    model = graph_explorer.model
+    save_checkpoint(tmp_path / "ckpt", model.lm, TrainState(stage=0, step=1, global_step=1), to_dict(model.config))
+    data = tmp_path / "graphs.json"
+    data.write_text(json.dumps([GRAPH_RECORD, {**GRAPH_RECORD, "edges": json.dumps(GRAPH_RECORD["edges"])}]))
+    out = tmp_path / "new" / "frontier.json"
+    result = cli("explore", "--checkpoint", tmp_path / "ckpt", "--data", data, "--search-frontier", out)
+    assert result.rc == 0, result.err
+    report = json.loads(out.read_text())
+    assert report["questions"] == 2 and report["thoughts"] == 3 and report["data"] == str(data)
+    expected = explore.search_analysis(model, [graph_example(), graph_example()]).to_json()
+    assert_close_tree(report["steps"], expected["steps"], abs=1e-5)
+    assert "frontier node p" in result.out and f"wrote {out}" in result.out
+
+
+def test_search_frontier_needs_graph_questions(cli, tiny_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "frontier.json"
+    message = cli("explore", "--checkpoint", tiny_run, "--search-frontier", out).error()
+    assert message == "no question in 'test' carries a graph (idx_to_symbol, edges, root, target)"
+    assert not out.exists()
+    message = cli("explore", "--checkpoint", tiny_run, "--search-frontier", tmp_path).error()
+    assert message == f"--search-frontier {tmp_path} is a folder: give a file name (e.g. {tmp_path / 'report.json'})"
+    message = cli("explore", "--checkpoint", tiny_run, "--search-frontier", out, "--num-trajectories", "2").error()
+    assert message == "--search-frontier reads one trajectory per question: drop --num-trajectories and --static"

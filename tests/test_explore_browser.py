@@ -1,7 +1,8 @@
 """The thought explorer in a real browser: headless Chromium (Debian's `chromium` package), driven through
 the Chrome DevTools protocol (a websocket): it clicks a question in the list, types a new question into
 the box and presses Enter, and the tests read what the DOM shows. The static 500-question file is opened
-and its render time (performance.now() when the page finished drawing, written into the DOM) checked.
+and its render time (performance.now() when the page finished drawing, written into the DOM) checked. A graph
+question (ProsQA-shaped) is drawn as an SVG graph whose node colours follow the thought step.
 
 Marked `browser`: deselect with `-m 'not browser'`. Without Chromium they skip, unless CI is set (then
 they fail: CI installs Chromium, see .ci/run).
@@ -24,6 +25,8 @@ import pytest
 from coconav.data.tasks import make_splits
 from coconav.inference import CoconavModel
 from coconav.recipes import explore
+
+from conftest import GRAPH_RECORD, graph_example, graph_model
 
 pytestmark = pytest.mark.browser
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -270,3 +273,67 @@ def test_k_trajectories_are_stacked_under_the_fused_answer(browser: Browser, ser
     assert browser.eval("document.querySelector('#detail .fused-answer').textContent") == explorer.model.generate(
         "4 + 5 ?", num_trajectories=3
     )
+
+
+@pytest.fixture(scope="module")
+def graph_explorer() -> explore.Explorer:
+    """The graph question twice, through a tiny random model over its words (3 thoughts: steps h_0..h_3)."""
+    explorer = explore.Explorer(model=graph_model(), checkpoint="graph-model", data="graph.json")
+    explorer.evaluate([graph_example(), graph_example()], batch_size=2)
+    return explorer
+
+
+NODE_FILLS = "[...document.querySelectorAll('#graph .node rect.body')].map(r => r.getAttribute('fill'))"
+FRONTIER = "[...document.querySelectorAll('#graph .node.frontier')].map(g => Number(g.dataset.i)).sort((a, b) => a - b)"
+
+
+def check_graph(browser: Browser, explorer: explore.Explorer) -> None:
+    """Question 1's graph: every node drawn and marked; the colours change with the step control."""
+    browser.click('#list .row[data-id="1"]')
+    browser.wait_for("document.getElementById('detail').dataset.qid === '1'")
+    graph = explorer.questions[1]["graph"]
+    assert browser.eval("document.querySelectorAll('#graph .node').length") == len(GRAPH_RECORD["idx_to_symbol"])
+    assert browser.eval("document.querySelectorAll('#graph .edge').length") == len(GRAPH_RECORD["edges"])
+    assert browser.eval("document.querySelectorAll('#graph .edge.on-path').length") == len(graph["path"]) - 1 == 3
+    marks = "(c) => Number(document.querySelector(`#graph .node.${c}`).dataset.i)"
+    assert browser.eval(f"['root', 'target', 'neg-target'].map({marks})") == [0, 6, 8]
+    labels = browser.eval("[...document.querySelectorAll('#graph .node text')].map(t => t.textContent)")
+    assert labels[6] == "lempus ✓" and labels[8] == "tumpus ✗" and labels[2] == "wumpus"
+    assert browser.eval("document.getElementById('graph-step').max") == "3"  # h_0..h_3
+    # step 0: the frontier is distance 1 (wumpus, zumpus); the node of the unknown word is grey
+    before = browser.eval(NODE_FILLS)
+    assert before[9] == "#e4e4e4" and len(set(before[:9])) > 1
+    assert browser.eval(FRONTIER) == [2, 3]
+    # the next thought: the colours change, and the frontier moves one edge on (rempus, gorpus)
+    browser.click("#graph-next")
+    browser.wait_for("document.getElementById('graph-box').dataset.step === '1'")
+    after = browser.eval(NODE_FILLS)
+    assert after != before and after[9] == "#e4e4e4"
+    assert browser.eval(FRONTIER) == [4, 5]
+    assert "becomes thought 2" in browser.eval("document.getElementById('graph-step-label').textContent")
+    # the slider goes straight to the last step (followed by <eot>), and back to the first
+    browser.eval(
+        "(() => { const s = document.getElementById('graph-step'); s.value = 3;"
+        " s.dispatchEvent(new Event('input')); })()"
+    )
+    assert "then <eot>" in browser.eval("document.getElementById('graph-step-label').textContent")
+    browser.click("#graph-prev")
+    browser.click("#graph-prev")
+    browser.click("#graph-prev")
+    assert browser.eval(NODE_FILLS) == before
+
+
+def test_the_graph_is_drawn_and_coloured_by_thought_in_the_static_file(
+    browser: Browser, graph_explorer: explore.Explorer, tmp_path: Path
+) -> None:
+    out = explore.write_static(graph_explorer, tmp_path / "graph.html")
+    browser.open(out.as_uri())
+    check_graph(browser, graph_explorer)
+
+
+def test_the_graph_is_drawn_and_coloured_by_thought_on_the_server(
+    browser: Browser, graph_explorer: explore.Explorer
+) -> None:
+    for _, url in serve(graph_explorer):
+        browser.open(url)
+        check_graph(browser, graph_explorer)

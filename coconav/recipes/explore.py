@@ -10,36 +10,61 @@ and the navigator's reward (coconav.rl.rewards.episode_return); the by-difficult
 ``coconav.eval.evaluate.aggregate``, the numbers `coconav eval` reports. Steps: (1) load the checkpoint and
 the questions; (2) answer them in batches with the trace; (3) project every state h_t onto the two
 principal components of all of them (the paper's picture of thoughts as a search frontier); (4)
-serve the JSON API and the page (Flask, threaded, 127.0.0.1 only), or write the page with the data
-inlined. The data holds a list of trajectories per question: one, or with ``--num-trajectories K`` (a
-navigator checkpoint) K, each with its own trace, answer, correctness, reward and fusion weight, under
-the question's fused answer and agreement (``CoconavModel.generate(..., num_trajectories=K)``).
+serve the JSON API and the page (Flask, threaded, 127.0.0.1 unless ``--host`` says otherwise), or write the
+page with the data inlined. The data holds a list of trajectories per question: one, or with
+``--num-trajectories K`` (a navigator checkpoint) K, each with its own trace, answer, correctness, reward and
+fusion weight, under the question's fused answer and agreement (``CoconavModel.generate(..., num_trajectories=K)``).
+
+A question that carries a graph (ProsQA: ``idx_to_symbol``, ``edges``, ``root``, ``target``, ``neg_target``)
+gets it on the page, and every step of its trajectories the LM head's probability of each node's word
+(``node_probs``, coconav.eval.search): the page draws the graph and colours the nodes thought by thought, the
+paper's reading of thoughts as a search frontier (arXiv 2412.06769 §5). ``search_report`` averages those
+probabilities over a data file (frontier nodes against the rest, by step and by distance from the root):
+
+    coconav explore --checkpoint runs/prosqa/coconut --data prosqa/test.json --search-frontier frontier.json
+
+The server answers only its own routes, and only requests whose Host header names this machine (localhost,
+127.0.0.1, [::1]), the ``--host`` it listens on or a ``--trusted-host``: a page on another site cannot read the
+API through DNS rebinding. A malformed request gets a 4xx with a JSON error, never a traceback.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import math
+import re
 import socket
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 import torch
 
-from coconav.checkpoint import latest_checkpoint
+from coconav.common import check_output_file, write_json_atomic
 from coconav.data.readers import load_examples
 from coconav.data.records import Example
 from coconav.data.scoring import score
 from coconav.data.splits import load_splits
 from coconav.decode.generate import check_multi
-from coconav.errors import ConfigError, InputError
+from coconav.errors import InputError
 from coconav.eval.evaluate import QuestionResult, aggregate
+from coconav.eval.search import SearchFrontier, graph_of, node_probabilities, node_token_ids, search_frontier
 from coconav.inference import CoconavModel
+from coconav.io.checkpoint import latest_checkpoint
 from coconav.rl.rewards import episode_return, format_ok
 
 HOST = "127.0.0.1"
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")  # always trusted in the Host header
+WILDCARD_HOSTS = ("0.0.0.0", "[::]")  # listen on every address: a name no request carries
 MAX_QUESTION_CHARS = 1000
+MAX_REQUEST_BYTES = 64 * 1024  # a typed question is at most MAX_QUESTION_CHARS characters
+QUESTION_ID_RE = re.compile(r"[0-9]{1,9}")  # ASCII digits only: str.isdigit() accepts '²' and '١'
+HOST_NAME_RE = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?")  # a host name or an IPv4 address
+# A Host header: a name or IPv4 address, or an IPv6 address in brackets; an optional port.
+HOST_HEADER_RE = re.compile(r"(?P<name>[a-z0-9.-]+|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?")
 DATA_MARKER = "/*COCONAV_DATA*/null"
 DIGITS = 5  # floats on the page are rounded to this many decimals
 
@@ -145,6 +170,7 @@ class Explorer:
                 t["correct"] = score(t["answer"], ex) if ex.answer else None
                 t["reward"] = self.reward(t["answer"], t["correct"], t["num_thoughts"], t["new_tokens"])
             states.append([t.pop("states") for t in trajs])
+            self.read_nodes(ex, trajs, states[-1])
             if self.num_trajectories == 1:
                 out.append({"trajectories": trajs})
             else:
@@ -152,6 +178,20 @@ class Explorer:
                 fused["correct"] = score(rec["answer"], ex) if ex.answer else None
                 out.append({"fused": fused, "trajectories": trajs})
         return out, states
+
+    def read_nodes(self, example: Example, trajectories: list[dict], states: list[torch.Tensor]) -> None:
+        """For a question with a graph: add to each step the LM head's probability of each node's word
+        (`node_probs`, in the graph's node order; None for a word the tokenizer does not know)."""
+        graph = graph_of(example)
+        if graph is None:
+            return
+        ids = node_token_ids(self.model.lm.tokenizer, graph.symbols)
+        for traj, s in zip(trajectories, states):
+            if not len(s):
+                continue
+            probs = node_probabilities(self.model.lm, s, ids)  # [n+1, N]
+            for step, row in zip(traj["steps"], probs.tolist()):
+                step["node_probs"] = [None if math.isnan(p) else p for p in row]
 
     def project(self, trajectories: list[dict], states: list[torch.Tensor]) -> None:
         """Add each step's 2-D point (`xy`) under the explorer's projection."""
@@ -175,10 +215,16 @@ class Explorer:
 
     def ask(self, text: object) -> dict:
         """Answer a typed question with the explorer's K (no reference answer: correctness and reward are None)."""
-        if not isinstance(text, str) or not text.strip():
+        if not isinstance(text, str):
+            raise InputError(f"the question must be a string, got {type(text).__name__}")
+        if not text.strip():
             raise InputError("the question is empty: type a question")
         if len(text) > MAX_QUESTION_CHARS:
             raise InputError(f"the question has {len(text)} characters, more than the limit of {MAX_QUESTION_CHARS}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # JSON may carry a lone surrogate ("\ud800"), which no tokenizer encodes
+            raise InputError("the question is not valid Unicode text (a lone surrogate)") from None
         ex = Example(question=text.strip(), steps=(), answer="", difficulty=0)
         records, states = self.trace([ex])
         self.project(records[0]["trajectories"], states[0])
@@ -229,6 +275,7 @@ def question_record(qid: int | None, ex: Example, record: dict) -> dict:
     answer, agreement and passes, with thoughts summed over the trajectories), and every trajectory."""
     trajectories = record["trajectories"]
     first = trajectories[0]
+    graph = graph_of(ex)
     if "fused" not in record:
         head = {"answer": first["answer"], "correct": first["correct"], "num_thoughts": first["num_thoughts"]}
     else:
@@ -248,6 +295,7 @@ def question_record(qid: int | None, ex: Example, record: dict) -> dict:
             "reference": ex.answer,
             "difficulty": ex.difficulty,
             **head,
+            **({"graph": graph.to_json(ex.steps)} if graph is not None else {}),
             "trajectories": trajectories,
         }
     )
@@ -271,6 +319,8 @@ def load_questions(model: CoconavModel, data: str, max_questions: int | None) ->
     examples = examples[:max_questions] if max_questions else examples
     if not examples:
         raise InputError(f"no questions to explore in {data!r}")
+    for ex in examples:  # a malformed graph is refused before any question is answered
+        graph_of(ex)
     return examples
 
 
@@ -315,16 +365,62 @@ def write_static(explorer: Explorer, out: str | Path) -> Path:
     return out
 
 
-def create_app(explorer: Explorer):
-    """The Flask app: the page and a JSON API. Every error is JSON {"error": message} with a 4xx status."""
+def host_name(host: str) -> str:
+    """A host as a Host header names it: lower case, an IPv6 address compressed in brackets ('::1' -> '[::1]')."""
+    name = host.strip().lower() if isinstance(host, str) else ""
+    bare = name[1:-1] if name.startswith("[") and name.endswith("]") else name
+    if ":" in bare:
+        try:
+            return f"[{ipaddress.IPv6Address(bare)}]"
+        except ValueError:
+            pass
+    elif bare == name and HOST_NAME_RE.fullmatch(name):
+        return name
+    raise InputError(f"not a host name or address: {str(host)[:60]!r} (e.g. localhost, 192.168.1.5, ::1)")
+
+
+def trusted_hosts(host: str = HOST, extra: Sequence[str] = ()) -> tuple[str, ...]:
+    """The names a request's Host header may carry: this machine's, the listening `host` (unless it is a
+    wildcard such as 0.0.0.0) and `extra` (--trusted-host), as host_name writes them."""
+    names = dict.fromkeys([*LOOPBACK_HOSTS, host_name(host), *(host_name(h) for h in extra)])
+    return tuple(n for n in names if n not in WILDCARD_HOSTS)
+
+
+def host_allowed(header: str, trusted: Sequence[str]) -> bool:
+    """Whether a Host header ('127.0.0.1:8765', '[::1]:8765', 'localhost') names one of `trusted` (port ignored).
+    Flask's TRUSTED_HOSTS cuts each trusted name at its first ':', so it cannot name [::1]: matched here."""
+    match = HOST_HEADER_RE.fullmatch(header.lower())
+    if match is None:
+        return False
+    try:
+        return host_name(match["name"]) in trusted
+    except InputError:
+        return False
+
+
+def create_app(explorer: Explorer, trusted: Sequence[str] = LOOPBACK_HOSTS):
+    """The Flask app: the page and a JSON API, nothing else (no static folder). Requests whose Host header is
+    not in `trusted` are refused (DNS rebinding). Every error is JSON {"error": message} with a 4xx status."""
     from flask import Flask, Response, jsonify, request
     from werkzeug.exceptions import HTTPException
 
-    app = Flask("coconav.explore")
+    app = Flask("coconav.explore", static_folder=None)
     app.json.sort_keys = False
+    app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
 
     def error(message: str, status: int):
         return jsonify({"error": message}), status
+
+    @app.before_request
+    def check_host():
+        header = request.headers.get("Host", "")
+        if not host_allowed(header, trusted):
+            return error(
+                f"untrusted Host header {header[:60]!r}: the explorer answers {', '.join(trusted)} "
+                "(add a name with --trusted-host)",
+                400,
+            )
+        return None
 
     @app.get("/")
     def index():
@@ -336,13 +432,16 @@ def create_app(explorer: Explorer):
 
     @app.get("/api/question/<qid>")
     def question(qid: str):
-        if not qid.isdigit() or int(qid) >= len(explorer.questions):
+        if not QUESTION_ID_RE.fullmatch(qid) or int(qid) >= len(explorer.questions):
             return error(f"unknown question id {qid[:40]!r}: ids run from 0 to {len(explorer.questions) - 1}", 404)
         return jsonify(explorer.questions[int(qid)])
 
     @app.post("/api/ask")
     def ask():
-        body = request.get_json(silent=True)
+        try:
+            body = request.get_json(silent=True)
+        except RecursionError:  # JSON nested deeper than Python's parser goes
+            body = None
         if not isinstance(body, dict) or "question" not in body:
             return error('send JSON {"question": "..."}', 400)
         try:
@@ -352,7 +451,7 @@ def create_app(explorer: Explorer):
 
     @app.errorhandler(HTTPException)
     def http_error(err: HTTPException):
-        return error(f"{err.code} {err.name}: {request.path}", err.code or 400)
+        return error(f"{err.code} {err.name}: {request.path[:100]}", err.code or 400)
 
     @app.errorhandler(Exception)
     def unexpected(err: Exception):  # never a traceback on the page; the server keeps running
@@ -361,21 +460,61 @@ def create_app(explorer: Explorer):
     return app
 
 
-def make_server(explorer: Explorer, port: int, host: str = HOST):
-    """A threaded WSGI server on 127.0.0.1 (any other host is refused: the page is for this machine only)."""
+def make_server(explorer: Explorer, port: int, host: str = HOST, trusted: Sequence[str] = ()):
+    """A threaded WSGI server on `host` (default 127.0.0.1: this machine only) that trusts the Host headers of
+    trusted_hosts(host, trusted)."""
     from werkzeug.serving import make_server as werkzeug_server
 
-    if host != HOST:
-        raise ConfigError(f"the explorer serves on {HOST} only, not {host!r}")
     if not 0 <= port <= 65535:
         raise InputError(f"--port must be in 0..65535, got {port}")
-    with socket.socket() as probe:  # werkzeug exits the process on a busy port: check first
+    allowed = trusted_hosts(host, trusted)
+    address = host_name(host).strip("[]")
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family) as probe:  # werkzeug exits the process on a busy port: check first
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            probe.bind((host, port))
+            probe.bind((address, port))
         except OSError as err:
             raise InputError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
-    return werkzeug_server(host, port, create_app(explorer), threaded=True)
+    return werkzeug_server(address, port, create_app(explorer, allowed), threaded=True)
+
+
+def search_analysis(model: CoconavModel, examples: list[Example], batch_size: int = 32) -> SearchFrontier:
+    """The frontier analysis (coconav.eval.search) of the model's thoughts (its own thought plan, K = 1) on the
+    examples that carry a graph."""
+    with_graph = [(ex, g) for ex in examples if (g := graph_of(ex)) is not None]
+    items = []
+    for lo in range(0, len(with_graph), batch_size):
+        chunk = with_graph[lo : lo + batch_size]
+        records = model.generate([ex.question for ex, _ in chunk], return_trajectories=True, return_states=True)
+        for record, (_, graph) in zip(records, chunk):
+            ids = node_token_ids(model.lm.tokenizer, graph.symbols)
+            items.append((node_probabilities(model.lm, record["states"], ids), graph))
+    return search_frontier(items)
+
+
+def search_report(
+    checkpoint: str | Path, data: str, max_questions: int | None = None, batch_size: int | None = None
+) -> dict:
+    """The frontier analysis of a checkpoint on the graph questions of `data` (a ProsQA file), as JSON."""
+    folder = latest_checkpoint(checkpoint)
+    model = CoconavModel.from_pretrained(folder)
+    examples = load_questions(model, data, max_questions)
+    graphs = sum(graph_of(ex) is not None for ex in examples)
+    if not graphs:
+        raise InputError(f"no question in {data!r} carries a graph (idx_to_symbol, edges, root, target)")
+    analysis = search_analysis(model, examples, batch_size or model.config.eval.batch_size)
+    thoughts = None if model.navigator is not None else model.default_thoughts()  # None: the navigator halts
+    return {"checkpoint": str(folder), "data": data, "questions": graphs, "thoughts": thoughts, **analysis.to_json()}
+
+
+def print_search(report: dict) -> None:
+    """The frontier analysis as a small table: per step, the mean probability of a frontier node and of the rest."""
+    print(f"{'step':>4} {'frontier depth':>14} {'frontier node p':>15} {'other node p':>12} {'frontier mass':>13}")
+    for s in report["steps"]:
+        cells = [s["frontier_mean"], s["other_mean"], s["frontier_mass"]]
+        f, o, m = ("-" if v is None else f"{v:.4f}" for v in cells)
+        print(f"{s['step']:>4} {s['frontier_depth']:>14} {f:>15} {o:>12} {m:>13}")
 
 
 def run(
@@ -386,15 +525,37 @@ def run(
     static: str | Path | None = None,
     max_questions: int | None = None,
     fusion: str = "majority",
+    host: str = HOST,
+    trusted: Sequence[str] = (),
+    search: str | Path | None = None,
 ) -> None:
-    """`coconav explore`: serve the page until interrupted, or write the static file."""
+    """`coconav explore`: serve the page until interrupted, write the static file, or (`search`) write the frontier
+    analysis of the graph questions as JSON."""
+    for flag, path in (("--static", static), ("--search-frontier", search)):
+        if path is not None:
+            check_output_file(path, flag)
+    trusted_hosts(host, trusted)  # a malformed --host or --trusted-host is refused before the questions run
+    if search is not None:
+        if num_trajectories != 1 or static is not None:
+            raise InputError(
+                "--search-frontier reads one trajectory per question: drop --num-trajectories and --static"
+            )
+        report = search_report(checkpoint, data, max_questions)
+        Path(search).parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(search, report)
+        print_search(report)
+        print(f"wrote {search} ({report['questions']} questions with a graph)")
+        return
     explorer = build(checkpoint, data, num_trajectories, max_questions, fusion=fusion)
     if static is not None:
         print(f"wrote {write_static(explorer, static)} ({len(explorer.questions)} questions)")
         return
-    server = make_server(explorer, port)
+    server = make_server(explorer, port, host, trusted)
+    shown = host_name(host) if host_name(host) not in WILDCARD_HOSTS else HOST
+    if host_name(host) not in LOOPBACK_HOSTS:
+        print(f"coconav explorer: listening on {host}: other machines that reach it can use the page and the model")
     print(
-        f"coconav explorer: http://{HOST}:{server.server_port}/  ({len(explorer.questions)} questions; Ctrl-C stops)",
+        f"coconav explorer: http://{shown}:{server.server_port}/  ({len(explorer.questions)} questions; Ctrl-C stops)",
         flush=True,
     )
     try:
