@@ -84,8 +84,9 @@ def plot_accuracy_vs_passes(
     """One point per method: accuracy against compute per question (LM forward passes plus the navigator's own
     arithmetic; all chains counted for the multi-trajectory rows, drawn as squares and labelled with their K).
     With `frontier` (coconav.eval.frontier): the fixed budgets (k labelled), their envelope, the oracle and the
-    difficulty-oracle curves; `thresholds`: per navigator row, its validation accuracy and compute at each halting
-    threshold tried (pass_budget's "tried"), as a line. The x axis turns logarithmic when the rows' compute spans
+    difficulty-oracle curves, and the length rule (budgets fitted on validation, applied to test); `thresholds`:
+    per navigator row, its validation accuracy and compute at each halting threshold tried (pass_budget's "tried"),
+    as a line. The x axis turns logarithmic when the rows' compute spans
     more than 20x (K sampled CoT chains next to a few thoughts)."""
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     passes = [_compute(m) for m in methods.values()]
@@ -111,6 +112,7 @@ def plot_accuracy_vs_passes(
             ("envelope", "-", "fixed budgets: envelope"),
             ("oracle", "--", "per-question oracle"),
             ("difficulty_oracle", ":", "difficulty oracle"),
+            ("length_rule", "-.", "length rule (budgets fitted on validation)"),
         ):
             curve = frontier.get(key) or []
             if curve:
@@ -118,7 +120,9 @@ def plot_accuracy_vs_passes(
                     [c["compute_per_question"] for c in curve],
                     [100 * c["accuracy"] for c in curve],
                     linestyle=style,
-                    color="gray" if key == "envelope" else "k",
+                    marker="x" if key == "length_rule" else None,
+                    markersize=4,
+                    color={"envelope": "gray", "length_rule": "tab:brown"}.get(key, "k"),
                     alpha=0.7,
                     label=label,
                 )

@@ -89,6 +89,7 @@ def test_the_compute_plot_draws_the_frontier_and_the_threshold_curve(tmp_path, m
         "envelope": curve,
         "oracle": [curve[0], {"compute_per_question": 10.0, "accuracy": 0.8}],
         "difficulty_oracle": [curve[0], {"compute_per_question": 10.5, "accuracy": 0.65}],
+        "length_rule": [curve[0], {"compute_per_question": 10.0, "accuracy": 0.45, "budgets": {"1": 1}}],
     }
     tried = [
         {"threshold": t, "accuracy": a, "mean_forward_passes": n, "compute_per_question": n + 0.1}
@@ -104,8 +105,10 @@ def test_the_compute_plot_draws_the_frontier_and_the_threshold_curve(tmp_path, m
         "fixed budgets: envelope",
         "per-question oracle",
         "difficulty oracle",
+        "length rule (budgets fitted on validation)",
         "navigator: halting thresholds (validation)",
     ]
+    assert list(lines["length rule (budgets fitted on validation)"].get_ydata()) == [30.0, 45.0]
     assert list(lines["navigator: halting thresholds (validation)"].get_xdata()) == [9.6, 10.6]  # by compute
     assert list(lines["per-question oracle"].get_ydata()) == [30.0, 80.0]
     assert len(ax.collections) == 1 + 2  # the fixed budgets, then one point per row
