@@ -11,6 +11,7 @@ import math
 import os
 import random
 import shutil
+import tempfile
 import time
 import weakref
 from pathlib import Path
@@ -89,11 +90,60 @@ def json_default(value: Any) -> Any:
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Write JSON through a temporary file and a rename, so readers never see half a file."""
+    """Write JSON through a temporary file and a rename, so readers never see half a file; a failed write
+    leaves no temporary file behind."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=json_default) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, default=json_default) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _nearest_existing(path: Path) -> Path:
+    """`path` itself or its closest ancestor that exists (the folder missing parents would be created in)."""
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_output_file(path: str | Path, flag: str, example: str = "report.json") -> Path:
+    """Refuse, before any work is done, an output file that could not be written at the end: a path that is
+    a folder, below a file, or in a folder where no file can be created. Missing parent folders are fine:
+    they are created when the file is written. `flag` names the setting in the error (e.g. '--out'),
+    `example` is the file name it suggests inside a folder given by mistake."""
+    path = Path(path)
+    if str(path).strip() == "" or path.name in ("", ".", ".."):
+        raise InputError(f"{flag} needs a file name, got {str(path)!r}")
+    if path.is_dir():
+        raise InputError(f"{flag} {path} is a folder: give a file name (e.g. {path / example})")
+    if path.exists() and not path.is_file():
+        raise InputError(f"{flag} {path} exists and is not a regular file")
+    _check_writable_folder(_nearest_existing(path.parent), flag, path)
+    return path
+
+
+def check_output_folder(path: str | Path, flag: str) -> Path:
+    """Refuse, before any work is done, an output folder that could not be written: an existing file, a path
+    below a file, or a place without write permission. A missing folder is fine (created when needed)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{flag} {path} is a file, not a folder")
+    _check_writable_folder(_nearest_existing(path), flag, path)
+    return path
+
+
+def _check_writable_folder(folder: Path, flag: str, target: Path) -> None:
+    if not folder.is_dir():
+        raise InputError(f"{flag} {target}: {folder} is a file, not a folder")
+    try:  # a nameless file, gone when closed: permissions alone miss read-only mounts and /proc
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise InputError(f"{flag} {target}: cannot write in {folder} ({err.strerror or err})") from None
 
 
 def replace_dir_atomic(tmp_dir: Path, final_dir: Path) -> None:
@@ -109,10 +159,14 @@ def replace_dir_atomic(tmp_dir: Path, final_dir: Path) -> None:
         os.replace(tmp_dir, final_dir)
 
 
+WANDB_ID_FILE = "wandb_id.txt"  # in the run folder: the W&B run a resumed run continues
+
+
 class MetricLogger:
     """Logs dicts of scalars to `metrics.jsonl` (always) and, when asked, TensorBoard / W&B.
 
-    Only rank 0 writes. Keys are namespaced (`train/loss`, `eval/accuracy`).
+    Only rank 0 writes. Keys are namespaced (`train/loss`, `eval/accuracy`). A W&B run is named after the run
+    folder and its id is saved there (wandb_id.txt): a resumed run (`fresh` false) continues the same W&B run.
     """
 
     def __init__(
@@ -146,7 +200,20 @@ class MetricLogger:
                 import wandb as wandb_module
             except ImportError:
                 raise ConfigError("log.wandb=true needs the wandb package: pip install wandb") from None
-            self._wandb = wandb_module.init(project=wandb_project, config=config, dir=str(out_dir))
+            # the run is named after its folder; its id is kept there, so that `--resume` continues the same W&B run
+            id_file = Path(out_dir) / WANDB_ID_FILE
+            run_id = id_file.read_text(encoding="utf-8").strip() if id_file.is_file() and not fresh else ""
+            if not run_id:
+                run_id = wandb_module.util.generate_id()
+                id_file.write_text(run_id + "\n", encoding="utf-8")
+            self._wandb = wandb_module.init(
+                project=wandb_project,
+                config=config,
+                dir=str(out_dir),
+                name=Path(out_dir).resolve().name,
+                id=run_id,
+                resume="allow",
+            )
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         if not self.enabled:

@@ -1,8 +1,10 @@
-"""Checkpoints people can share (coconav/hub.py): the model card, loading by Hub id through a local Hub
-cache with HF_HUB_OFFLINE=1, the exact upload list of `coconav push`, and the one-line refusals.
+"""Checkpoints people can share (coconav/io/hub.py): the model card written from what each checkpoint is, the guard
+that makes transformers' pipeline refuse a checkpoint, loading by Hub id (revision, token, cache folder) through a
+local Hub cache with HF_HUB_OFFLINE=1, the exact upload list of `coconav push`, `CoconavModel.push_to_hub`, the push
+at the end of training, and the one-line refusals.
 
 Nothing touches the network: the Hub cache is a folder built here (models--USER--NAME/snapshots/<sha>,
-refs/main), and `push` runs against a stand-in HfApi that records what it would have sent."""
+refs/main), and pushes run against a stand-in HfApi that records what it would have sent."""
 
 from __future__ import annotations
 
@@ -14,16 +16,19 @@ from typing import ClassVar
 import pytest
 import torch
 
-from coconav.checkpoint import TrainState, checkpoint_meta, save_checkpoint
 from coconav.errors import CheckpointError
-from coconav.hub import PLOT_FILE, looks_like_repo_id, model_card, upload_files
+from coconav.io.checkpoint import TrainState, checkpoint_meta, save_checkpoint
+from coconav.io.hub import GUARD_FILE, PLOT_FILE, looks_like_repo_id, model_card, record_evaluation, upload_files
+
+from conftest import DEMO_PRESET, TINY_OVERRIDES
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 # what a full (non-LoRA) checkpoint folder holds besides the trainer state: save_pretrained's files,
-# coconav.json and the card
+# coconav.json, the card and the pipeline guard
 SHARED = [
     "README.md",
     "coconav.json",
+    "coconav_pipeline.py",
     "config.json",
     "generation_config.json",
     "model.safetensors",
@@ -46,13 +51,14 @@ def hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return cache
 
 
-def place_in_cache(cache: Path, repo_id: str, checkpoint: Path) -> Path:
-    """Lay `checkpoint` out as snapshot_download leaves a downloaded model repo; returns the snapshot."""
+def place_in_cache(cache: Path, repo_id: str, checkpoint: Path, sha: str = SHA, ref: str = "main") -> Path:
+    """Lay `checkpoint` out as snapshot_download leaves a downloaded model repo (branch `ref` at commit `sha`);
+    returns the snapshot."""
     repo = cache / f"models--{repo_id.replace('/', '--')}"
-    snapshot = repo / "snapshots" / SHA
+    snapshot = repo / "snapshots" / sha
     shutil.copytree(checkpoint, snapshot)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(SHA)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / ref).write_text(sha)
     return snapshot
 
 
@@ -145,7 +151,9 @@ def test_a_cached_hub_checkpoint_loads_by_its_id_offline(
     result = cli("eval", "--checkpoint", "alice/tiny-coconut", "--max-questions", "2", "--device", "cpu")
     assert result.rc == 0, result.err
     report = json.loads(result.out)
-    assert report["checkpoint"] == str(snapshot) and report["num_questions"] == 2
+    # named by repo id and commit, not by the snapshot folder (which says nothing on another machine)
+    assert (report["checkpoint"], report["commit"], report["num_questions"]) == ("alice/tiny-coconut", SHA, 2)
+    assert str(snapshot) not in result.out
     by_path = json.loads(cli("eval", "--checkpoint", bf16_coconut, "--max-questions", "2", "--device", "cpu").out)
     assert report["accuracy"] == by_path["accuracy"]
     page = tmp_path / "explorer.html"
@@ -214,7 +222,7 @@ def test_upload_list_is_safetensors_and_metadata_without_trainer_state(bf16_coco
 def test_upload_list_of_a_navigator_checkpoint_holds_its_module(nav_checkpoint: Path) -> None:
     files = upload_files(nav_checkpoint)
     assert "navigator.safetensors" in files and not set(TRAINER) & set(files)
-    assert all(f.endswith((".safetensors", ".json", ".md")) for f in files), files
+    assert all(f.endswith((".safetensors", ".json", ".md")) or f == GUARD_FILE for f in files), files
 
 
 def test_a_pickle_in_the_folder_is_refused(bf16_coconut: Path, tmp_path: Path, cli) -> None:
@@ -246,8 +254,11 @@ class FakeApi:
         FakeApi.calls.append(("create_repo", repo_id, kwargs))
         return f"https://huggingface.co/{repo_id}"
 
+    def create_branch(self, repo_id, **kwargs):
+        FakeApi.calls.append(("create_branch", repo_id, kwargs))
+
     def create_commit(self, repo_id, operations, **kwargs):
-        FakeApi.calls.append(("create_commit", repo_id, list(operations)))
+        FakeApi.calls.append(("create_commit", repo_id, list(operations), kwargs))
 
 
 @pytest.fixture
@@ -268,11 +279,14 @@ def test_push_uploads_exactly_the_list_in_one_commit(bf16_coconut: Path, online,
     online.setattr(huggingface_hub, "get_token", lambda: "hf_test")
     result = cli("push", "--checkpoint", bf16_coconut, "--repo-id", "alice/tiny", "--private")
     assert result.rc == 0, result.err
-    (_, repo, kwargs), (_, _, ops) = FakeApi.calls
+    (_, repo, kwargs), (_, _, ops, commit) = FakeApi.calls
     assert repo == "alice/tiny" and kwargs["private"] is True
     assert sorted(op.path_in_repo for op in ops) == SHARED
+    assert commit == {"commit_message": f"coconav checkpoint {bf16_coconut.name}", "revision": None}
     card = next(op for op in ops if op.path_in_repo == "README.md").path_or_fileobj.decode()
     assert 'CoconavModel.from_pretrained("alice/tiny")' in card  # rendered for the repo it goes to
+    config = json.loads(next(op for op in ops if op.path_in_repo == "config.json").path_or_fileobj)
+    assert config["custom_pipelines"]["text-generation"]["impl"] == "coconav_pipeline.CoconavCheckpoint"
 
 
 def test_push_without_a_token_is_one_line(bf16_coconut: Path, online, cli) -> None:
@@ -303,3 +317,209 @@ def test_a_lora_checkpoint_over_a_local_base_is_pushed_with_a_warning(lora_cocon
     assert {"adapter_config.json", "adapter_model.safetensors"} <= set(files) and "model.safetensors" not in files
     result = cli("push", "--checkpoint", lora_coconut, "--repo-id", "alice/lora", "--dry-run")
     assert result.rc == 0 and "is a local folder" in result.err
+
+
+# -- cards written from what the checkpoint is ----------------------------------------------------------
+
+
+def card_of(config: dict, stage: int = 0) -> tuple[str, dict]:
+    """(card text, front matter) of a checkpoint with this config, at this stage."""
+    from huggingface_hub import ModelCard
+
+    card = ModelCard(str(model_card({"config": config, "train_state": {"stage": stage, "global_step": 3}})))
+    return card.text, card.data.to_dict()
+
+
+def intro(text: str) -> str:
+    """The card's first paragraph: what the checkpoint is."""
+    return text.split("\n\n")[1]
+
+
+@pytest.mark.parametrize(
+    "config, stage, says, thinks",
+    [
+        ({"curriculum": {"mode": "no_cot"}}, 0, "A no-CoT baseline", False),
+        ({"curriculum": {"mode": "cot"}}, 0, "A chain-of-thought baseline", False),
+        ({"curriculum": {"mode": "coconut"}}, 0, "Stage 0 of the COCONUT curriculum", False),
+        ({"curriculum": {"mode": "coconut", "max_stage": 2}}, 2, "answers after 2 continuous thoughts, then", True),
+        ({"curriculum": {"mode": "coconut", "max_stage": 2, "thoughts_per_step": 2}}, 3, "after 4 continuous", True),
+    ],
+)
+def test_a_card_says_what_its_checkpoint_does(config: dict, stage: int, says: str, thinks: bool) -> None:
+    text, data = card_of(config, stage)
+    assert says in intro(text), intro(text)
+    # only a checkpoint that thinks in continuous thoughts claims them, in its words and its tags
+    assert ("A continuous thought (COCONUT" in intro(text)) is thinks
+    assert ("answers after" in intro(text)) is thinks
+    assert ("continuous-thought" in data["tags"]) is thinks
+    assert f"| `curriculum.mode` | {config['curriculum']['mode']} |" in text  # its preset's real settings
+
+
+def test_a_navigator_card_claims_steering_only_when_its_config_steers() -> None:
+    navigator = {"max_thoughts": 6, "max_trajectories": 4}
+    text, _ = card_of({"init_from": "runs/x", "navigator": {**navigator, "steering": False}})
+    assert "does not steer" in intro(text) and "steers each thought" not in intro(text)
+    assert "| `navigator.steering` | false |" in text and "| `navigator.max_thoughts` | 6 |" in text
+    text, _ = card_of({"init_from": "runs/x", "navigator": {**navigator, "steering": True}})
+    assert "steers each thought" in intro(text) and "does not steer" not in intro(text)
+    text, _ = card_of({"init_from": "runs/x", "navigator": {**navigator, "halting": False}})
+    assert "always takes 6 continuous thoughts" in intro(text)
+
+
+def test_every_card_has_licence_versions_citation_and_a_source_install() -> None:
+    import torch
+    import transformers
+
+    from coconav import __version__
+
+    text, data = card_of({"curriculum": {"mode": "coconut"}}, 2)
+    assert data["license"] == "mit" and data["library_name"] == "coconav"
+    # no Hub widget and no task tag that would make a plain text-generation pipeline look right
+    assert data["inference"] is False and "pipeline_tag" not in data
+    for package, version in (("coconav", __version__), ("torch", torch.__version__), ("transformers", None)):
+        assert f"{package}=={version or transformers.__version__}" in text
+    assert "arXiv:2412.06769" in text and "@software{coconav" in text  # the COCONUT paper and coconav
+    assert "pip install -e" in text and "pip install coconav" not in text  # no package index serves coconav
+    saved = {"coconav": "0.0.9", "torch": "2.6.0", "transformers": "5.1.0"}  # the versions it was saved with win
+    assert "torch==2.6.0" in str(model_card({"config": {}, "versions": saved}))
+
+
+def test_test_results_and_the_figure_reach_the_card_and_the_push(bf16_coconut: Path, tmp_path: Path) -> None:
+    from huggingface_hub import ModelCard
+
+    from coconav.model.latent_lm import read_metadata
+
+    folder = shutil.copytree(bf16_coconut, tmp_path / "ck")
+    plot = tmp_path / PLOT_FILE
+    plot.write_bytes(b"\x89PNG fake")
+    numbers = {"accuracy": 0.5, "mean_thoughts": 2.0, "mean_forward_passes": 7.0, "seconds_per_question": 0.1}
+    record_evaluation(
+        folder,
+        {"test": {"split": "test", **numbers}, "validation": {"split": "validation", **numbers, "accuracy": 0.75}},
+        plot=plot,
+    )
+    card = ModelCard.load(folder / "README.md")
+    results = [(r.dataset_split, r.metric_value) for r in card.data.eval_results]
+    assert results == [("validation", 0.75), ("test", 0.5)]  # model-index, validation first
+    assert "| test | test | 0.500 | 2.00 | 7.0 |" in card.text and f"]({PLOT_FILE})" in card.text
+    assert (folder / PLOT_FILE).read_bytes() == b"\x89PNG fake"
+    kept = read_metadata(folder)["evaluation"]["test"]  # the card's numbers, not the whole summary
+    assert kept == {"split": "test", "accuracy": 0.5, "mean_thoughts": 2.0, "mean_forward_passes": 7.0}
+    assert not [p.name for p in folder.iterdir() if p.name.startswith(".")]  # no temporary file left
+    # what `push` renders again for the repo keeps them
+    pushed = model_card(read_metadata(folder), repo_id="alice/tiny", plot=PLOT_FILE)
+    assert [r.dataset_split for r in pushed.data.eval_results] == ["validation", "test"]
+    assert PLOT_FILE in upload_files(folder)
+    with pytest.raises(CheckpointError, match="split must be"):
+        record_evaluation(folder, {"test": {"split": "train", "accuracy": 1.0}})
+
+
+# -- transformers alone --------------------------------------------------------------------------------
+
+
+def test_transformers_pipeline_refuses_a_coconav_checkpoint_with_a_message(
+    bf16_coconut: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import transformers
+    import transformers.dynamic_module_utils as dynamic
+
+    monkeypatch.setattr(dynamic, "HF_MODULES_CACHE", str(tmp_path / "modules"))  # where it copies the guard
+    assert (bf16_coconut / GUARD_FILE).is_file()
+    for task in ("text-generation", None):  # named, or read from the config
+        with pytest.raises(ValueError, match="trust_remote_code"):
+            transformers.pipeline(task, model=str(bf16_coconut))
+    with pytest.raises(RuntimeError, match="this is a coconav checkpoint.*CoconavModel.from_pretrained"):
+        transformers.pipeline("text-generation", model=str(bf16_coconut), trust_remote_code=True)
+    # the weights themselves still load as the plain causal LM they are
+    model = transformers.AutoModelForCausalLM.from_pretrained(bf16_coconut)
+    assert model.config.custom_pipelines["text-generation"]["impl"] == "coconav_pipeline.CoconavCheckpoint"
+
+
+# -- revision, token and cache folder --------------------------------------------------------------------
+
+
+def test_revision_token_and_cache_dir_choose_the_snapshot(
+    bf16_coconut: Path, hub_cache: Path, tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub
+
+    from coconav.inference import CoconavModel
+
+    cache, v1 = tmp_path / "elsewhere", "fedcba9876543210fedcba9876543210fedcba98"
+    place_in_cache(cache, "alice/tiny", bf16_coconut)
+    place_in_cache(cache, "alice/tiny", bf16_coconut, sha=v1, ref="v1")
+    model = CoconavModel.from_pretrained("alice/tiny", revision="v1", cache_dir=cache, device="cpu")
+    assert model.path == cache / "models--alice--tiny" / "snapshots" / v1
+    assert CoconavModel.from_pretrained("alice/tiny", cache_dir=cache).path.name == SHA  # main
+    with pytest.raises(CheckpointError, match="at revision 'v2' is not in the Hub cache"):
+        CoconavModel.from_pretrained("alice/tiny", revision="v2", cache_dir=cache)
+    with pytest.raises(CheckpointError, match="not in the Hub cache"):  # the default cache (hub_cache) is empty
+        CoconavModel.from_pretrained("alice/tiny")
+    with pytest.raises(CheckpointError, match="local folder"):
+        CoconavModel.from_pretrained(bf16_coconut, revision="v1")
+
+    seen = {}
+    download = huggingface_hub.snapshot_download
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return download(*args, **kwargs)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", spy)
+    CoconavModel.from_pretrained("alice/tiny", token="hf_secret", cache_dir=cache)
+    assert (seen["token"], seen["cache_dir"], seen["revision"]) == ("hf_secret", str(cache), None)
+
+    hub = ["--checkpoint", "alice/tiny", "--revision", "v1", "--cache-dir", cache, "--token", "hf_secret"]
+    result = cli("eval", *hub, "--max-questions", "1", "--device", "cpu")
+    assert result.rc == 0, result.err
+    report = json.loads(result.out)
+    assert (report["checkpoint"], report["commit"]) == ("alice/tiny", v1) and seen["revision"] == "v1"
+    result = cli("generate", *hub, "3 + 4 ?", "--device", "cpu")
+    assert result.rc == 0 and result.out.strip(), result.err
+    assert "--zero-shot" in cli("eval", "--zero-shot", "m", "--data", "x.jsonl", "--revision", "v1").error()
+
+
+# -- pushing from Python and at the end of training -------------------------------------------------------
+
+
+def test_model_push_to_hub_uploads_its_checkpoint(bf16_coconut: Path, online) -> None:
+    from coconav.inference import CoconavModel
+
+    model = CoconavModel.from_pretrained(bf16_coconut, device="cpu")
+    url = model.push_to_hub("alice/tiny", revision="dev", private=True, commit_message="first", token="hf_x")
+    assert url == "https://huggingface.co/alice/tiny"
+    (_, _, repo), (_, _, branch), (_, _, ops, commit) = FakeApi.calls
+    assert repo == {"private": True, "exist_ok": True} and branch == {"branch": "dev", "exist_ok": True}
+    assert commit == {"commit_message": "first", "revision": "dev"}
+    assert sorted(op.path_in_repo for op in ops) == SHARED
+    FakeApi.calls = []
+    model.push_to_hub("alice/tiny", token="hf_x")
+    assert [call[0] for call in FakeApi.calls] == ["create_repo", "create_commit"]  # main: no branch to create
+    assert FakeApi.calls[0][2]["private"] is None  # the Hub's default
+
+
+def test_train_pushes_its_final_checkpoint_with_its_test_results(tmp_path: Path, online, cli) -> None:
+    import huggingface_hub
+
+    online.setattr(huggingface_hub, "get_token", lambda: "hf_test")
+    out = tmp_path / "run"
+    push = ["train.push_to_hub=true", "train.hub_model_id=alice/run", "curriculum.max_stage=1"]
+    result = cli("train", "--config", DEMO_PRESET, *TINY_OVERRIDES, *push, f"out_dir={out}")
+    assert result.rc == 0, result.err
+    (_, repo, _), (_, _, ops, _) = FakeApi.calls
+    card = next(op for op in ops if op.path_in_repo == "README.md").path_or_fileobj.decode()
+    test = json.loads((out / "results.json").read_text())["test"]
+    assert repo == "alice/run" and f"| test | test | {test['accuracy']:.3f} |" in card
+    assert "| validation | validation |" in card and "alice/run" in result.out
+
+
+def test_a_push_that_cannot_happen_is_refused_before_the_run_starts(tmp_path: Path, cli) -> None:
+    from coconav.config import RunConfig, from_dict
+    from coconav.errors import ConfigError
+
+    out = tmp_path / "run"
+    push = ["train.push_to_hub=true", "train.hub_model_id=alice/run"]
+    message = cli("train", "--config", DEMO_PRESET, *TINY_OVERRIDES, *push, f"out_dir={out}").error()
+    assert "HF_HUB_OFFLINE" in message and not out.exists(), message
+    with pytest.raises(ConfigError, match="train.hub_model_id=OWNER/NAME"):
+        from_dict(RunConfig, {"train": {"push_to_hub": True}})
