@@ -121,5 +121,5 @@ class NavigatorController:
             action = mean
         else:
             action = torch.zeros_like(mean)
-        self.actions.append(action)
+        self.actions.append(action.float())  # float32 as the states: replay steers from them outside autocast
         return ThoughtDecision(thought=thought + nav.steer(action).to(thought.dtype), halt=halt)
