@@ -32,6 +32,7 @@ How to run (from the repository root, with coconav installed)::
 
     python benchmarks/bench_train_step.py                 # default sizes (above)
     python benchmarks/bench_train_step.py --quick         # tiny sizes, 2 repeats (smoke test)
+    python benchmarks/bench_train_step.py --prosqa        # ProsQA's shape: ~230 question tokens, 6 thoughts
     python benchmarks/bench_train_step.py --threads 1 --repeats 50
     python benchmarks/bench_train_step.py --profile       # also a torch.profiler table of ours on stderr
     python benchmarks/bench_train_step.py --compile       # ours and plain through torch.compile (inductor)
@@ -82,6 +83,9 @@ QUICK = dict(
     repeats=2,
     warmup=1,
 )
+# ProsQA's shape (configs/prosqa.yaml): ~230 word-level question tokens, 6 thoughts, a 6-token answer + EOS,
+# the preset's 4-layer model.
+PROSQA = dict(question_len=240, jitter=6, answer_len=8, num_thoughts=6, num_layers=4, batch_size=32)
 AIM_SPEEDUP_VS_NAIVE = 3.0
 AIM_OVERHEAD_VS_PLAIN = 1.15
 LOSS_TOLERANCE = 1e-4
@@ -92,6 +96,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--quick", action="store_true", help="tiny sizes and few repeats (a smoke test, seconds)")
+    p.add_argument("--prosqa", action="store_true", help=f"ProsQA's shape and the ProsQA preset's model: {PROSQA}")
     p.add_argument("--batch-size", type=int, help=f"sequences per step (default {DEFAULTS['batch_size']})")
     p.add_argument("--num-thoughts", type=int, help=f"thought slots per sequence (default {DEFAULTS['num_thoughts']})")
     p.add_argument("--question-len", type=int, help=f"longest question, tokens (default {DEFAULTS['question_len']})")
@@ -112,7 +117,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--compile", action="store_true", help="ours and plain through torch.compile (inductor); naive eager"
     )
-    args = fill_defaults(p.parse_args(argv), DEFAULTS, QUICK)
+    args = p.parse_args(argv)
+    if args.prosqa and args.quick:
+        p.error("--prosqa and --quick are two different sizes: give one")
+    args = fill_defaults(args, {**DEFAULTS, **PROSQA} if args.prosqa else DEFAULTS, QUICK)
     if args.jitter >= min(args.question_len, args.answer_len):
         p.error("--jitter must be smaller than --question-len and --answer-len")
     return args

@@ -7,9 +7,14 @@
     coconav eval --checkpoint RUN/coconut --sweep-thoughts 0-4 [--data validation|test]   # the compute frontier
     coconav generate --checkpoint DIR "3 + 4 * 2 ?" [--show-thoughts] [--device cpu]
     coconav explore --checkpoint DIR [--data test] [--num-trajectories K --fusion majority] --port 8765 | --static explorer.html
+    coconav explore --checkpoint DIR --data prosqa/test.json --search-frontier frontier.json
     coconav push --checkpoint DIR --repo-id USER/NAME [--private] [--with-optimizer] [--dry-run]
-    coconav harness --checkpoint DIR [--data gsm8k_test.jsonl] [--limit N] [--num-trajectories K --fusion majority]
-    (--checkpoint also takes a Hub id USER/NAME: loaded through the Hub cache, HF_HUB_OFFLINE=1 honoured)
+    coconav harness --checkpoint DIR [--data test|FILE] [--num-trajectories K] [any lm-eval run flag: --tasks,
+                    --limit N, --output_path DIR, --log_samples, --wandb_args ..., --model_args ...]
+    (--checkpoint also takes a Hub id USER/NAME: loaded through the Hub cache, HF_HUB_OFFLINE=1 honoured;
+     eval and generate take --revision, --token and --cache-dir for it)
+    coconav doctor --gpu --out runs/doctor.json    # checks the GPU path: CUDA tests, demo, Llama-3-8B-shaped step
+    coconav doctor --tiny --out runs/doctor.json   # the same stages on a tiny config on the CPU (CI)
     coconav --version;  coconav COMMAND --help   (defaults and an example for each command)
 
 Bad input (a malformed file, an unknown config key, a missing checkpoint, an empty question, a flag
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import sys
@@ -34,6 +40,15 @@ from coconav.errors import CheckpointError, CoconavError, InputError
 def _device_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available, else the CPU)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the checkpoint's own dtype)")
+
+
+def _hub_arguments(p: argparse.ArgumentParser) -> None:
+    """A --checkpoint given as a Hub id USER/NAME: which revision, with which token, from which cache."""
+    p.add_argument("--revision", default=None, help="a Hub id's branch, tag or commit (default: main)")
+    p.add_argument(
+        "--token", default=None, help="a Hub token for a private or gated repo (default: the logged-in one, HF_TOKEN)"
+    )
+    p.add_argument("--cache-dir", default=None, help="the Hub cache to download into and read (default: HF_HUB_CACHE)")
 
 
 class UsageError(CoconavError):
@@ -63,32 +78,72 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return text
 
 
-def _at_least(low: int) -> Callable[[str], int]:
-    """An argparse type: an integer >= low (so 0 can never be read as "use the default")."""
+# The largest count a flag takes (questions, tokens, thoughts, batch size): torch's int32 range, far beyond any
+# model's context, so that a huge number is refused here rather than overflowing a tensor size later.
+LARGEST_COUNT = 2**31 - 1
+SWEEP_LIMIT = 4096  # --sweep-thoughts evaluates every count A..B in turn: more would be thousands of evaluations
+
+
+def _cut(text: str) -> str:
+    """A value as an error message shows it: at most 40 characters."""
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _shown(text: str) -> str:
+    """A value as an error message quotes it: repr, at most 40 characters."""
+    return repr(_cut(text))
+
+
+def _integer(low: int, high: int = LARGEST_COUNT) -> Callable[[str], int]:
+    """An argparse type: an integer in [low, high] (so 0 can never be read as "use the default", and a
+    number too large for the tensors it sizes is refused before anything runs)."""
 
     def parse(text: str) -> int:
         try:
             value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}") from None
+        except ValueError:  # not a number, "1e400", or more than 4300 digits
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {_shown(text)}") from None
         if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {_cut(text.strip())}")
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high}, got {_cut(text.strip())}")
         return value
 
-    parse.__name__ = f"integer >= {low}"
+    parse.__name__ = f"integer in [{low}, {high}]"
     return parse
 
 
-POSITIVE, NON_NEGATIVE = _at_least(1), _at_least(0)
+def _finite(text: str) -> float:
+    """An argparse type: a finite number. nan (which every range check lets through) and inf ("1e400" reads as
+    inf) are refused here; each flag's range is checked where its meaning is known (e.g. against the
+    checkpoint's navigator)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {_shown(text)}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {_shown(text)}")
+    return value
+
+
+_finite.__name__ = "finite number"
+
+
+POSITIVE, NON_NEGATIVE = _integer(1), _integer(0)
 
 
 def parse_thought_range(text: str) -> list[int]:
-    """--sweep-thoughts: 'A-B' (or 'A') with whole numbers 0 <= A <= B -> [A, ..., B]."""
-    found = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", str(text))
+    """--sweep-thoughts: 'A-B' (or 'A') with whole numbers 0 <= A <= B <= SWEEP_LIMIT -> [A, ..., B]."""
+    found = re.fullmatch(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?", str(text))
     if found is None:
-        raise InputError(f"--sweep-thoughts must be A-B with whole numbers 0 <= A <= B (e.g. 0-4), got {text!r}")
-    low = int(found.group(1))
-    high = int(found.group(2)) if found.group(2) is not None else low
+        raise InputError(
+            f"--sweep-thoughts must be A-B with whole numbers 0 <= A <= B (e.g. 0-4), got {_shown(str(text))}"
+        )
+    bounds = [found.group(1), found.group(2) or found.group(1)]
+    # the length first: int() of a 5000-digit string fails, and a huge range would fill the memory
+    if any(len(b.lstrip("0")) > len(str(SWEEP_LIMIT)) or int(b) > SWEEP_LIMIT for b in bounds):
+        raise InputError(f"--sweep-thoughts A-B: B must be <= {SWEEP_LIMIT} thoughts, got {_shown(str(text))}")
+    low, high = map(int, bounds)
     if low > high:
         raise InputError(f"--sweep-thoughts A-B needs A <= B, got {text!r} (write {high}-{low})")
     return list(range(low, high + 1))
@@ -100,10 +155,10 @@ def parse_trajectories(text: str | int | None) -> int | str:
         return 1
     if isinstance(text, int) or text == "auto":
         return text
-    try:
+    try:  # the range is the navigator's (1..navigator.max_trajectories), checked with the checkpoint
         return int(text)
-    except ValueError:
-        raise InputError(f"--num-trajectories must be an integer or 'auto', got {text!r}") from None
+    except ValueError:  # not a number, or more than 4300 digits
+        raise InputError(f"--num-trajectories must be an integer or 'auto', got {_shown(str(text))}") from None
 
 
 EXAMPLES = {
@@ -113,17 +168,23 @@ EXAMPLES = {
     "explore": "example:\n  coconav explore --checkpoint runs/demo/navigator --static runs/demo/explorer.html",
     "demo": "example:\n  coconav demo --out runs/demo --no-navigator",
     "push": "example:\n  coconav push --checkpoint runs/demo/coconut --repo-id USER/coconut-arithmetic --dry-run",
-    "harness": "example:\n  coconav harness --checkpoint runs/gsm8k/navigator --num-trajectories 5 --limit 200 --out harness.json",
+    "doctor": "example:\n  coconav doctor --gpu --out runs/doctor.json\n"
+    "Stages: gpu_tests (pytest -m gpu), demo (CUDA, bf16), train_step (Llama-3-8B shape, LoRA, checkpointing),\n"
+    "rollout (the navigator at K = 5), decode (compiled against HF generate); docs/guides/scale.md",
+    "harness": "example:\n  coconav harness --checkpoint runs/demo/coconut --limit 200 --output_path harness --log_samples\n"
+    "Every other flag is lm-eval's (`lm-eval run --help`) and passes through unchanged: --tasks, --model_args,\n"
+    "--include_path, --output_path, --log_samples, --wandb_args, --limit, --device, --batch_size, --seed, ...",
 }
 
 
-def _command(sub, name: str, help: str) -> argparse.ArgumentParser:
+def _command(sub, name: str, help: str, allow_abbrev: bool = True) -> argparse.ArgumentParser:
     return sub.add_parser(
         name,
         help=help,
         description=help[0].upper() + help[1:] + ".",
         epilog=EXAMPLES[name],
         formatter_class=_HelpFormatter,
+        allow_abbrev=allow_abbrev,
     )
 
 
@@ -135,7 +196,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"coconav {__version__}")
     sub = parser.add_subparsers(
-        dest="command", required=True, metavar="{train,eval,generate,explore,demo,push,harness}"
+        dest="command", required=True, metavar="{train,eval,generate,explore,demo,push,harness,doctor}"
     )
 
     p = _command(sub, "train", "train a latent LM through the curriculum (or a baseline)")
@@ -189,7 +250,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--trajectories-budget",
-        type=float,
+        type=_finite,
         default=None,
         metavar="B",
         help="with --num-trajectories auto: the mean K per question to spend (default: the checkpoint's "
@@ -198,7 +259,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fusion", default="majority", help="with K > 1: majority, value or scorer (default majority)")
     p.add_argument(
         "--halt-threshold",
-        type=float,
+        type=_finite,
         default=None,
         metavar="P",
         help="navigator checkpoints: halt where the halting probability exceeds P, at any K (default: the "
@@ -207,7 +268,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--abstain-below",
-        type=float,
+        type=_finite,
         default=0.0,
         metavar="A",
         help="with K > 1: also report coverage and accuracy answering only where >= A of the trajectories agree",
@@ -217,9 +278,11 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         metavar="A-B",
         help="evaluate the checkpoint's COCONUT LM at every fixed thought count A..B (a navigator is "
-        "ignored) and report the compute frontier: points, envelope, oracle curves",
+        "ignored) and report the compute frontier: points, envelope, oracle curves, and the length rule "
+        "(one budget per difficulty or question-length bin, fitted on the run's validation split)",
     )
     p.add_argument("--out", help="write the JSON report here (default: print the summary)")
+    _hub_arguments(p)
     p.add_argument(
         "--compile",
         action="store_true",
@@ -242,6 +305,7 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="answer tokens at most (default: the checkpoint's eval.max_new_tokens)",
     )
+    _hub_arguments(p)
     _device_arguments(p)
 
     p = _command(sub, "explore", "a web page (127.0.0.1) or one HTML file showing what the thoughts do")
@@ -259,14 +323,34 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-questions", type=POSITIVE, default=None, help="explore only the first N questions (default: all)"
     )
-    p.add_argument("--port", type=NON_NEGATIVE, default=8765, help="serve on http://127.0.0.1:PORT (0: any free port)")
+    p.add_argument(
+        "--port", type=_integer(0, 65535), default=8765, help="serve on http://127.0.0.1:PORT (0: any free port)"
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="the address to listen on (default 127.0.0.1, this machine only; 0.0.0.0 opens it to the network)",
+    )
+    p.add_argument(
+        "--trusted-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a Host header the server answers besides localhost, 127.0.0.1, [::1] and --host (repeatable)",
+    )
     p.add_argument(
         "--static", metavar="OUT.html", default=None, help="write one self-contained HTML file instead of serving"
+    )
+    p.add_argument(
+        "--search-frontier",
+        metavar="OUT.json",
+        default=None,
+        help="write the probability on frontier nodes, by thought and distance (graph questions, e.g. ProsQA)",
     )
 
     p = _command(sub, "demo", "train no-CoT, CoT and COCONUT on a built-in task and compare them")
     p.add_argument("--out", default="runs/demo", help="output folder (results.json, plots)")
-    p.add_argument("--seed", type=NON_NEGATIVE, default=0, help="seed of data, initialisation and sampling")
+    p.add_argument("--seed", type=_integer(0, 2**32 - 1), default=0, help="seed of data, initialisation and sampling")
     p.add_argument(
         "--config", default=None, help="preset to use instead of the built-in demo (e.g. configs/demo_full.yaml)"
     )
@@ -285,32 +369,55 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--with-optimizer", action="store_true", help="also upload the trainer state (optimizer, RNG)")
     p.add_argument("--dry-run", action="store_true", help="print the files that would be uploaded and stop")
 
-    p = _command(sub, "harness", "score a checkpoint on GSM8K with lm-evaluation-harness (task gsm8k_coconav)")
-    p.add_argument("--checkpoint", required=True, help="a checkpoint folder, a run folder (its latest) or a Hub id")
+    p = _command(
+        sub,
+        "harness",
+        "score a checkpoint with lm-evaluation-harness (lm-eval's own command line, model coconav)",
+        allow_abbrev=False,  # a prefix of one of lm-eval's flags must reach lm-eval, not match one of these
+    )
+    p.add_argument("--checkpoint", help="a checkpoint folder, a run folder (its latest) or a Hub id (pretrained=)")
     p.add_argument(
         "--data",
         default=None,
-        metavar="FILE.jsonl",
-        help="a local GSM8K .jsonl (question, answer) instead of openai/gsm8k's test split from the Hub",
+        metavar="test|validation|FILE",
+        help="the questions: the checkpoint's test or validation split (task coconav_test; the default without "
+        "--tasks), a ProsQA .json (prosqa_coconav) or any file coconav eval reads (coconav_data)",
     )
-    p.add_argument("--limit", type=POSITIVE, default=None, help="score only the first N questions (default: all)")
+    p.add_argument("--revision", default=None, help="a Hub id's branch, tag or commit (revision=)")
     p.add_argument(
         "--num-trajectories",
-        default="1",
+        default=None,
         metavar="K|auto",
-        help="navigator checkpoints: K trajectories per question fused into one answer",
+        help="navigator checkpoints: K trajectories per question fused into one answer (num_trajectories=; default 1)",
     )
-    p.add_argument("--fusion", default="majority", help="with K > 1: majority, value or scorer")
-    p.add_argument("--batch-size", type=POSITIVE, default=None, help="questions per batch (default: the checkpoint's)")
+    p.add_argument("--fusion", default=None, help="with K > 1: majority, value or scorer (fusion=; default majority)")
     p.add_argument(
         "--max-new-tokens", type=POSITIVE, default=None, help="answer tokens at most (default: the checkpoint's)"
     )
-    p.add_argument("--out", help="write the harness results and per-question samples (JSON) here")
-    _device_arguments(p)
+    p.add_argument(
+        "--dtype", default=None, help="float32, bfloat16 or float16 (dtype=; default: the checkpoint's own dtype)"
+    )
+
+    p = _command(sub, "doctor", "check the GPU path in one command and write one JSON report")
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument(
+        "--gpu",
+        action="store_true",
+        help="every stage on the CUDA GPU at the presets' shapes (meant to take <= 8 minutes on one H100)",
+    )
+    mode.add_argument("--tiny", action="store_true", help="every stage on a tiny config on the CPU (what CI runs)")
+    p.add_argument("--out", default="runs/doctor.json", help="the JSON report")
+    p.add_argument(
+        "--stages",
+        default=None,
+        metavar="A,B",
+        help="only these stages, among gpu_tests, demo, train_step, rollout, decode (default: all)",
+    )
     return parser
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from coconav.common import check_output_folder
     from coconav.config import load_config
     from coconav.recipes import train_coconut
 
@@ -323,7 +430,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if not args.config:
             raise CoconavError("train needs --config FILE.yaml (or --resume RUN)")
         cfg = load_config(args.config, args.overrides)
+    # inputs before the run folder: nothing is written for a run that cannot start
+    check_output_folder(args.resume or cfg.out_dir, "--resume" if args.resume else "out_dir")
     if cfg.navigator is not None:
+        from coconav.io.checkpoint import latest_checkpoint
+
+        try:
+            latest_checkpoint(cfg.init_from)
+        except CheckpointError as err:
+            raise CheckpointError(f"init_from: {err} (the COCONUT checkpoint the navigator steers)") from None
         from coconav.recipes import train_navigator
 
         train_navigator.train(cfg, resume=args.resume)
@@ -333,8 +448,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from coconav.common import check_output_file
     from coconav.recipes import evaluate_checkpoint
 
+    if args.out:  # before the evaluation: a path that cannot be written would waste it
+        check_output_file(args.out, "--out")
     if args.sweep_thoughts is not None:
         clash = [
             flag
@@ -356,8 +474,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             max_new_tokens=args.max_new_tokens,
             device=args.device,
             dtype=args.dtype,
+            **_hub(args),
         )
     elif args.zero_shot:
+        if any(_hub(args).values()):
+            raise CoconavError("--revision, --token and --cache-dir go with --checkpoint USER/NAME, not --zero-shot")
         if args.data in ("test", "validation"):
             raise CoconavError("--zero-shot needs --data FILE (there is no checkpoint config to take splits from)")
         report = evaluate_checkpoint.run_zero_shot(
@@ -387,18 +508,28 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             compile=args.compile,
             trajectories_budget=args.trajectories_budget,
             halt_threshold=args.halt_threshold,
+            **_hub(args),
         )
     else:
         raise CoconavError("eval needs --checkpoint DIR or --zero-shot MODEL")
     if args.out:
-        from coconav.common import write_json_atomic
-
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(args.out, report)
-        print(f"wrote {args.out}")
+        _write_report(args.out, report)
     summary = {k: v for k, v in report.items() if k != "questions"}
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _write_report(path: str, report: dict) -> None:
+    """--out: the JSON report, its missing folders made; a failure (the disk full, the folder gone since the
+    check) is one line, and leaves no temporary file."""
+    from coconav.common import write_json_atomic
+
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, report)
+    except OSError as err:
+        raise CoconavError(f"--out {path}: cannot write the report ({err.strerror or err})") from None
+    print(f"wrote {path}")
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
@@ -414,9 +545,15 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             max_new_tokens=args.max_new_tokens,
             device=args.device,
             dtype=args.dtype,
+            **_hub(args),
         )
     )
     return 0
+
+
+def _hub(args: argparse.Namespace) -> dict:
+    """--revision, --token, --cache-dir: how a Hub id is fetched (CoconavModel.from_pretrained)."""
+    return {"revision": args.revision, "token": args.token, "cache_dir": args.cache_dir}
 
 
 def _cmd_explore(args: argparse.Namespace) -> int:
@@ -430,13 +567,21 @@ def _cmd_explore(args: argparse.Namespace) -> int:
         static=args.static,
         max_questions=args.max_questions,
         fusion=args.fusion,
+        host=args.host,
+        trusted=args.trusted_host,
+        search=args.search_frontier,
     )
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from coconav.common import check_output_folder
+    from coconav.config import read_yaml
     from coconav.recipes import demo
 
+    check_output_folder(args.out, "--out")
+    if args.navigator_config:  # read after the COCONUT training otherwise: a wrong path would waste it
+        read_yaml(args.navigator_config)
     demo.run(
         out=args.out,
         seed=args.seed,
@@ -464,8 +609,8 @@ def _close_progress_bars() -> None:
 
 
 def _cmd_push(args: argparse.Namespace) -> int:
-    from coconav.checkpoint import latest_checkpoint
-    from coconav.hub import looks_like_repo_id, portability_warnings, push, upload_files
+    from coconav.io.checkpoint import latest_checkpoint
+    from coconav.io.hub import looks_like_repo_id, portability_warnings, push, upload_files
 
     if not Path(args.checkpoint).exists():  # push reads local folders only, never a Hub id
         raise CheckpointError(f"checkpoint folder not found: {args.checkpoint}")
@@ -484,27 +629,21 @@ def _cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_harness(args: argparse.Namespace) -> int:
-    from coconav.common import write_json_atomic
-    from coconav.harness import evaluate
+def _cmd_harness(args: argparse.Namespace, passed: list[str]) -> int:
+    from coconav.harness import run
 
-    results = evaluate(
-        args.checkpoint,
-        data=args.data,
-        limit=args.limit,
-        num_trajectories=parse_trajectories(args.num_trajectories),
-        fusion=args.fusion,
-        batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens,
-        device=args.device,
-        dtype=args.dtype,
-    )
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(args.out, {"results": results["results"], "samples": results.get("samples", {})})
-        print(f"wrote {args.out}")
-    print(json.dumps(results["results"], indent=2, default=str))
-    return 0
+    if args.num_trajectories is not None:
+        parse_trajectories(args.num_trajectories)  # an integer or auto, before lm-eval starts
+    return run(args, passed)
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from coconav.common import check_output_file
+    from coconav.recipes import doctor
+
+    check_output_file(args.out, "--out")
+    report = doctor.run(gpu=args.gpu, out=args.out, stages=args.stages)
+    return 0 if report["ok"] else 1
 
 
 COMMANDS = {
@@ -514,15 +653,20 @@ COMMANDS = {
     "explore": _cmd_explore,
     "demo": _cmd_demo,
     "push": _cmd_push,
-    "harness": _cmd_harness,
+    "doctor": _cmd_doctor,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        args = _parser().parse_args(argv)
+        parser = _parser()
+        args, passed = parser.parse_known_args(argv)
         _quiet_transformers()
+        if args.command == "harness":  # the flags coconav does not know are lm-eval's, passed through as given
+            return _cmd_harness(args, passed)
+        if passed:
+            parser.error(f"unrecognized arguments: {' '.join(passed)}")
         return COMMANDS[args.command](args)
     except CoconavError as err:
         _close_progress_bars()

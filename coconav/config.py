@@ -10,6 +10,8 @@ the key and what is allowed; ``__post_init__`` validates and derives.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +22,9 @@ import yaml
 from coconav.errors import ConfigError
 
 Mode = Literal["cot", "no_cot", "coconut", "pause"]
+
+
+_REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")  # a Hub repo id
 
 
 def _check(ok: bool, message: str) -> None:
@@ -115,16 +120,20 @@ class DataConfig:
     """Where examples come from: a built-in task or data files / hub ids."""
 
     task: str = "arithmetic"
-    """A built-in task ('arithmetic', 'graph') or 'files' to read train/validation/test below."""
+    """A built-in task ('arithmetic', 'graph', 'prosqa') or 'files' to read train/validation/test below. With a
+    built-in task, `validation` and `test` (if set) replace the generated splits: 'prosqa' trains on generated
+    questions and is scored on the real ProsQA files."""
     train: str | None = None
     """Training data spec when task='files': a hub id 'owner/name:split' loaded through `datasets` (GSM8K rows
     'openai/gsm8k:train', GSM8k-Aug rows 'whynlp/gsm8k-aug:train'), or a local file (.jsonl GSM8K, .txt GSM8k-Aug,
     .json COCONUT; 'gsm8k:PATH', 'gsm8k_aug:PATH', 'coconut:PATH' force the format). Relative paths are from the
     working directory."""
     validation: str | None = None
-    """Validation data spec when task='files', as `train` (None: hold out `validation_size` training rows)."""
+    """Validation data spec, as `train` (task='files' and None: hold out `validation_size` training rows; a
+    built-in task and None: generated)."""
     test: str | None = None
-    """Test data spec when task='files', as `train` (e.g. 'openai/gsm8k:test' or a local test.jsonl)."""
+    """Test data spec, as `train` (e.g. 'openai/gsm8k:test', a local test.jsonl, ProsQA's test.json); a built-in
+    task and None: generated."""
     gsm8k_steps: Literal["notes", "lines"] = "notes"
     """How GSM8K rationales become steps: one per calculator note (GSM8k-Aug style) or one per line."""
     train_size: int = 50000
@@ -179,6 +188,11 @@ class CurriculumConfig:
     thought_loss_weight: float = 0.0
     """Auxiliary loss: the state fed back as thought i, read through the LM head, must predict the
     first token of step i's result (the answer for padding thoughts). 0 = the paper's COCONUT."""
+    thought_target: Literal["step", "frontier"] = "step"
+    """What the thought loss asks of thought i: 'step', step i's result (one token); 'frontier', for questions
+    that carry their graph (ProsQA), every concept at BFS depth i from the question's person at once (mean
+    cross-entropy over the set: the search frontier the paper reads in its thoughts, §5), the answer after the
+    deepest layer. Questions without a graph fall back to 'step'."""
 
     def __post_init__(self) -> None:
         _check(self.thoughts_per_step >= 1, f"curriculum.thoughts_per_step must be >= 1, got {self.thoughts_per_step}")
@@ -264,9 +278,18 @@ class TrainConfig:
     compile: bool = False
     """torch.compile the backbone's decoder for the training forward (inductor; opt-in, compiles for minutes on a CPU).
     Generation (evaluation, rollouts) is compiled separately, by model.compile."""
+    push_to_hub: bool = False
+    """At the end of training, push the final checkpoint (with its test evaluation in the card) to hub_model_id
+    (rank 0; needs a Hub token: checked before the run starts)."""
+    hub_model_id: str | None = None
+    """The Hub model repo OWNER/NAME that push_to_hub pushes to (created if missing)."""
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
+        _check(
+            not self.push_to_hub or (self.hub_model_id is not None and _REPO_ID.fullmatch(self.hub_model_id)),
+            f"train.push_to_hub needs train.hub_model_id=OWNER/NAME (the Hub repo to push to), got {self.hub_model_id!r}",
+        )
         _check(
             not (self.compile and self.fsdp), "train.compile does not work with train.fsdp: set one of them to false"
         )
@@ -405,10 +428,10 @@ class NavigatorConfig:
     )
     """Thresholds tried under pass_budget (each one evaluation of the validation split)."""
     halt_threshold_refine: int = 6
-    """Bisection steps after the grid under pass_budget / multi_pass_budget: the grid's best threshold that fits the
-    budget and its neighbour that does not bracket the point where the budget is crossed, and each step (one more
-    evaluation of the validation split) halves that bracket in logit space, so a budget in a coarse gap of the grid
-    (where passes jump, e.g. 17.4 at 0.85 and 8.0 at 0.9) is spent instead of left unused. 0: the grid alone."""
+    """Bisection steps after the grid under pass_budget / multi_pass_budget: two adjacent grid thresholds, one within
+    the budget and one over it, bracket the point where the budget is crossed, and each step (one more evaluation of
+    the validation split) halves that bracket in logit space, so a budget in a coarse gap of the grid (where passes
+    jump, e.g. 17.4 at 0.85 and 8.0 at 0.9) is spent instead of left unused. 0: the grid alone."""
     group_memory: bool = True
     """Cross-communication: each trajectory attends over the other trajectories of its question (their
     states at steps <= t); off = trajectories are independent (nothing else changes)."""
@@ -680,6 +703,11 @@ class DemoConfig:
     navigator_config: str | None = None
     """Navigator preset for the navigator rows; a relative path is read from the demo config's folder.
     None: the built-in demo_navigator.yaml. `coconav demo --navigator-config` overrides it."""
+    paper_accuracy: dict[str, float] = field(default_factory=dict)
+    """Published test accuracies (%) to print beside the rows of the same name, e.g. the COCONUT paper's Table 1 for
+    ProsQA ({cot: 77.5, coconut: 97.0}); written to results.json as `paper`. Empty: no such column."""
+    paper_source: str | None = None
+    """Where paper_accuracy comes from (e.g. 'arXiv 2412.06769, Table 1, GPT-2')."""
     navigator_multi_config: str | None = None
     """Navigator preset of the navigator_multi row (ppo.num_trajectories > 1; a relative path is read from the
     demo config's folder). Needed when rows include 'navigator_multi'."""
@@ -704,6 +732,12 @@ class DemoConfig:
             f"demo.sample_vote_temperatures must hold temperatures > 0, got {self.sample_vote_temperatures}",
         )
         _check(bool(self.noise_grid), "demo.noise_grid must hold at least one sigma")
+        bad = [k for k in self.paper_accuracy if k not in DEMO_ROWS]
+        _check(not bad, f"demo.paper_accuracy: unknown row(s) {bad} (known: {', '.join(DEMO_ROWS)})")
+        _check(
+            all(0 <= v <= 100 for v in self.paper_accuracy.values()),
+            f"demo.paper_accuracy: accuracies are percentages in [0, 100], got {self.paper_accuracy}",
+        )
         _check(
             all(s >= 0 for s in self.noise_grid), f"demo.noise_grid: every sigma must be >= 0, got {self.noise_grid}"
         )
@@ -739,6 +773,7 @@ class RunConfig:
         return self.eval.num_thoughts if self.eval.num_thoughts is not None else self.curriculum.thoughts_at(stage)
 
     def __post_init__(self) -> None:
+        _check(0 <= self.seed < 2**32, f"seed must be in [0, 2**32), got {self.seed}")
         _check(self.threads >= 0, f"threads must be >= 0, got {self.threads}")
         if self.navigator is not None:
             _check(self.init_from is not None, "a navigator run needs init_from: the COCONUT checkpoint it steers")
@@ -761,6 +796,8 @@ def _type_name(tp: Any) -> str:
         return " | ".join(_type_name(a) for a in get_args(tp))
     if origin is list:
         return f"list[{_type_name(get_args(tp)[0])}]"
+    if origin is dict:
+        return f"dict[{', '.join(_type_name(a) for a in get_args(tp))}]"
     if tp is type(None):
         return "null"
     return getattr(tp, "__name__", str(tp))
@@ -793,6 +830,11 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         (item,) = get_args(tp)
         return [_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        key_type, item = get_args(tp)
+        return {_convert(k, key_type, f"{key} (a key)"): _convert(v, item, f"{key}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
@@ -806,14 +848,19 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             return value
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
+            number = float(value) if abs(value) < 1e308 else math.inf  # an int too large for a float
+        elif isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if number is None:
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(number):  # 1e400 reads as inf: no setting means infinity or not-a-number
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -854,6 +901,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError:
         value = raw
+    except (RecursionError, ValueError) as err:  # lists nested hundreds deep, an integer of 4300+ digits
+        raise ConfigError(f"override '{key}': the value cannot be read ({_first_line(err)[:80]})") from None
     return key.split("."), value
 
 
@@ -873,16 +922,48 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def read_yaml(path: str | Path) -> dict:
-    """Read a YAML mapping; syntax errors become one-line ConfigErrors with the line number.
+BASE_KEY = "base"
+"""The top-level key naming a preset's base preset (a file name, relative to the preset's own folder)."""
 
-    An empty file (or one with only comments) and a top level that is not a mapping are errors
-    naming the file: training silently on the defaults would hide a wrong path or a bad save."""
-    path = Path(path)
+
+class _DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A key given twice in one mapping (PyYAML alone keeps the last silently)."""
+
+    def __init__(self, key: Any, first: yaml.Mark, again: yaml.Mark) -> None:
+        super().__init__(None, None, f"duplicate key {key!r}", again)
+        self.key, self.first_line = key, first.line + 1
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a mapping naming a key twice: `lr: 1e-3` then `lr: 1e-4` in one
+    section is a mistake to show, not a choice to make silently."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` merges may be overridden, by design
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark)
+            except TypeError:  # an unhashable key: SafeLoader's own error names it
+                continue
+            if first is not key_node.start_mark:
+                raise _DuplicateKeyError(key, first, key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_mapping(path: Path) -> dict:
+    """One YAML file as a mapping (its `base` key untouched); every way it can be malformed is one ConfigError."""
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # a SafeLoader
+    except _DuplicateKeyError as err:
+        raise ConfigError(
+            f"{path}:{err.problem_mark.line + 1}: key {err.key!r} is given twice in one section "
+            f"(first on line {err.first_line}): keep one"
+        ) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
@@ -890,6 +971,10 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigError(f"{path}{where}: YAML syntax error: {problem}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not valid UTF-8 text") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: YAML nested too deeply (sections inside sections, hundreds of levels)") from None
+    except ValueError as err:  # e.g. an integer of more than 4300 digits
+        raise ConfigError(f"{path}: a value cannot be read: {_first_line(err)}") from None
     if data is None:  # an empty file, or only comments: almost certainly the wrong file
         raise ConfigError(f"{path}: the config file is empty (expected a mapping of config sections such as 'model:')")
     if not isinstance(data, dict):
@@ -897,16 +982,85 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
+def preset_chain(path: str | Path) -> list[Path]:
+    """The preset and the bases it inherits from, the preset first: [demo_full.yaml, demo.yaml]."""
+    return [file for file, _ in _read_chain(Path(path))]
+
+
+def _read_chain(path: Path) -> list[tuple[Path, dict]]:
+    """(file, its mapping) for the preset and each base in turn, the preset first."""
+    chain = [(path, _read_mapping(path))]
+    while True:
+        base = _base_of(*chain[-1])
+        if base is None:
+            return chain
+        if base.resolve() in {file.resolve() for file, _ in chain}:
+            names = " -> ".join(str(file) for file in [*(f for f, _ in chain), base])
+            raise ConfigError(f"{path}: its bases lead back to a preset already read ({names})")
+        chain.append((base, _read_mapping(base)))
+
+
+def _base_of(path: Path, data: dict) -> Path | None:
+    """The file a preset's `base` key names (relative to the preset's folder), or None."""
+    base = data.get(BASE_KEY)
+    if base is None:
+        return None
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"{path}: '{BASE_KEY}' must name a preset file (e.g. base: demo.yaml), got {base!r}")
+    found = path.parent / base
+    if not found.is_file():
+        raise ConfigError(f"{path}: base preset not found: {found}")
+    return found
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Read a YAML preset as one mapping, its base presets merged in; every malformed file is one ConfigError.
+
+    A preset may open with `base: OTHER.yaml` (a path relative to the preset's folder): OTHER is read first
+    (itself possibly with a base) and the preset's own keys are merged over it by OmegaConf, section by
+    section: a key given here replaces the base's, a key not given keeps the base's, and a list is replaced
+    whole. Syntax errors name the line; a key given twice in one section is refused; an empty file (or one with
+    only comments) and a top level that is not a mapping are errors naming the file: training silently on the
+    defaults would hide a wrong path or a bad save."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    chain = _read_chain(Path(path))
+    _, merged = chain[-1]
+    merged.pop(BASE_KEY, None)
+    for file, data in reversed(chain[:-1]):  # the root's children first, the preset itself last
+        data.pop(BASE_KEY)
+        try:
+            merged = OmegaConf.to_container(OmegaConf.merge(merged, data), resolve=False)
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"{file}: cannot merge it over its base: {_first_line(err)}") from None
+    return merged
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Load a preset (or the defaults when `path` is None) and apply overrides."""
+    """Load a preset (or the defaults when `path` is None), its base presets merged in, and apply overrides."""
     data = read_yaml(path) if path is not None else {}
     if path is not None:
-        try:  # errors in the file itself name the file and the line of the key
+        try:  # errors in the files themselves name the file and the line of the key
             from_dict(RunConfig, data)
         except ConfigError as err:
-            raise ConfigError(f"{path}{_key_line(Path(path), str(err))}: {err}") from None
+            raise ConfigError(f"{_key_place(Path(path), str(err))}: {err}") from None
     data = apply_overrides(data, list(overrides or []))
     return from_dict(RunConfig, data)
+
+
+def _key_place(path: Path, message: str) -> str:
+    """'FILE:LINE' of the key a config error names (its last dotted part): in the preset, else in the first base
+    that gives it; the preset alone when not found."""
+    for file in preset_chain(path):
+        line = _key_line(file, message)
+        if line:
+            return f"{file}{line}"
+    return str(path)
 
 
 def _key_line(path: Path, message: str) -> str:

@@ -22,6 +22,11 @@ Without a navigator the thought count is the checkpoint's last stage's fixed cou
 `num_thoughts` argument); with one, the navigator halts and steers (greedily). The model runs on CUDA
 when available (else the CPU) in the checkpoint's own dtype unless `device` / `dtype` say otherwise:
     CoconavModel.from_pretrained("runs/demo/navigator", device="cpu", dtype="bfloat16")
+
+A Hub id loads through the Hub cache, at a revision, with a token, from a cache folder; push_to_hub uploads the
+checkpoint folder a model was loaded from (what `coconav push` uploads, its card rendered for the repo):
+    model = CoconavModel.from_pretrained("USER/NAME", revision="v1", token=None, cache_dir=None)
+    CoconavModel.from_pretrained("runs/demo/coconut").push_to_hub("USER/NAME", private=True)
 """
 
 from __future__ import annotations
@@ -31,15 +36,32 @@ from pathlib import Path
 
 import torch
 
-from coconav.checkpoint import checkpoint_meta, latest_checkpoint, load_module
 from coconav.common import resolve_device, resolve_dtype
 from coconav.config import RunConfig, from_dict
 from coconav.decode.controller import NavigatorController
-from coconav.decode.generate import ThoughtPlan, check_multi, generate_answers, multi_answers, question_prompts
+from coconav.decode.generate import (
+    ThoughtPlan,
+    check_multi,
+    generate_answers,
+    multi_answers,
+    navigator_prompts,
+    question_prompts,
+)
 from coconav.decode.trace import TraceController, persistent_reads, trace_steps
-from coconav.errors import CheckpointError, InputError
+from coconav.errors import CheckpointError, InputError, InputTypeError
+from coconav.io.checkpoint import checkpoint_meta, latest_checkpoint, load_module
 from coconav.model.latent_lm import GenerationOutput, LatentLM, ThoughtController
 from coconav.model.navigator import Navigator
+
+
+def _check_questions(questions: list) -> None:
+    """Every question a non-empty string: InputTypeError (a TypeError) for another type, InputError for an empty
+    one or an empty list."""
+    for question in questions:
+        if not isinstance(question, str):
+            raise InputTypeError(f"every question must be a string, got {type(question).__name__}")
+    if not questions or any(not q.strip() for q in questions):
+        raise InputError("every question must be a non-empty string")
 
 
 @dataclass
@@ -54,6 +76,7 @@ class CoconavModel:
     # where the navigator's halting stops, at any K (None: its config's halt_threshold at K = 1, and its
     # multi_halt_threshold, when set, at K != 1; see halt_threshold_for)
     halt_threshold: float | None = None
+    path: Path | None = None  # the checkpoint folder it was loaded from (push_to_hub uploads it)
 
     def __post_init__(self) -> None:
         if self.halt_threshold is not None:
@@ -71,16 +94,22 @@ class CoconavModel:
         compile: bool = False,
         kv_cache: str = "dynamic",
         halt_threshold: float | None = None,
+        revision: str | None = None,
+        token: str | bool | None = None,
+        cache_dir: str | Path | None = None,
     ) -> CoconavModel:
         """Load a checkpoint folder, a run folder's latest checkpoint, or a Hub id "USER/NAME" (through the Hub
-        cache; HF_HUB_OFFLINE=1 reads the cache only), weights through safetensors, frozen and in eval mode. `device`: 'cpu', 'cuda', 'cuda:N' (None: CUDA when available, else the CPU);
+        cache; HF_HUB_OFFLINE=1 reads the cache only), weights through safetensors, frozen and in eval mode.
+        Hub ids only: `revision`, a branch, tag or commit (default main); `token`, for a private or gated repo
+        (default: the logged-in token); `cache_dir`, the Hub cache (default HF_HUB_CACHE).
+        `device`: 'cpu', 'cuda', 'cuda:N' (None: CUDA when available, else the CPU);
         `dtype`: 'float32', 'bfloat16', 'float16' (None: the dtype the checkpoint was saved in);
         `compile`: torch.compile generation's steps (implies `kv_cache="static"`; see LatentLM.compile_generation);
         `halt_threshold`: where the navigator's halting stops at any K, replacing the checkpoint's
         navigator.halt_threshold (and multi_halt_threshold)."""
         device = device if isinstance(device, torch.device) else resolve_device(device)
         dtype = dtype if isinstance(dtype, torch.dtype) or dtype is None else resolve_dtype(dtype)
-        folder = latest_checkpoint(directory)
+        folder = latest_checkpoint(directory, revision=revision, token=token, cache_dir=cache_dir)
         meta = checkpoint_meta(folder)
         if "config" not in meta or "train_state" not in meta:
             raise CheckpointError(f"{folder}: metadata lacks the run config (not written by coconav train)")
@@ -93,8 +122,36 @@ class CoconavModel:
             navigator = load_module(folder, "navigator", Navigator(lm.hidden_size, cfg.navigator)).to(device).eval()
             fixed = meta.get("metrics", {}).get("base_thoughts")
         return cls(
-            lm=lm, config=cfg, stage=stage, navigator=navigator, fixed_thoughts=fixed, halt_threshold=halt_threshold
+            lm=lm,
+            config=cfg,
+            stage=stage,
+            navigator=navigator,
+            fixed_thoughts=fixed,
+            halt_threshold=halt_threshold,
+            path=folder,
         )
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        revision: str | None = None,
+        private: bool | None = None,
+        commit_message: str | None = None,
+        token: str | None = None,
+    ) -> str:
+        """Upload the checkpoint this model was loaded from to the Hub model repo `repo_id` (created if missing), in
+        one commit: safetensors weights, coconav.json, tokenizer, navigator and a model card rendered for the repo
+        (the files `coconav push` uploads; never the optimizer state or a pickle). `revision`: the branch to commit
+        to (created if missing; default main); `private`: create the repo private (None: the Hub's default);
+        `token`: default the logged-in token. The folder is uploaded as saved: a halt_threshold given to
+        from_pretrained is not part of it. Returns the repo URL."""
+        from coconav.io.hub import push
+
+        if self.path is None:
+            raise InputError(
+                "push_to_hub needs a model loaded with CoconavModel.from_pretrained (its checkpoint folder)"
+            )
+        return push(self.path, repo_id, private=private, token=token, revision=revision, commit_message=commit_message)
 
     def halt_threshold_for(self, num_trajectories: int | str) -> float | None:
         """The halting threshold of a run with `num_trajectories` per question: the explicit halt_threshold, else
@@ -124,8 +181,14 @@ class CoconavModel:
         """How questions think: the navigator (greedy; `steer=False` keeps its halting only) unless
         `num_thoughts` is given or `use_navigator` is off, else a fixed count (default: the last stage's).
         A `controller` replaces the default navigator controller (e.g. one that records more per thought)."""
+        if num_thoughts is not None and (not isinstance(num_thoughts, int) or isinstance(num_thoughts, bool)):
+            raise InputTypeError(f"num_thoughts must be an integer, got {type(num_thoughts).__name__}")
         if num_thoughts is not None and num_thoughts < 0:
             raise InputError(f"--num-thoughts must be >= 0, got {num_thoughts}")
+        if num_thoughts is not None and num_thoughts >= self.lm.context_length:  # before a tensor of that size
+            raise InputError(
+                f"--num-thoughts {num_thoughts} does not fit the model's context of {self.lm.context_length} positions"
+            )
         if use_navigator and self.navigator is not None and num_thoughts is None:
             controller = controller or NavigatorController(
                 self.navigator, sample=False, steer=steer, halt_threshold=self.halt_threshold
@@ -145,8 +208,7 @@ class CoconavModel:
         return_thoughts: bool = False,
     ) -> GenerationOutput:
         """Generate answers to `questions` following `plan` (default: `self.plan()`)."""
-        if not questions or any(not isinstance(q, str) or not q.strip() for q in questions):
-            raise InputError("every question must be a non-empty string")
+        _check_questions(questions)
         plan = plan or self.plan()
         prompts = question_prompts(self.lm, questions, plan)
         return generate_answers(
@@ -180,7 +242,12 @@ class CoconavModel:
         episodic reads) and `memory_reads` (persistent-memory entries read). return_states adds
         `states`, the hidden states h_0..h_n as a tensor [n+1, D]."""
         single = isinstance(questions, str)
-        items = [questions] if single else list(questions)
+        try:
+            items = [questions] if single else list(questions)
+        except TypeError:  # neither a string nor a list: an int, None
+            raise InputTypeError(
+                f"questions must be a string or a list of strings, got {type(questions).__name__}"
+            ) from None
         if num_trajectories != 1:
             records = self._generate_multi(
                 items,
@@ -255,9 +322,8 @@ class CoconavModel:
         check_multi(num_trajectories, fusion, self.navigator.cfg.max_trajectories)
         if answer_type not in ("number", "text"):
             raise InputError(f"answer_type must be 'number' or 'text', got {answer_type!r}")
-        if not items or any(not isinstance(q, str) or not q.strip() for q in items):
-            raise InputError("every question must be a non-empty string")
-        prompts = question_prompts(self.lm, items, ThoughtPlan("coconut", 0, None))
+        _check_questions(items)
+        prompts = navigator_prompts(self.lm, items)
         out = multi_answers(
             self.lm,
             self.navigator,

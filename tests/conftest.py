@@ -57,6 +57,26 @@ def real_data():
     return real_data_path
 
 
+def assert_close_tree(actual, expected, *, abs: float, rel: float = 0.0, where: str = "") -> None:
+    """Nested dicts and lists equal: strings, integers and booleans exactly, floats within `abs` + `rel`.
+
+    Two computations of one float (a page batching its questions one way, the API another) may differ in
+    the last digit: the CPU's summation order depends on the batch shape and on the CPU itself."""
+    if isinstance(expected, float) or isinstance(actual, float):
+        assert isinstance(actual, (int, float)) and not isinstance(actual, bool), f"{where}: {actual!r}"
+        assert actual == pytest.approx(expected, abs=abs, rel=rel), f"{where}: {actual!r} != {expected!r}"
+    elif isinstance(expected, dict):
+        assert isinstance(actual, dict) and actual.keys() == expected.keys(), f"{where}: keys {actual!r}"
+        for key in expected:
+            assert_close_tree(actual[key], expected[key], abs=abs, rel=rel, where=f"{where}.{key}")
+    elif isinstance(expected, (list, tuple)):
+        assert isinstance(actual, (list, tuple)) and len(actual) == len(expected), f"{where}: {actual!r}"
+        for i, (a, e) in enumerate(zip(actual, expected)):
+            assert_close_tree(a, e, abs=abs, rel=rel, where=f"{where}[{i}]")
+    else:
+        assert actual == expected and type(actual) is type(expected), f"{where}: {actual!r} != {expected!r}"
+
+
 TINY_OVERRIDES = [
     "threads=1",
     "model.hidden_size=16",
@@ -153,8 +173,8 @@ BASE_WORDS = ["<pad>", "<eos>", "<unk>"] + [str(i) for i in range(10)] + "+ - * 
 @pytest.fixture(scope="session")
 def nav_checkpoint(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A navigator checkpoint on the tiny COCONUT run, steering made live by hand (K trajectories differ)."""
-    from coconav.checkpoint import TrainState, checkpoint_meta, save_checkpoint
     from coconav.config import RunConfig, from_dict, to_dict
+    from coconav.io.checkpoint import TrainState, checkpoint_meta, save_checkpoint
     from coconav.model.latent_lm import LatentLM
     from coconav.model.navigator import Navigator
 
@@ -241,8 +261,8 @@ def coconut_checkpoint(path: Path, model: dict, dtype: torch.dtype = torch.float
     """A COCONUT checkpoint as `coconav train` writes one (stage 2, one thought per step), built from the
     `model` section given (e.g. a base folder with LoRA), trained `train_steps` SGD steps so LoRA's B is
     non-zero, then cast to `dtype`."""
-    from coconav.checkpoint import TrainState, save_checkpoint
     from coconav.config import RunConfig, from_dict, to_dict
+    from coconav.io.checkpoint import TrainState, save_checkpoint
     from coconav.model.build import build_latent_lm
 
     cfg = from_dict(
@@ -361,3 +381,52 @@ def prompts_for(lm: LatentLM, n: int = 12, seed: int = 1) -> list[list[int]]:
     gen = torch.Generator().manual_seed(seed)
     lengths = torch.randint(2, 11, (n,), generator=gen)
     return [torch.randint(5, 20, (int(k),), generator=gen).tolist() + [lm.special.bot] for k in lengths]
+
+
+# A graph question shaped like a ProsQA record (invented words), and a tiny model over its words ---------------------
+
+GRAPH_RECORD = {
+    "question": "Every wumpus is a rempus. Every zumpus is a gorpus. Alex is a wumpus. Alex is a zumpus. "
+    "Every rempus is a lempus. Every gorpus is a yumpus. Bo is a tumpus. Every tumpus is a yumpus. "
+    "Is Alex a lempus or tumpus?",
+    "steps": ["Alex is a wumpus.", "Every wumpus is a rempus.", "Every rempus is a lempus."],
+    "answer": "Alex is a lempus.",
+    # 9 has no edge and no word in the question: a node whose word a tokenizer may lack
+    "idx_to_symbol": ["Alex", "Bo", "wumpus", "zumpus", "rempus", "gorpus", "lempus", "yumpus", "tumpus", "kumpus"],
+    "edges": [[0, 2], [0, 3], [2, 4], [3, 5], [4, 6], [5, 7], [1, 8], [8, 7]],
+    "root": 0,
+    "target": 6,
+    "neg_target": 8,
+}
+GRAPH_DISTANCES = [0, None, 1, 1, 2, 2, 3, 3, None, None]  # BFS from Alex
+
+
+def graph_example(record: dict | None = None):
+    """The record as the COCONUT JSON reader returns it: the graph's keys in meta (tests/eval/test_search.py)."""
+    from coconav.data.records import Example
+
+    record = dict(record or GRAPH_RECORD)
+    meta = {k: v for k, v in record.items() if k not in ("question", "steps", "answer")}
+    return Example(record["question"], tuple(record["steps"]), record["answer"], answer_type="text", meta=meta)
+
+
+def graph_model(thoughts: int = 3, known: int = 9):
+    """A random CoconavModel (word tokenizer over GRAPH_RECORD's words but the last node's, COCONUT with a fixed
+    `thoughts`) whose LM head is peaked (weights N(0, 0.5^2)), so node probabilities change from step to step."""
+    from coconav.config import RunConfig, from_dict
+    from coconav.data.tokenizer import build_word_tokenizer
+    from coconav.inference import CoconavModel
+
+    words = re.findall(r"\w+", " ".join([GRAPH_RECORD["question"], *GRAPH_RECORD["steps"], GRAPH_RECORD["answer"]]))
+    words += [w for w in GRAPH_RECORD["idx_to_symbol"][:known] if w not in words]
+    cfg = from_dict(RunConfig, {"eval": {"num_thoughts": thoughts, "max_new_tokens": 6, "batch_size": 4}})
+    torch.manual_seed(5)
+    model_cfg = ModelConfig(
+        name_or_path="scratch-llama", hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64
+    )
+    lm = build_latent_lm(model_cfg, build_word_tokenizer(words)).eval()
+    with torch.no_grad():
+        for param in lm.parameters():
+            if param.dim() >= 2:
+                param.normal_(0.0, 0.5)
+    return CoconavModel(lm=lm, config=cfg, stage=0)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from coconav.config import CurriculumConfig
+from coconav.data.prosqa import graph_of
 from coconav.data.records import Example
 from coconav.data.tokenizer import unknown_words
 from coconav.errors import InputError
@@ -42,7 +43,10 @@ class TokenizedExample:
 
     question: question + newline (with the tokenizer's BOS if it adds one); steps: each step +
     newline; answer: '### ' + answer + EOS; step_targets: the first token of each step's result
-    (thought-loss target); answer_target: the first token of the answer.
+    (thought-loss target); answer_target: the first token of the answer's result (its number, or the last
+    word of a text answer: 'Tom is a lempus.' -> 'lempus'); frontier_targets: for questions that carry a graph
+    (ProsQA records), the first tokens of the concepts at each BFS depth 1, 2, ... from the question's person
+    (the thought-loss targets of ``curriculum.thought_target: frontier``), else empty.
     """
 
     question: list[int]
@@ -51,21 +55,24 @@ class TokenizedExample:
     step_targets: list[int]
     answer_target: int
     difficulty: int
+    frontier_targets: tuple[tuple[int, ...], ...] = ()
 
 
 @dataclass(frozen=True)
 class Sequence:
-    """One training sequence. ids, labels and thought_targets have equal length."""
+    """One training sequence. ids, labels and thought_targets have equal length; a thought target is a token
+    id, or a tuple of ids (a set: the thought should spread its probability over all of them)."""
 
     ids: list[int]
     labels: list[int]
-    thought_targets: list[int]
+    thought_targets: list[int | tuple[int, ...]]
     stage: int
 
 
 @dataclass
 class Batch:
-    """A collated batch aligned on <bot>. Shape: every tensor [B, T]."""
+    """A collated batch aligned on <bot>. Shape: every tensor [B, T]; thought_targets [B, T, S] when some thought
+    has a set of targets (S the largest set, padded with -100)."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
@@ -138,18 +145,39 @@ def tokenize_examples(examples: list[Example], tokenizer) -> list[TokenizedExamp
     steps = iter(batch([s.strip() + "\n" for s in all_steps]))
     results = iter(batch([step_result(s) for s in all_steps]))
     answers = batch([ANSWER_MARKER + ex.answer.strip() for ex in examples])
-    answer_firsts = batch([ex.answer.strip() for ex in examples])
+    answer_firsts = batch([step_result(ex.answer) for ex in examples])
+    layers = [frontier_words(ex) for ex in examples]
+    words = iter(batch([w for ex_layers in layers for layer in ex_layers for w in layer]))
     eos = tokenizer.eos_token_id
     out = []
-    for ex, q, a, af in zip(examples, questions, answers, answer_firsts):
+    for ex, q, a, af, ex_layers in zip(examples, questions, answers, answer_firsts, layers):
         ex_steps = [next(steps) for _ in ex.steps]
         targets = [(r[0] if r else eos) for r in (next(results) for _ in ex.steps)]
+        frontier = tuple(tuple(sorted({ids[0] for ids in (next(words) for _ in layer) if ids})) for layer in ex_layers)
         out.append(
             TokenizedExample(
-                list(q), [list(s) for s in ex_steps], list(a) + [eos], targets, af[0] if af else eos, ex.difficulty
+                list(q),
+                [list(s) for s in ex_steps],
+                list(a) + [eos],
+                targets,
+                af[0] if af else eos,
+                ex.difficulty,
+                frontier,
             )
         )
     return out
+
+
+def frontier_words(example: Example) -> list[list[str]]:
+    """The concepts at BFS depth 1, 2, ... from the question's person, for a question that carries its graph
+    (ProsQA's ``idx_to_symbol``/``edges``/``root``); [] otherwise. The COCONUT paper (§5) reads thought i as
+    this frontier held in superposition."""
+    graph = graph_of(example)
+    if graph is None:
+        return []
+    depths = graph.distances()
+    deepest = max(d for d in depths if d is not None)
+    return [[w for w, d in zip(graph.symbols, depths) if d == layer] for layer in range(1, deepest + 1)]
 
 
 def stage_layout(num_steps: int, stage: int, cfg: CurriculumConfig) -> tuple[int, int]:
@@ -190,9 +218,13 @@ def build_sequence(
     if cfg.mode == "coconut":
         c = cfg.thoughts_per_step
         first = len(ex.question) + 1
+        frontier = ex.frontier_targets if cfg.thought_target == "frontier" else ()
         for j in range(slots):
             step = j // c
-            targets[first + j] = ex.step_targets[step] if step < min(dropped, len(ex.steps)) else ex.answer_target
+            if frontier:
+                targets[first + j] = frontier[step] if step < len(frontier) else (ex.answer_target,)
+            else:
+                targets[first + j] = ex.step_targets[step] if step < min(dropped, len(ex.steps)) else ex.answer_target
     return Sequence(ids=ids, labels=labels, thought_targets=targets, stage=stage)
 
 
@@ -205,14 +237,20 @@ def collate(seqs: list[Sequence], special: SpecialTokens) -> Batch:
     input_ids = torch.full((B, width), special.pad, dtype=torch.long)
     mask = torch.zeros((B, width), dtype=torch.long)
     labels = torch.full((B, width), IGNORE, dtype=torch.long)
-    targets = torch.full((B, width), IGNORE, dtype=torch.long)
+    set_size = max((len(t) for s in seqs for t in s.thought_targets if isinstance(t, tuple)), default=0)
+    targets = torch.full((B, width, set_size) if set_size else (B, width), IGNORE, dtype=torch.long)
     for i, (b, s) in enumerate(zip(bots, seqs)):
         a = lead - b
         n = len(s.ids)
         input_ids[i, a : a + n] = torch.tensor(s.ids)
         mask[i, a : a + n] = 1
         labels[i, a : a + n] = torch.tensor(s.labels)
-        targets[i, a : a + n] = torch.tensor(s.thought_targets)
+        if not set_size:
+            targets[i, a : a + n] = torch.tensor(s.thought_targets)
+            continue
+        for j, t in enumerate(s.thought_targets):
+            members = t if isinstance(t, tuple) else (t,)
+            targets[i, a + j, : len(members)] = torch.tensor(members)
     return Batch(input_ids, mask, labels, targets)
 
 

@@ -26,15 +26,16 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
     validation file's questions from the training rows (each removal is reported on one line); a validation file
     left empty by that is a DataError."""
     if cfg.task != "files":
-        return make_splits(
+        splits = make_splits(
             cfg.task,
             seed=seed,
             train_size=cfg.train_size,
-            validation_size=cfg.validation_size,
-            test_size=cfg.test_size,
+            validation_size=0 if cfg.validation else cfg.validation_size,
+            test_size=0 if cfg.test else cfg.test_size,
             min_difficulty=cfg.min_difficulty,
             max_difficulty=cfg.max_difficulty,
         )
+        return _with_files(splits, cfg) if cfg.validation or cfg.test else splits
     limit = lambda n: n or None  # noqa: E731 - 0 means all rows
     train = load_examples(cfg.train, steps=cfg.gsm8k_steps) if cfg.train else []
     test = load_examples(cfg.test, steps=cfg.gsm8k_steps, limit=limit(cfg.test_size)) if cfg.test else []
@@ -56,6 +57,20 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
         train = train[: cfg.train_size]
     if cfg.train and not train:
         raise DataError(f"{cfg.train}: no training examples left after removing test/validation rows")
+    return Splits(train=train, validation=validation, test=test)
+
+
+def _with_files(splits: Splits, cfg: DataConfig) -> Splits:
+    """A generated training split scored on files: data.validation and/or data.test replace the generated ones
+    (e.g. ProsQA's real valid.json and test.json), and generated training questions equal to one of theirs are
+    dropped (reported on one line)."""
+    limit = lambda n: n or None  # noqa: E731 - 0 means all rows
+    test = load_examples(cfg.test, limit=limit(cfg.test_size)) if cfg.test else splits.test
+    validation = (
+        load_examples(cfg.validation, limit=limit(cfg.validation_size)) if cfg.validation else splits.validation
+    )
+    train = drop_shared(splits.train, test, f"generated {cfg.task} training questions", "the test split")
+    train = drop_shared(train, validation, f"generated {cfg.task} training questions", "the validation split")
     return Splits(train=train, validation=validation, test=test)
 
 

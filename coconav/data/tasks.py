@@ -26,6 +26,7 @@ import random
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
+from coconav.data import prosqa
 from coconav.data.records import Example
 from coconav.errors import ConfigError
 
@@ -46,6 +47,11 @@ class Task:
     answer_type: str = "number"
     min_difficulty: int = 1
     max_supported_difficulty: int = 1
+    difficulty_weights: dict[int, float] | None = None
+    """How often each difficulty is drawn (None: the levels are cycled evenly)."""
+    difficulty_visible: bool = True
+    """Whether the question shows its difficulty (its length grows with the steps): the length rule then groups
+    questions by difficulty; False (ProsQA: length and steps correlate at -0.10) groups them by length only."""
 
     def generate(self, rng: random.Random, difficulty: int) -> Example:
         """One example with ``difficulty`` reasoning steps, using only ``rng`` for randomness."""
@@ -331,10 +337,35 @@ class GraphTask(Task):
 
 
 # ---------------------------------------------------------------------------------------------
+# prosqa (the paper's files' distribution)
+# ---------------------------------------------------------------------------------------------
+
+
+class ProsQATask(Task):
+    """ProsQA-shaped questions (coconav.data.prosqa): the real files' vocabulary, graph shape and wording,
+    path lengths drawn as in the validation file (3-6 steps: 41/44/12/2%). Train on these, score on the
+    real ``valid.json`` and ``test.json`` (``data.validation`` and ``data.test``)."""
+
+    name = "prosqa"
+    answer_type = "text"
+    min_difficulty = 1
+    max_supported_difficulty = 8
+    difficulty_weights = {k: float(v) for k, v in prosqa.STEP_WEIGHTS.items()}
+    difficulty_visible = False
+
+    def generate(self, rng: random.Random, difficulty: int) -> Example:
+        self.check_difficulty(difficulty)
+        return prosqa.generate_prosqa(rng, difficulty)
+
+    def vocabulary(self) -> list[str]:
+        return [*prosqa.FRAME_WORDS, ANSWER_MARKER, *prosqa.NAMES, *prosqa.CONCEPTS]
+
+
+# ---------------------------------------------------------------------------------------------
 # registry and splits
 # ---------------------------------------------------------------------------------------------
 
-TASKS: dict[str, Task] = {task.name: task for task in (ArithmeticTask(), GraphTask())}
+TASKS: dict[str, Task] = {task.name: task for task in (ArithmeticTask(), GraphTask(), ProsQATask())}
 
 
 def get_task(name: str) -> Task:
@@ -407,10 +438,14 @@ def _draw(
     """
     generate = task.generate
     n_levels = len(levels)
+    weights = task.difficulty_weights
+    level_weights = [weights.get(level, 0.0) for level in levels] if weights else None
+    if level_weights is not None and not any(level_weights):
+        raise ConfigError(f"task {task.name!r} draws no question at difficulties {levels[0]}..{levels[-1]}")
     out: list[Example] = []
     append = out.append
     for i in range(size):
-        level = levels[i % n_levels]
+        level = rng.choices(levels, level_weights)[0] if level_weights else levels[i % n_levels]
         example = generate(rng, level)
         rejections = 0
         while example.question in excluded:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
+from itertools import pairwise
 
 import torch
 
@@ -31,9 +32,15 @@ from coconav.data.records import Example
 from coconav.data.scoring import score
 from coconav.decode.controller import NavigatorController
 from coconav.decode.fusion import accuracy_coverage
-from coconav.decode.generate import ThoughtPlan, generate_answers, multi_answers, question_prompts
+from coconav.decode.generate import (
+    ThoughtPlan,
+    generate_answers,
+    multi_answers,
+    navigator_prompts,
+    question_prompts,
+)
 from coconav.errors import InputError
-from coconav.eval.frontier import frontier, question_options, record_compute
+from coconav.eval.frontier import frontier, length_rule_report, question_options, record_compute
 from coconav.model.latent_lm import LatentLM, ThoughtController
 from coconav.model.navigator import Navigator
 
@@ -277,10 +284,20 @@ def sweep_thoughts(
     seed: int = 0,
     with_difficulty: bool = True,
     show_progress: bool = False,
+    fit_examples: list[Example] | None = None,
+    length_bins: int = 4,
+    rule_by_difficulty: bool | None = None,
 ) -> dict:
     """Fixed-count COCONUT at every k of `thoughts` on `examples`, and the compute frontier they span
     (coconav.eval.frontier.frontier: points, envelope, oracle, and with_difficulty the difficulty oracle);
-    each point also reports its mean_forward_passes and accuracy_by_difficulty."""
+    each point also reports its mean_forward_passes and accuracy_by_difficulty.
+
+    `fit_examples` (the validation split): the same counts on them fit the length rule (length_rule_report: one
+    budget per difficulty with_difficulty, else per bin of `length_bins` question-length bins), which is then applied
+    to `examples`: `length_rule` and `length_rule_fit` (its `in_sample` true when `fit_examples` is `examples`
+    itself, measured once). None, or no fit example: no length rule. `rule_by_difficulty` (default: with_difficulty)
+    groups the rule by difficulty; False where the question hides its difficulty (ProsQA), whose rule must then
+    read the question's length only."""
     results = fixed_count_results(lm, examples, thoughts, cfg, seed, show_progress)
     first = results[thoughts[0]].questions
     front = frontier(
@@ -290,6 +307,17 @@ def sweep_thoughts(
     for point in front["points"]:
         res = results[point["num_thoughts"]]
         point.update(mean_forward_passes=res.mean_forward_passes, accuracy_by_difficulty=res.accuracy_by_difficulty)
+    if fit_examples:
+        in_sample = fit_examples is examples
+        fit = results if in_sample else fixed_count_results(lm, fit_examples, thoughts, cfg, seed, show_progress)
+        rule = length_rule_report(
+            {k: r.questions for k, r in fit.items()},
+            {k: r.questions for k, r in results.items()},
+            by_difficulty=with_difficulty if rule_by_difficulty is None else rule_by_difficulty,
+            num_bins=length_bins,
+        )
+        rule["length_rule_fit"]["in_sample"] = in_sample
+        front.update(rule)
     return front
 
 
@@ -322,9 +350,9 @@ def choose_halt_threshold(
     threshold whose mean passes fit the budget wins (ties: fewer passes); when none fits, the one with the fewest
     passes.
 
-    `refine` > 0: the grid's best fitting threshold and its neighbour on the grid that does not fit bracket the point
-    where the budget is crossed; `refine` bisection steps (in logit space, each one more evaluation) narrow that
-    bracket, so a budget that falls in a coarse gap of the grid is spent rather than left unused. Every threshold
+    `refine` > 0: two adjacent grid thresholds, one within the budget and one above it, bracket the point where the
+    budget is crossed (budget_bracket); `refine` bisection steps (in logit space, each one more evaluation) narrow
+    that bracket, so a budget that falls in a coarse gap of the grid is spent rather than left unused. Every threshold
     evaluated is in `tried`, and the choice is made over all of them by the rule above."""
 
     def measure(threshold: float) -> dict:
@@ -369,17 +397,21 @@ def best_within_budget(tried: list[dict], budget: float) -> dict:
 
 
 def budget_bracket(tried: list[dict], budget: float) -> tuple[float, float] | None:
-    """(the best fitting threshold, its grid neighbour that does not fit), the neighbour on the side where passes
-    rise; None when nothing fits or no neighbour of the best exceeds the budget. `tried` is sorted by threshold."""
-    best = best_within_budget(tried, budget)
-    if best["mean_forward_passes"] > budget:
+    """(fitting threshold, over-budget threshold): two thresholds adjacent in `tried` (sorted by threshold) whose mean
+    passes straddle the budget, one within it and one above, so the crossing lies between them; None when no adjacent
+    pair straddles it (nothing fits, or everything does). Where validation noise makes passes cross the budget more
+    than once, the pair whose fitting threshold is the most accurate (ties: more passes). The bracket need not hold
+    the best fitting threshold: a noisy point elsewhere on the grid may be more accurate than the fitting end of the
+    pair, and the budget between the pair is still worth spending."""
+    pairs = []
+    for a, b in pairwise(tried):
+        inside, outside = (a, b) if a["mean_forward_passes"] <= budget else (b, a)
+        if inside["mean_forward_passes"] <= budget < outside["mean_forward_passes"]:
+            pairs.append((inside, outside))
+    if not pairs:
         return None
-    i = tried.index(best)
-    over = [tried[j] for j in (i - 1, i + 1) if 0 <= j < len(tried) and tried[j]["mean_forward_passes"] > budget]
-    if not over:
-        return None
-    neighbour = max(over, key=lambda t: (t["accuracy"], -t["mean_forward_passes"]))
-    return best["threshold"], neighbour["threshold"]
+    inside, outside = max(pairs, key=lambda p: (p[0]["accuracy"], p[0]["mean_forward_passes"]))
+    return inside["threshold"], outside["threshold"]
 
 
 def evaluate_multi(
@@ -421,7 +453,7 @@ def evaluate_multi(
         for lo in progress(range(0, len(order), cfg.batch_size), desc="eval", enabled=show_progress):
             idx = order[lo : lo + cfg.batch_size]
             batch = [examples[i] for i in idx]
-            prompts = question_prompts(lm, [ex.question for ex in batch], ThoughtPlan("coconut", 0, None))
+            prompts = navigator_prompts(lm, [ex.question for ex in batch])
             out = multi_answers(
                 lm,
                 navigator,
@@ -506,17 +538,13 @@ def multi_summary(
 
 
 def spearman(x: list[float], y: list[float]) -> float:
-    """Spearman rank correlation (average ranks for ties); nan when either side is constant."""
+    """Spearman rank correlation (average ranks for ties, scipy.stats.rankdata); nan when either side is constant
+    or has fewer than two values. The Pearson correlation of the ranks is computed here rather than by
+    scipy.stats.spearmanr, whose own arithmetic differs in the last bit: reported numbers stay as they were."""
+    from scipy.stats import rankdata
 
-    def ranks(values: list[float]) -> torch.Tensor:
-        v = torch.tensor(values, dtype=torch.float64)
-        order = v.argsort()
-        r = torch.empty_like(v)
-        r[order] = torch.arange(len(v), dtype=torch.float64)
-        for value in v.unique():  # ties share their mean rank
-            tie = v == value
-            r[tie] = r[tie].mean()
-        return r
+    def ranks(values: list[float]) -> torch.Tensor:  # 0-based, as before: rankdata's 1-based ranks minus 1 (exact)
+        return torch.from_numpy(rankdata(values, method="average") - 1.0)
 
     if len(x) < 2:
         return float("nan")

@@ -460,12 +460,22 @@ class LatentLM(nn.Module):
         return torch.zeros(hidden.shape[0], device=hidden.device).index_add(0, rows, token_logp)
 
     def _shifted_ce(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Next-token cross-entropy with logits computed only where there is a target."""
-        keep = targets[:, 1:] != -100  # [B, T-1]
+        """Next-token cross-entropy with logits computed only where there is a target.
+
+        Shape: hidden [B, T, D]; targets [B, T], or [B, T, S] for sets of targets (-100 pads a set): a position
+        with a set is scored by the mean cross-entropy over its members (a uniform target over the set, which
+        equals the plain cross-entropy for a set of one)."""
+        shifted = targets[:, 1:]
+        keep = shifted != -100 if shifted.dim() == 2 else (shifted != -100).any(-1)  # [B, T-1]
         logits = self.lm_head(hidden[:, :-1][keep])  # [N, V]
         if logits.shape[0] == 0:
             return hidden.sum() * 0.0
-        return F.cross_entropy(logits.float(), targets[:, 1:][keep])
+        if shifted.dim() == 2:
+            return F.cross_entropy(logits.float(), shifted[keep])
+        members = shifted[keep]  # [N, S]
+        valid = members != -100
+        logp = F.log_softmax(logits.float(), dim=-1).gather(1, members.clamp(min=0))  # [N, S]
+        return (-(logp * valid).sum(1) / valid.sum(1)).mean()
 
     # -- batched generation ------------------------------------------------------------------
 
@@ -491,21 +501,24 @@ class LatentLM(nn.Module):
             self._static_pool = StaticPool(self.causal_lm.config)
         return self
 
-    def compile_generation(self, mode: str | None = None) -> LatentLM:
+    def compile_generation(self, mode: str | None = None, backend: str = "inductor") -> LatentLM:
         """``torch.compile`` the backbone calls of generation: the prefill (dynamic shapes) and the one-column
         step that serves every thought and every answer token (static KV cache, fixed shapes).
 
         `mode` None: "reduce-overhead" (CUDA graphs) for the step on a GPU, inductor's default on a CPU.
+        `backend` is torch.compile's: "inductor" generates kernels; "eager" only captures the calls with dynamo
+        (seconds instead of tens of seconds: what `coconav doctor --tiny` uses to check this path on a CPU).
         The static cache is turned on. The eager path (without this call) stays the reference: greedy
         tokens are the same and thoughts equal within float tolerance (tests/model/test_compile.py).
         Compilation happens at the first call of each shape (the cache's capacity is rounded up to a
         multiple of 16 columns; after the second shape the step is recompiled once with dynamic sizes).
         """
         self.use_static_cache(True)
-        step_mode = mode if mode is not None else ("reduce-overhead" if self.device.type == "cuda" else None)
+        cuda_graphs = backend == "inductor" and self.device.type == "cuda"
+        step_mode = mode if mode is not None else ("reduce-overhead" if cuda_graphs else None)
         self._compiled = {
-            "prefill": torch.compile(self._prefill_call, dynamic=True, mode=mode),
-            "step": torch.compile(self._step_call, mode=step_mode),
+            "prefill": torch.compile(self._prefill_call, dynamic=True, mode=mode, backend=backend),
+            "step": torch.compile(self._step_call, mode=step_mode, backend=backend),
         }
         return self
 
@@ -848,7 +861,7 @@ def read_metadata(directory: Path) -> dict:
         raise CheckpointError(f"{directory} is not a coconav checkpoint: {META_FILE} is missing")
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # bad JSON or UTF-8, nested too deeply, an integer too long
         raise CheckpointError(f"{path}: corrupt metadata (not valid JSON)") from None
     if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: unknown checkpoint format (expected format_version {FORMAT_VERSION})")

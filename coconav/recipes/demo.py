@@ -10,7 +10,8 @@ train the navigator with PPO on the COCONUT model (configs/demo_navigator.yaml);
 evaluate all on the same held-out test set — CoT from the stage-0 checkpoint, COCONUT from the last
 stage with its fixed thought count for every question, the navigator halting and steering by
 itself; (5) print a table, write results.json and PNG plots, and explorer.html (the thought explorer's
-static page for the last model's test questions: `coconav explore --static`).
+static page for the last model's test questions: `coconav explore --static`); each checkpoint behind a row gets
+its test numbers and the accuracy-against-compute figure in its model card (README.md).
 
 The config's `demo:` section chooses the rows (`demo.rows`). Besides the four above it offers the
 untrained vote baselines at K = `demo.num_trajectories` chains per question (coconav.eval.voting):
@@ -27,8 +28,11 @@ settings differ), step 3 trains that one run and its K = 1 rows are the navigato
 The compute frontier (coconav.eval.frontier): the COCONUT checkpoint at every fixed count k = 0..its
 last stage's on the test split gives results.json's `frontier` (points, their upper concave envelope,
 the per-question oracle and the difficulty oracle, on the axis compute_per_question: LM forward passes
-plus the navigator's own arithmetic), and every navigator row gets frontier_accuracy_at_passes,
-gain_over_frontier, oracle_accuracy_at_passes and passes_saved_at_equal_accuracy beside its numbers.
+plus the navigator's own arithmetic). The same counts on the validation split fit the length rule (one
+thought budget per difficulty, chosen on validation by a cost sweep and applied to the test questions):
+`frontier.length_rule`. Every navigator row gets envelope_accuracy_at_compute, gain_over_frontier,
+oracle_accuracy_at_compute, length_rule_accuracy_at_compute, gain_over_length_rule and
+passes_saved_at_equal_accuracy beside its numbers.
 
     coconav demo --config configs/demo_hard.yaml --out runs/demo_hard
 """
@@ -44,11 +48,14 @@ from coconav.common import print0, write_json_atomic
 from coconav.config import RunConfig, apply_overrides, from_dict, read_yaml
 from coconav.data.records import Example
 from coconav.data.splits import load_splits
+from coconav.data.tasks import get_task
 from coconav.errors import ConfigError
 from coconav.eval.evaluate import evaluate, sweep_thoughts
-from coconav.eval.frontier import compare_row
+from coconav.eval.frontier import compare_row, row_value
 from coconav.eval.plots import plot_demo
 from coconav.eval.voting import coconut_noise_vote, coconut_sample_vote, cot_vote
+from coconav.io.checkpoint import latest_checkpoint
+from coconav.io.hub import PLOT_FILE, record_evaluation
 from coconav.model.latent_lm import LatentLM
 from coconav.recipes import explore, train_coconut
 
@@ -77,6 +84,21 @@ def no_cot_config(cfg: RunConfig, out: Path) -> RunConfig:
     return from_dict(RunConfig, data)
 
 
+def cot_config(cfg: RunConfig, out: Path) -> RunConfig:
+    """The CoT baseline as a run of its own, for a COCONUT run that trains no stage 0 (curriculum.no_curriculum or
+    start_stage > 0): the same model, data and stage-0 budget, every step in language."""
+    data = apply_overrides(
+        train_coconut.to_dict(cfg),
+        [f"out_dir={out / 'cot'}", "curriculum.mode=cot", "curriculum.thought_loss_weight=0.0"],
+    )
+    return from_dict(RunConfig, data)
+
+
+def trains_stage_zero(cfg: RunConfig) -> bool:
+    """Whether the COCONUT run's own stage 0 (CoT) gives the CoT row."""
+    return cfg.curriculum.stages()[0] == 0
+
+
 def navigator_config(
     cfg: RunConfig, out: Path, coconut_final: Path, navigator: str | None, name: str = "navigator"
 ) -> RunConfig:
@@ -95,14 +117,16 @@ def evaluate_checkpoint(folder: Path, cfg: RunConfig, mode: str, thoughts: int, 
     return evaluate(lm, examples, mode, thoughts, cfg.eval, seed=cfg.seed, show_progress=cfg.log.progress).summary()
 
 
-def format_table(methods: dict[str, dict]) -> str:
-    """A plain-text comparison table (accuracy in %, by difficulty)."""
+def format_table(methods: dict[str, dict], paper: dict[str, float] | None = None) -> str:
+    """A plain-text comparison table (accuracy in %, by difficulty), with a `paper %` column when `paper` is given."""
     diffs = sorted({d for m in methods.values() for d in m["accuracy_by_difficulty"]}, key=int)
-    head = ["method", "acc %"] + [f"d={d}" for d in diffs] + ["thoughts", "new tok", "passes", "ms/q"]
+    paper_head = ["paper %"] if paper else []
+    head = ["method", "acc %", *paper_head] + [f"d={d}" for d in diffs] + ["thoughts", "new tok", "passes", "ms/q"]
     rows = [head]
     for name, m in methods.items():
+        published = ([f"{paper[name]:.1f}" if name in paper else "-"]) if paper else []
         rows.append(
-            [name, f"{100 * m['accuracy']:.1f}"]
+            [name, f"{100 * m['accuracy']:.1f}", *published]
             + [f"{100 * m['accuracy_by_difficulty'].get(d, 0):.0f}" for d in diffs]
             + [
                 f"{m['mean_thoughts']:.1f}",
@@ -293,21 +317,34 @@ def run(
     cfg = demo_config(config, seed, out, list(overrides or []))
     rows = demo_rows(cfg, with_navigator)
     navigator = navigator_preset(cfg, config, navigator)
+    multi = navigator_preset(cfg, config, None, cfg.demo.navigator_multi_config) if "navigator_multi" in rows else None
+    # the navigator presets are read now (the COCONUT folder stands in for its final checkpoint): a bad one fails
+    # before any training, not after it
+    if "navigator" in rows:
+        navigator_config(cfg, out, Path(cfg.out_dir), navigator)
+    if multi is not None:
+        navigator_config(cfg, out, Path(cfg.out_dir), multi, name="navigator_multi")
     base_cfg = no_cot_config(cfg, out)
-    for run_dir in (cfg.out_dir, base_cfg.out_dir, out / "navigator", out / "navigator_multi"):
+    own_cot = "cot" in rows and not trains_stage_zero(cfg)
+    cot_cfg = cot_config(cfg, out) if own_cot else None
+    for run_dir in (cfg.out_dir, base_cfg.out_dir, out / "cot", out / "navigator", out / "navigator_multi"):
         train_coconut.check_run_folder(Path(run_dir), resume=False)
     # 1. the no-CoT baseline, 2. the COCONUT run (stage 0 = CoT)
     base = None
     if "no_cot" in rows:
         print0(f"[1/4] no-CoT baseline -> {base_cfg.out_dir}")
         base = train_coconut.train(base_cfg)
-    print0(f"[2/4] CoT (stage 0) and the COCONUT curriculum -> {cfg.out_dir}")
+    if cot_cfg is not None:
+        print0(f"[1/4] CoT baseline (the COCONUT run trains no stage 0) -> {cot_cfg.out_dir}")
+        train_coconut.train(cot_cfg)
+    print0(
+        f"[2/4] COCONUT ({'CoT as stage 0, then ' if trains_stage_zero(cfg) else ''}the curriculum) -> {cfg.out_dir}"
+    )
     coconut = train_coconut.train(cfg)
     final = last_stage_checkpoint(Path(cfg.out_dir))
     # 3. the navigator on top of the final COCONUT checkpoint. When navigator_multi's preset trains exactly as the
     # navigator's (only evaluation settings differ), one run serves both: its K = 1 rows are the navigator rows.
     nav, multi_results = None, None
-    multi = navigator_preset(cfg, config, None, cfg.demo.navigator_multi_config) if "navigator_multi" in rows else None
     if "navigator" in rows:
         nav_cfg = navigator_config(cfg, out, final, navigator)
         multi_cfg = navigator_config(cfg, out, final, multi, name="navigator_multi") if multi is not None else None
@@ -324,12 +361,12 @@ def run(
     # 4. the CoT model is the COCONUT run's stage-0 checkpoint, evaluated on the same test set
     splits = load_splits(cfg.data, cfg.seed)
     test = splits.test
-    stage0 = Path(cfg.out_dir) / "checkpoints" / "stage-0"
+    stage0 = Path(cot_cfg.out_dir if cot_cfg is not None else cfg.out_dir) / "checkpoints" / "stage-0"
     computed = {"coconut": strip(coconut["test"])}
     if base is not None:
         computed["no_cot"] = strip(base["test"])
     if "cot" in rows:
-        print0("[4/4] evaluating CoT (stage 0) on the test set")
+        print0(f"[4/4] evaluating CoT ({stage0}) on the test set")
         computed["cot"] = evaluate_checkpoint(stage0, cfg, "cot", 0, test)
     results = {
         "task": cfg.data.task,
@@ -340,6 +377,8 @@ def run(
         "num_thoughts": coconut["test"]["num_thoughts"],
         "stages": coconut["stages"],
     }
+    if cfg.demo.paper_accuracy:
+        results["paper"] = {"accuracy": dict(cfg.demo.paper_accuracy), "source": cfg.demo.paper_source}
     if nav is not None:
         computed["navigator"] = {k: v for k, v in nav["navigator"].items() if k != "spearman_steps_thoughts"}
         results["navigator"] = {
@@ -369,7 +408,7 @@ def run(
             print0(f"[+] {name} (K = {cfg.demo.num_trajectories}) on the test set")
             computed[name], results["rows"][name] = EXTRA_ROWS[name](ctx)
     methods = {name: computed[name] for name in rows}
-    results["frontier"] = measure_frontier(cfg, final, results["num_thoughts"], test)
+    results["frontier"] = measure_frontier(cfg, final, results["num_thoughts"], test, splits.validation)
     for name, m in methods.items():
         if name.startswith("navigator"):
             m.update(
@@ -378,6 +417,7 @@ def run(
                     m["compute_per_question"],
                     results["frontier"]["envelope"],
                     results["frontier"]["oracle"],
+                    results["frontier"].get("length_rule"),
                 )
             )
     results["methods"] = methods
@@ -386,10 +426,14 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "results.json", results)
     plots = plot_demo(results, out)
+    cards = {"no_cot": Path(base_cfg.out_dir) if base is not None else None, "cot": stage0 if "cot" in rows else None}
+    cards |= {"coconut": final, "navigator": Path(nav_cfg.out_dir) if nav is not None else None}
+    cards["navigator_multi"] = out / "navigator_multi" if (out / "navigator_multi" / "checkpoints").is_dir() else None
+    update_cards({name: folder for name, folder in cards.items() if folder is not None}, computed, out / PLOT_FILE)
     plots.append(write_explorer(out, Path(nav_cfg.out_dir) if nav is not None else final))
     print0(
         f"\n{cfg.data.task} task, seed {seed}, {len(test)} held-out test questions, "
-        f"{results['seconds'] / 60:.1f} minutes\n{format_table(methods)}"
+        f"{results['seconds'] / 60:.1f} minutes\n{format_table(methods, cfg.demo.paper_accuracy)}"
     )
     for line in format_frontier(methods):
         print0(line)
@@ -397,37 +441,62 @@ def run(
     return results
 
 
+def update_cards(checkpoints: dict[str, Path], computed: dict[str, dict], plot: Path) -> None:
+    """Once the results and plots exist: the checkpoint behind each trained row (a run folder: its latest) gets the
+    accuracy-against-compute figure in its model card, and the CoT checkpoint (the COCONUT run's stage 0, scored
+    here) its test numbers; the runs recorded their own test numbers when they ended."""
+    for name, folder in checkpoints.items():
+        folder = latest_checkpoint(folder)
+        evaluation = {"test": {"split": "test", **computed[name]}} if name == "cot" else {}
+        record_evaluation(folder, evaluation, plot=plot if plot.is_file() else None)
+
+
 def format_frontier(methods: dict[str, dict]) -> list[str]:
-    """One line per navigator row: its accuracy against the fixed budgets' envelope at its compute."""
+    """One line per navigator row: its accuracy against the fixed budgets' envelope, the oracle and the length rule
+    at its compute (rows of results.json files written before the keys were renamed read too: row_value)."""
     lines = []
     for name, m in methods.items():
         if "gain_over_frontier" not in m:
             continue
-        at = m["frontier_accuracy_at_passes"]
+        at = row_value(m, "envelope_accuracy_at_compute")
         gain = (
             "cheaper than every fixed budget (no mix of fixed thought counts is this cheap)"
             if at is None
             else f"{100 * m['gain_over_frontier']:+.1f} points over the fixed budgets' envelope ({100 * at:.1f}%)"
         )
-        oracle = m.get("oracle_accuracy_at_passes")
+        rule, rule_gain = row_value(m, "length_rule_accuracy_at_compute"), row_value(m, "gain_over_length_rule")
+        length = "" if rule is None else f", {100 * rule_gain:+.1f} over the length rule ({100 * rule:.1f}%)"
+        oracle = row_value(m, "oracle_accuracy_at_compute")
         taken = m.get("headroom_taken")
         ceiling = "" if oracle is None else f"; the oracle reaches {100 * oracle:.1f}%"
         share = "" if taken is None else f" ({100 * taken:.0f}% of that headroom taken)"
         lines.append(
             f"{name}: {100 * m['accuracy']:.1f}% at {m['compute_per_question']:.1f} compute per question "
-            f"({m['mean_forward_passes']:.1f} passes): {gain}{ceiling}{share}"
+            f"({m['mean_forward_passes']:.1f} passes): {gain}{length}{ceiling}{share}"
         )
     return lines
 
 
-def measure_frontier(cfg: RunConfig, checkpoint: Path, num_thoughts: int, test: list[Example]) -> dict:
-    """The COCONUT checkpoint at every fixed count k = 0..num_thoughts on the test set, and the frontier they span."""
+def measure_frontier(
+    cfg: RunConfig, checkpoint: Path, num_thoughts: int, test: list[Example], validation: list[Example]
+) -> dict:
+    """The COCONUT checkpoint at every fixed count k = 0..num_thoughts on the test set, and the frontier they span;
+    the same counts on the validation set fit the length rule (per difficulty on a built-in task, else per bin of
+    question length), applied to the test set."""
     start = time.perf_counter()
     lm = LatentLM.from_pretrained(checkpoint)
     front = sweep_thoughts(
-        lm, test, list(range(num_thoughts + 1)), cfg.eval, seed=cfg.seed, with_difficulty=cfg.data.task != "files"
+        lm,
+        test,
+        list(range(num_thoughts + 1)),
+        cfg.eval,
+        seed=cfg.seed,
+        with_difficulty=cfg.data.task != "files",
+        fit_examples=validation,
+        rule_by_difficulty=cfg.data.task != "files" and get_task(cfg.data.task).difficulty_visible,
     )
-    print0(f"frontier: k = 0..{num_thoughts} thoughts on the test set ({time.perf_counter() - start:.1f} s)")
+    rule = ", the length rule fitted on the validation set" if "length_rule" in front else ""
+    print0(f"frontier: k = 0..{num_thoughts} thoughts on the test set{rule} ({time.perf_counter() - start:.1f} s)")
     return front
 
 

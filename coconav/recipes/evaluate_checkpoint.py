@@ -14,7 +14,10 @@ otherwise. A navigator checkpoint may run K trajectories per question (`--num-tr
 `auto`), fused into one answer by `--fusion` (majority, value or scorer); `--abstain-below A` reports
 the coverage and accuracy when answering only where at least a share A of the trajectories agree.
 `--sweep-thoughts A-B` evaluates the checkpoint's COCONUT LM at every fixed count k = A..B (a
-navigator is ignored) and reports the compute frontier they span (coconav.eval.frontier).
+navigator is ignored) and reports the compute frontier they span (coconav.eval.frontier), with the
+length rule: one thought budget per difficulty (per bin of question length for a data file), fitted on
+the run's validation split and applied to --data (with --data validation, fitted and applied on the same
+questions: `length_rule_fit.in_sample` says so).
 """
 
 from __future__ import annotations
@@ -23,15 +26,17 @@ from pathlib import Path
 
 import torch
 
-from coconav.checkpoint import latest_checkpoint
 from coconav.common import resolve_device, resolve_dtype
 from coconav.config import EvalConfig, ModelConfig
 from coconav.data.readers import load_examples
 from coconav.data.splits import load_splits
+from coconav.data.tasks import get_task
 from coconav.decode.generate import check_multi
 from coconav.errors import InputError
 from coconav.eval.evaluate import chat_prompts, evaluate, evaluate_multi, evaluate_navigator, sweep_thoughts
 from coconav.inference import CoconavModel
+from coconav.io.checkpoint import latest_checkpoint
+from coconav.io.hub import hub_source
 from coconav.model.build import build_latent_lm
 from coconav.model.latent_lm import LatentLM
 
@@ -53,8 +58,12 @@ def run(
     compile: bool = False,
     trajectories_budget: float | None = None,
     halt_threshold: float | None = None,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    cache_dir: str | Path | None = None,
 ) -> dict:
-    """Evaluate; returns the JSON report (aggregates and per-question records).
+    """Evaluate; returns the JSON report (aggregates and per-question records). A checkpoint from the Hub is
+    reported by its repo id and commit (`checkpoint`, `commit`), not by its folder in the cache.
 
     ``num_trajectories`` K > 1 or "auto" (navigator checkpoints): K trajectories per question fused by
     ``fusion``; ``abstain_below`` adds coverage and selective accuracy at that agreement threshold.
@@ -65,11 +74,12 @@ def run(
     ``halt_threshold`` replaces the checkpoint's halting threshold (halt where p exceeds it): navigator.halt_threshold
     at K = 1, navigator.multi_halt_threshold (when set, else halt_threshold) at K != 1.
     ``max_new_tokens`` replaces the checkpoint's eval.max_new_tokens. ``compile``: torch.compile generation's
-    steps (static KV cache; LatentLM.compile_generation).
+    steps (static KV cache; LatentLM.compile_generation). ``revision``, ``token``, ``cache_dir``: a Hub id's
+    branch, tag or commit, token and cache (CoconavModel.from_pretrained).
     """
     if max_new_tokens is not None and max_new_tokens < 1:
         raise InputError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
-    folder = latest_checkpoint(checkpoint)
+    folder = latest_checkpoint(checkpoint, revision=revision, token=token, cache_dir=cache_dir)
     model = CoconavModel.from_pretrained(
         folder,
         device=resolve_device(device),
@@ -133,7 +143,16 @@ def run(
     else:
         result = evaluate(model.lm, examples, plan.mode, plan.num_thoughts, eval_cfg, seed=cfg.seed, show_progress=True)
         how = {"mode": plan.mode, "navigator": False, "num_thoughts": plan.num_thoughts}
-    return {"checkpoint": str(folder), "data": data, "stage": model.stage, **how, **result.to_json()}
+    return {**checkpoint_source(folder), "data": data, "stage": model.stage, **how, **result.to_json()}
+
+
+def checkpoint_source(folder: Path) -> dict:
+    """How a report names its checkpoint: {'checkpoint': folder} for a local one, and for a snapshot of the Hub
+    cache {'checkpoint': repo id, 'commit': its commit} (the cache folder says nothing to a reader elsewhere)."""
+    source = hub_source(folder)
+    if source is None:
+        return {"checkpoint": str(folder)}
+    return {"checkpoint": source.repo_id, "commit": source.commit}
 
 
 def eval_examples(cfg, data: str) -> list:
@@ -168,13 +187,19 @@ def run_sweep(
     max_new_tokens: int | None = None,
     device: str | None = None,
     dtype: str | None = None,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    cache_dir: str | Path | None = None,
 ) -> dict:
     """--sweep-thoughts: the checkpoint's COCONUT LM (a navigator is ignored) at every fixed count of `thoughts`
     on `data`, and the frontier they span: points, envelope, oracle curve and, for a built-in task's splits
-    (whose questions have a difficulty), the difficulty-oracle curve."""
+    (whose questions have a difficulty), the difficulty-oracle curve. The length rule (`length_rule`,
+    `length_rule_fit`) is fitted on the run's validation split, its same counts evaluated too, and applied to
+    `data`: one budget per difficulty for a built-in task's splits, else per bin of question length. With
+    `data` "validation" it is fitted on the very questions it is applied to (in sample, said in the report)."""
     if max_new_tokens is not None and max_new_tokens < 1:
         raise InputError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
-    folder = latest_checkpoint(checkpoint)
+    folder = latest_checkpoint(checkpoint, revision=revision, token=token, cache_dir=cache_dir)
     model = CoconavModel.from_pretrained(folder, device=resolve_device(device), dtype=resolve_dtype(dtype))
     cfg = model.config
     if cfg.curriculum.mode != "coconut":
@@ -182,14 +207,32 @@ def run_sweep(
             f"--sweep-thoughts needs a COCONUT checkpoint; {folder} was trained with curriculum.mode="
             f"{cfg.curriculum.mode!r}"
         )
+    if thoughts and max(thoughts) >= model.lm.context_length:  # before any count is evaluated, not at the last
+        raise InputError(
+            f"--sweep-thoughts: {max(thoughts)} thoughts do not fit the model's context of "
+            f"{model.lm.context_length} positions"
+        )
     examples = eval_examples(cfg, data)
     builtin = data in ("test", "validation") and cfg.data.task != "files"
     eval_cfg = eval_settings(cfg, max_questions, batch_size, max_new_tokens)
+    fit = examples if data == "validation" else load_splits(cfg.data, cfg.seed).validation
     front = sweep_thoughts(
-        model.lm, examples, thoughts, eval_cfg, seed=cfg.seed, with_difficulty=builtin, show_progress=True
+        model.lm,
+        examples,
+        thoughts,
+        eval_cfg,
+        seed=cfg.seed,
+        with_difficulty=builtin,
+        show_progress=True,
+        fit_examples=fit,
+        rule_by_difficulty=builtin and get_task(cfg.data.task).difficulty_visible,
     )
+    if "length_rule" in front:
+        front["length_rule_fit"]["data"] = "validation"
+    else:
+        front["length_rule_fit"] = {"data": "validation", "num_questions": 0, "note": "no validation questions"}
     return {
-        "checkpoint": str(folder),
+        **checkpoint_source(folder),
         "data": data,
         "stage": model.stage,
         "mode": "coconut",
@@ -265,11 +308,21 @@ def generate_text(
     max_new_tokens: int | None = None,
     device: str | None = None,
     dtype: str | None = None,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    cache_dir: str | Path | None = None,
 ) -> str:
     """The answer to one question; with `show_thoughts`, each thought's nearest tokens under the LM head."""
     if not question or not question.strip():
         raise InputError("the question is empty")
-    model = CoconavModel.from_pretrained(checkpoint, device=resolve_device(device), dtype=resolve_dtype(dtype))
+    model = CoconavModel.from_pretrained(
+        checkpoint,
+        device=resolve_device(device),
+        dtype=resolve_dtype(dtype),
+        revision=revision,
+        token=token,
+        cache_dir=cache_dir,
+    )
     plan = model.plan(num_thoughts)
     out = model.answer([question], plan, max_new_tokens, return_thoughts=show_thoughts)
     if not show_thoughts:

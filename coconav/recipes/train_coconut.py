@@ -17,6 +17,9 @@ evaluations gather the full weights on every rank for rank 0 to write and evalua
 
     torchrun --standalone --nproc_per_node 2 -m coconav train --config configs/demo.yaml train.fsdp=true
 
+At the end the last stage's checkpoint gets its test accuracy in its model card, and with train.push_to_hub=true
+it is pushed to train.hub_model_id (rank 0; a push that could not happen is refused before the run starts).
+
 Padding: a micro-batch computes rows x (longest question + longest rest) columns, because every <bot>
 shares one column. train.length_pool=k draws length-grouped batches (coconav/data/grouping.py); the
 metrics log real tokens (train/tokens), computed columns (train/columns) and train/padded_fraction.
@@ -33,14 +36,6 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from coconav.checkpoint import (
-    TrainState,
-    latest_checkpoint,
-    list_checkpoints,
-    load_trainer_state,
-    read_optimizer_state,
-    save_checkpoint,
-)
 from coconav.common import DTYPE_NAMES, MetricLogger, print0, progress, seed_everything, set_threads, write_json_atomic
 from coconav.config import RunConfig, save_config, to_dict
 from coconav.data.curriculum import Sequence, TokenizedExample, build_sequence, collate, tokenize_examples
@@ -61,6 +56,15 @@ from coconav.distributed import (
 )
 from coconav.errors import ConfigError
 from coconav.eval.evaluate import EvalResult, evaluate
+from coconav.io.checkpoint import (
+    TrainState,
+    latest_checkpoint,
+    list_checkpoints,
+    load_trainer_state,
+    read_optimizer_state,
+    save_checkpoint,
+)
+from coconav.io.hub import check_push, push, record_evaluation
 from coconav.model.build import SCRATCH, build_latent_lm
 from coconav.model.latent_lm import LatentLM
 
@@ -306,6 +310,8 @@ def build_run(cfg: RunConfig, resume: str | None = None) -> tuple[Run, TrainStat
     check_engine(accelerator)
     out_dir = Path(resume or cfg.out_dir)
     check_run_folder(out_dir, resume is not None)
+    if cfg.train.push_to_hub:  # a push that cannot happen at the end is refused before the run starts
+        check_push(cfg.train.hub_model_id)
     resume_from = latest_checkpoint(out_dir) if resume else None
     seed_everything(cfg.seed)
 
@@ -392,6 +398,11 @@ def train_run(run: Run, state: TrainState, resumed: bool = False) -> dict:
             f"test: accuracy {test.accuracy:.3f}, forward passes {test.mean_forward_passes:.1f}, "
             f"thoughts {test.mean_thoughts:.1f}"
         )
+        # the last stage's card gets its test numbers beside the validation ones (coconav.json keeps them)
+        record_evaluation(latest_checkpoint(out_dir), {"test": {"split": "test", **test.summary()}})
+    if accelerator.is_main_process and cfg.train.push_to_hub:
+        url = push(latest_checkpoint(out_dir), cfg.train.hub_model_id)
+        print0(f"pushed {latest_checkpoint(out_dir)} to {url}")
     accelerator.wait_for_everyone()
     run.logger.close()
     return results

@@ -95,7 +95,7 @@ def is_acyclic(edges: list[tuple[str, str]]) -> bool:
 
 
 def test_registry_holds_both_tasks():
-    assert set(TASKS) == {"arithmetic", "graph"}
+    assert set(TASKS) == {"arithmetic", "graph", "prosqa"}
     assert get_task("arithmetic").answer_type == "number"
     assert get_task("graph").answer_type == "text"
     for name, task in TASKS.items():

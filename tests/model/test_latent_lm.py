@@ -397,3 +397,20 @@ def test_lora_wrapped_model_trains_adapters_only():
     # generation runs through the wrapper too
     out = lm.generate([[7, 8, lm.special.bot]], num_thoughts=2, max_new_tokens=3)
     assert int(out.num_thoughts[0]) == 2
+
+
+def test_a_set_of_thought_targets_is_scored_by_its_mean_cross_entropy():
+    # The frontier thought loss (curriculum.thought_target=frontier): a position with a set of targets costs the
+    # mean cross-entropy over the set's members; a set of one is the plain cross-entropy.
+    lm = tiny_lm("scratch-llama")
+    hidden = torch.randn(1, 4, lm.hidden_size)
+    logp = torch.log_softmax(lm.lm_head(hidden).float(), dim=-1)  # [1, 4, V]
+    plain = torch.full((1, 4), -100)
+    plain[0, 2] = 5  # position 2's target, predicted by the state at position 1
+    sets = torch.full((1, 4, 2), -100)
+    sets[0, 2] = torch.tensor([5, 7])
+    single = torch.full((1, 4, 2), -100)
+    single[0, 2, 0] = 5
+    torch.testing.assert_close(lm._shifted_ce(hidden, plain), -logp[0, 1, 5])
+    torch.testing.assert_close(lm._shifted_ce(hidden, single), -logp[0, 1, 5])
+    torch.testing.assert_close(lm._shifted_ce(hidden, sets), -(logp[0, 1, 5] + logp[0, 1, 7]) / 2)

@@ -231,9 +231,11 @@ def test_vote_rows_run_end_to_end(tmp_path: Path, monkeypatch):
 
 
 FRONTIER_KEYS = (
-    "frontier_accuracy_at_passes",
+    "envelope_accuracy_at_compute",
     "gain_over_frontier",
-    "oracle_accuracy_at_passes",
+    "oracle_accuracy_at_compute",
+    "length_rule_accuracy_at_compute",
+    "gain_over_length_rule",
     "passes_saved_at_equal_accuracy",
 )
 
@@ -258,7 +260,11 @@ eval: {max_new_tokens: 6, batch_size: 8}
     )
     saved = json.loads((tmp_path / "d" / "results.json").read_text())
     front = saved["frontier"]
-    assert set(front) == {"points", "envelope", "oracle", "difficulty_oracle"}
+    assert set(front) == {"points", "envelope", "oracle", "difficulty_oracle", "length_rule", "length_rule_fit"}
+    # the length rule: one budget per difficulty, fitted on the 6 validation questions, applied to the test ones
+    assert front["length_rule_fit"] == {"group_by": "difficulty", "num_questions": 6, "in_sample": False}
+    for vertex in front["length_rule"]:
+        assert set(vertex["budgets"].values()) <= {0, 1, 2} and 0.0 <= vertex["accuracy"] <= 1.0
     k = coconut_thoughts(saved)
     assert k == 2 and [p["num_thoughts"] for p in front["points"]] == [0, 1, 2]
     # the envelope ends at the best fixed budget's accuracy; the oracles reach at least as high
@@ -272,8 +278,48 @@ eval: {max_new_tokens: 6, batch_size: 8}
     nav = saved["methods"]["navigator"]
     assert set(FRONTIER_KEYS) <= set(nav) and nav == results["methods"]["navigator"]
     assert nav["compute_per_question"] > nav["mean_forward_passes"]  # + the navigator's arithmetic
-    if nav["frontier_accuracy_at_passes"] is not None:
-        assert nav["gain_over_frontier"] == pytest.approx(nav["accuracy"] - nav["frontier_accuracy_at_passes"])
-        assert nav["oracle_accuracy_at_passes"] >= nav["frontier_accuracy_at_passes"] - 1e-9
+    if nav["envelope_accuracy_at_compute"] is not None:
+        assert nav["gain_over_frontier"] == pytest.approx(nav["accuracy"] - nav["envelope_accuracy_at_compute"])
+        assert nav["oracle_accuracy_at_compute"] >= nav["envelope_accuracy_at_compute"] - 1e-9
+    if nav["length_rule_accuracy_at_compute"] is not None:
+        assert nav["gain_over_length_rule"] == pytest.approx(nav["accuracy"] - nav["length_rule_accuracy_at_compute"])
     assert all("compute_per_question" in t for t in saved["navigator"]["pass_budget"]["tried"])
     assert (tmp_path / "d" / "accuracy_vs_forward_passes.png").is_file()
+    # the checkpoint behind each row: its test accuracy in its card's model-index, and the figure written after it
+    from huggingface_hub import ModelCard
+
+    from coconav.io.checkpoint import latest_checkpoint
+    from coconav.io.hub import PLOT_FILE
+
+    for row in ("coconut", "navigator"):
+        folder = latest_checkpoint(tmp_path / "d" / row)
+        card = ModelCard.load(folder / "README.md")
+        [test] = [r.metric_value for r in card.data.eval_results if r.dataset_split == "test"]
+        assert test == pytest.approx(saved["methods"][row]["accuracy"], abs=1e-4)
+        assert f"]({PLOT_FILE})" in card.text and (folder / PLOT_FILE).is_file(), row
+
+
+def test_a_missing_navigator_preset_fails_before_any_training(tmp_path: Path):
+    preset = tmp_path / "demo_bad.yaml"
+    preset.write_text(f"base: {REPO / 'configs' / 'demo.yaml'}\ndemo:\n  navigator_config: no_such_navigator.yaml\n")
+    with pytest.raises(ConfigError, match="no_such_navigator"):
+        demo.run(out=tmp_path / "out", config=str(preset), overrides=TINY)
+    assert not (tmp_path / "out").exists()  # nothing trained, nothing written
+
+
+def test_a_coconut_run_without_stage_zero_gets_its_own_cot_run(tmp_path: Path):
+    cfg = demo.demo_config(None, 0, tmp_path, [*TINY, "curriculum.no_curriculum=true"])
+    assert not demo.trains_stage_zero(cfg)
+    cot = demo.cot_config(cfg, tmp_path)
+    assert cot.curriculum.mode == "cot" and cot.curriculum.stages() == [0]
+    assert cot.out_dir == str(tmp_path / "cot") and cot.curriculum.thought_loss_weight == 0.0
+    assert demo.trains_stage_zero(demo.demo_config(None, 0, tmp_path, TINY))
+
+
+def test_the_table_shows_the_papers_numbers_beside_the_rows():
+    row = {"accuracy": 0.5, "accuracy_by_difficulty": {"3": 0.5}, "mean_thoughts": 6.0, "mean_new_tokens": 7.0,
+           "mean_forward_passes": 14.0, "seconds_per_question": 0.01}  # fmt: skip
+    table = demo.format_table({"cot": row, "coconut": row}, {"coconut": 97.0})
+    head, cot_line, coconut_line = table.splitlines()
+    assert "paper %" in head and "97.0" in coconut_line and " - " in cot_line
+    assert "paper %" not in demo.format_table({"cot": row})
