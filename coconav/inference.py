@@ -47,6 +47,7 @@ from coconav.decode.generate import (
     navigator_prompts,
     question_prompts,
 )
+from coconav.decode.settings import NavigatorSettings, resolve_settings
 from coconav.decode.trace import TraceController, persistent_reads, trace_steps
 from coconav.errors import CheckpointError, InputError, InputTypeError
 from coconav.io.checkpoint import checkpoint_meta, latest_checkpoint, load_module
@@ -74,7 +75,7 @@ class CoconavModel:
     navigator: Navigator | None = None
     fixed_thoughts: int | None = None  # a navigator checkpoint's base count (its COCONUT model's last stage)
     # where the navigator's halting stops, at any K (None: its config's halt_threshold at K = 1, and its
-    # multi_halt_threshold, when set, at K != 1; see halt_threshold_for)
+    # multi_halt_threshold, when set, at K != 1; see settings)
     halt_threshold: float | None = None
     path: Path | None = None  # the checkpoint folder it was loaded from (push_to_hub uploads it)
 
@@ -82,8 +83,7 @@ class CoconavModel:
         if self.halt_threshold is not None:
             if self.navigator is None:
                 raise InputError("--halt-threshold needs a navigator checkpoint")
-            if not 0 < self.halt_threshold < 1:
-                raise InputError(f"--halt-threshold must be in (0, 1), got {self.halt_threshold}")
+            self.settings()  # its range, checked once, where every navigator setting is resolved
 
     @classmethod
     def from_pretrained(
@@ -153,13 +153,19 @@ class CoconavModel:
             )
         return push(self.path, repo_id, private=private, token=token, revision=revision, commit_message=commit_message)
 
+    def settings(self, num_trajectories: int | str = 1, steer: bool = True, memory: bool = True) -> NavigatorSettings:
+        """The navigator's settings for a run with `num_trajectories` per question (resolve_settings): the explicit
+        halt_threshold, else the checkpoint's (multi_halt_threshold at K != 1 when set, else halt_threshold)."""
+        if self.navigator is None:
+            raise InputError("navigator settings need a navigator checkpoint")
+        return resolve_settings(
+            self.navigator.cfg, num_trajectories, halt_threshold=self.halt_threshold, steer=steer, memory=memory
+        )
+
     def halt_threshold_for(self, num_trajectories: int | str) -> float | None:
-        """The halting threshold of a run with `num_trajectories` per question: the explicit halt_threshold, else
-        the checkpoint's (NavigatorConfig.halt_threshold_at: multi_halt_threshold at K != 1 when set, else
-        halt_threshold); None without a navigator."""
-        if self.halt_threshold is not None or self.navigator is None:
-            return self.halt_threshold
-        return self.navigator.cfg.halt_threshold_at(num_trajectories)
+        """The halting threshold of a run with `num_trajectories` per question (see settings); None without a
+        navigator."""
+        return None if self.navigator is None else self.settings(num_trajectories).halt_threshold
 
     @property
     def mode(self) -> str:
@@ -191,7 +197,7 @@ class CoconavModel:
             )
         if use_navigator and self.navigator is not None and num_thoughts is None:
             controller = controller or NavigatorController(
-                self.navigator, sample=False, steer=steer, halt_threshold=self.halt_threshold
+                self.navigator, sample=False, settings=self.settings(steer=steer)
             )
             return ThoughtPlan("coconut", 0, controller, self.navigator.cfg.max_thoughts)
         count = num_thoughts if num_thoughts is not None else self.default_thoughts()
@@ -323,17 +329,17 @@ class CoconavModel:
         if answer_type not in ("number", "text"):
             raise InputError(f"answer_type must be 'number' or 'text', got {answer_type!r}")
         _check_questions(items)
+        settings = self.settings(num_trajectories)
         prompts = navigator_prompts(self.lm, items)
         out = multi_answers(
             self.lm,
             self.navigator,
             prompts,
             [answer_type] * len(items),
-            num_trajectories,
+            settings,
             fusion,
             max_new_tokens or self.config.eval.max_new_tokens,
             seed=self.config.seed,
-            halt_threshold=self.halt_threshold_for(num_trajectories),
         )
         run, ctl = out.run, out.run.controller
         states = torch.stack(ctl.states, dim=1)  # [B, steps, D]

@@ -27,6 +27,7 @@ import math
 
 import torch
 
+from coconav.decode.settings import NavigatorSettings, resolve_settings
 from coconav.model.latent_lm import ThoughtDecision
 from coconav.model.navigator import Navigator, gather_peers, peer_index
 from coconav.model.streams import HALT, STEER, stream_normal, stream_uniform
@@ -47,21 +48,21 @@ class NavigatorController:
         sample: bool,
         temperature: float | torch.Tensor = 1.0,
         generator: torch.Generator | None = None,
-        steer: bool = True,
         *,
+        settings: NavigatorSettings | None = None,
         group: torch.Tensor | None = None,
         trajectory: torch.Tensor | None = None,
         seeds: torch.Tensor | None = None,
         explore: torch.Tensor | None = None,
-        halt_threshold: float | None = None,
     ) -> None:
         """temperature: float or per-row [B]; group, trajectory: [B] (None: every row alone, index 0);
         seeds: [B] per-row streams (None: `generator`); explore: [B] steering temperatures when not sampling;
-        halt_threshold: where inference halting stops (None: the navigator's configured navigator.halt_threshold)."""
+        settings: steering and where inference halting stops (None: the navigator's config at K = 1)."""
+        settings = settings or resolve_settings(navigator.cfg)
         self.navigator, self.sample, self.temperature, self.generator = navigator, sample, temperature, generator
-        self.steer = steer and navigator.cfg.steering  # steer=False: halting only, plain COCONUT thoughts
+        self.steer = settings.steer and navigator.cfg.steering  # steer=False: halting only, plain COCONUT thoughts
         self.trajectory, self.seeds, self.explore = trajectory, seeds, explore
-        self.halt_threshold = navigator.cfg.halt_threshold if halt_threshold is None else float(halt_threshold)
+        self.halt_threshold = settings.halt_threshold
         self.peers = peer_index(group) if group is not None else None
         self.reset()
 

@@ -21,6 +21,7 @@ import torch
 from coconav.data.curriculum import build_prompt, encode_question
 from coconav.decode.fusion import FUSION_RULES, Fused, fuse
 from coconav.decode.groups import GroupRun, run_groups
+from coconav.decode.settings import NavigatorSettings, check_trajectories
 from coconav.errors import InputError
 from coconav.model.latent_lm import GenerationOutput, LatentLM, ThoughtController
 from coconav.model.navigator import Navigator
@@ -106,16 +107,10 @@ class MultiAnswers:
 
 
 def check_multi(num_trajectories: int | str, fusion: str, max_trajectories: int) -> None:
-    """One-line InputErrors for K and the fusion rule (names as the CLI flags)."""
+    """One-line InputErrors for the fusion rule and K (names as the CLI flags)."""
     if fusion not in FUSION_RULES:
         raise InputError(f"--fusion must be one of {', '.join(FUSION_RULES)}, got {fusion!r}")
-    if isinstance(num_trajectories, str):
-        if num_trajectories != "auto":
-            raise InputError(f"--num-trajectories must be an integer or 'auto', got {num_trajectories!r}")
-    elif not 1 <= num_trajectories <= max_trajectories:
-        raise InputError(
-            f"--num-trajectories must be in [1, navigator.max_trajectories={max_trajectories}], got {num_trajectories}"
-        )
+    check_trajectories(num_trajectories, max_trajectories)
 
 
 def fusion_scores(run: GroupRun, rule: str) -> torch.Tensor:
@@ -135,22 +130,15 @@ def multi_answers(
     navigator: Navigator,
     prompts: list[list[int]],
     answer_types: list[str],
-    num_trajectories: int | str,
+    settings: NavigatorSettings,
     fusion: str,
     max_new_tokens: int,
     seed: int = 0,
-    steer: bool = True,
-    halt_threshold: float | None = None,
 ) -> MultiAnswers:
-    """K navigator trajectories per prompt (latent prompts ending with <bot>; inference mode), fused into one
-    answer per question by `fusion` over the answer keys of `answer_types` (one per prompt). halt_threshold:
-    inference halting's threshold (None: the navigator's configured one)."""
-    check_multi(num_trajectories, fusion, navigator.cfg.max_trajectories)
-    if num_trajectories == "auto" and navigator.cfg.trajectories_budget is None:
-        raise InputError(
-            "--num-trajectories auto needs navigator.trajectories_budget in the checkpoint's config "
-            "(or coconav eval --trajectories-budget B)"
-        )
+    """K = settings.num_trajectories navigator trajectories per prompt (latent prompts ending with <bot>; inference
+    mode), fused into one answer per question by `fusion` over the answer keys of `answer_types` (one per prompt);
+    `settings` (resolve_settings) also gives steering and inference halting's threshold."""
+    check_multi(settings.num_trajectories, fusion, navigator.cfg.max_trajectories)
     room = lm.context_length - max((len(p) for p in prompts), default=0) - navigator.cfg.max_thoughts - 1
     if room <= 0:
         raise InputError(
@@ -162,13 +150,12 @@ def multi_answers(
         lm,
         navigator,
         prompts,
-        num_trajectories=num_trajectories,
+        num_trajectories=settings.num_trajectories,
         sample=False,
         explore=True,
         max_new_tokens=min(max_new_tokens, room),
         generator=generator,
-        steer=steer,
-        halt_threshold=halt_threshold,
+        settings=settings,
     )
     texts = [lm.decode_text(seq) for seq in run.answer_ids]
     types = [answer_types[int(g)] for g in run.group]

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import torch
 
 from coconav.decode.controller import NavigatorController
+from coconav.decode.settings import NavigatorSettings
 from coconav.model.latent_lm import DecodeState, LatentLM
 from coconav.model.navigator import Navigator
 from coconav.model.streams import stream_seeds
@@ -182,12 +183,11 @@ def run_groups(
     generator: torch.Generator | None = None,
     seeds: torch.Tensor | None = None,
     explore: bool = False,
-    steer: bool = True,
-    halt_threshold: float | None = None,
+    settings: NavigatorSettings | None = None,
 ) -> GroupRun:
     """K trajectories for each prompt (ending with <bot>); see the module docstring. `seeds` [B]: per-row streams;
-    steer=False: the navigator's halting only (plain COCONUT thoughts); halt_threshold: inference halting's
-    threshold (None: the navigator's configured one)."""
+    `settings`: steering and inference halting's threshold (None: the navigator's config at K = 1; K is
+    `num_trajectories`, which may also be per-question counts)."""
     L, cfg = navigator.cfg.max_thoughts, navigator.cfg
     if navigator.needs_thought_scale:
         measure_thought_scale(lm, navigator, prompts)
@@ -221,8 +221,7 @@ def run_groups(
         trajectory=trajectory.to(dev),
         seeds=row_seeds,
         explore=explore_t,
-        steer=steer,
-        halt_threshold=halt_threshold,
+        settings=settings,
     )
     used, _ = lm.think(state, torch.zeros(B, dtype=torch.long, device=dev), controller=controller, max_thoughts=L)
     answer_ids, new_tokens = lm.decode(

@@ -39,6 +39,7 @@ from coconav.decode.generate import (
     navigator_prompts,
     question_prompts,
 )
+from coconav.decode.settings import NavigatorSettings, resolve_settings
 from coconav.errors import InputError
 from coconav.eval.frontier import frontier, length_rule_report, question_options, record_compute
 from coconav.model.latent_lm import LatentLM, ThoughtController
@@ -229,23 +230,23 @@ def evaluate_navigator(
     navigator: Navigator,
     examples: list[Example],
     cfg: EvalConfig,
-    steer: bool = True,
-    memory: bool = True,
+    settings: NavigatorSettings | None = None,
     seed: int = 0,
     show_progress: bool = False,
-    halt_threshold: float | None = None,
 ) -> EvalResult:
     """Evaluate the navigator at K = 1: one lone trajectory per question (index 0), deciding (greedily) when to halt
     and how to steer each thought. Its group read has no peers to see: it reads the null slot only, which a
     navigator trained with K > 1 and group memory never met in training (there every trajectory had peers), so
     this row measures that navigator used alone, not trajectory 0 of a group (evaluate_multi reports that one).
-    memory=False switches every memory off: episodic, persistent and the group read. halt_threshold: where its
-    halting stops (None: the navigator's configured navigator.halt_threshold)."""
+    `settings` (resolve_settings at K = 1; None: the navigator's config): settings.memory=False switches every
+    memory off (episodic, persistent and the group read), settings.steer=False keeps halting only, and
+    settings.halt_threshold is where its halting stops."""
+    settings = settings or resolve_settings(navigator.cfg)
     saved = navigator.use_persistent, navigator.use_episodic, navigator.use_group, navigator.training
-    navigator.use_persistent = navigator.use_episodic = navigator.use_group = memory
+    navigator.use_persistent = navigator.use_episodic = navigator.use_group = settings.memory
     navigator.eval()
     try:
-        controller = NavigatorController(navigator, sample=False, steer=steer, halt_threshold=halt_threshold)
+        controller = NavigatorController(navigator, sample=False, settings=settings)
         return evaluate(
             lm,
             examples,
@@ -356,12 +357,11 @@ def choose_halt_threshold(
     evaluated is in `tried`, and the choice is made over all of them by the rule above."""
 
     def measure(threshold: float) -> dict:
+        settings = NavigatorSettings(halt_threshold=threshold, num_trajectories=num_trajectories)
         res = (
-            evaluate_navigator(lm, navigator, examples, cfg, seed=seed, halt_threshold=threshold)
+            evaluate_navigator(lm, navigator, examples, cfg, settings=settings, seed=seed)
             if num_trajectories == 1
-            else evaluate_multi(
-                lm, navigator, examples, cfg, num_trajectories, fusion, seed=seed, halt_threshold=threshold
-            )
+            else evaluate_multi(lm, navigator, examples, cfg, settings, fusion, seed=seed)
         )
         return {
             "threshold": threshold,
@@ -419,28 +419,27 @@ def evaluate_multi(
     navigator: Navigator,
     examples: list[Example],
     cfg: EvalConfig,
-    num_trajectories: int | str,
+    settings: NavigatorSettings,
     fusion: str = "majority",
     abstain_below: float = 0.0,
     seed: int = 0,
     show_progress: bool = False,
-    steer: bool = True,
-    memory: bool = True,
-    halt_threshold: float | None = None,
 ) -> EvalResult:
     """Evaluate K trajectories per question fused into one answer. Per question, num_thoughts, new_tokens and
     forward_passes count all trajectories. `multi` adds mean_trajectories (by difficulty), agreement, the
     accuracy of trajectory 0 (greedy, reading its peers: not the K = 1 navigator of evaluate_navigator when the
     group read is trained), of any trajectory (oracle) and of all trajectories,
     the accuracy-coverage curve of abstaining below an agreement level, and at `abstain_below` the
-    coverage and the accuracy on the answered questions. memory=False switches the episodic, group and
-    persistent memory off; steer=False keeps halting only."""
+    coverage and the accuracy on the answered questions. `settings` (resolve_settings): K, the halting threshold,
+    settings.memory=False switches the episodic, group and persistent memory off, settings.steer=False keeps halting
+    only."""
+    num_trajectories = settings.num_trajectories
     if not 0 <= abstain_below <= 1:
         raise InputError(f"--abstain-below must be in [0, 1], got {abstain_below}")
     if cfg.max_questions:
         examples = examples[: cfg.max_questions]
     saved = navigator.training, lm.training, navigator.use_persistent, navigator.use_episodic, navigator.use_group
-    navigator.use_persistent = navigator.use_episodic = navigator.use_group = memory
+    navigator.use_persistent = navigator.use_episodic = navigator.use_group = settings.memory
     navigator.eval()
     lm.eval()
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].question))
@@ -459,12 +458,10 @@ def evaluate_multi(
                 navigator,
                 prompts,
                 [ex.answer_type for ex in batch],
-                num_trajectories,
+                settings,
                 fusion,
                 cfg.max_new_tokens,
                 seed + lo,
-                steer,
-                halt_threshold,
             )
             traj = out.run
             right = [score(text, batch[int(g)]) for text, g in zip(out.texts, traj.group)]

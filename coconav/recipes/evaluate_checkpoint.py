@@ -32,6 +32,7 @@ from coconav.data.readers import load_examples
 from coconav.data.splits import load_splits
 from coconav.data.tasks import get_task
 from coconav.decode.generate import check_multi
+from coconav.decode.settings import NavigatorSettings
 from coconav.errors import InputError
 from coconav.eval.evaluate import chat_prompts, evaluate, evaluate_multi, evaluate_navigator, sweep_thoughts
 from coconav.inference import CoconavModel
@@ -110,36 +111,25 @@ def run(
         if not multi:
             raise InputError("--abstain-below needs --num-trajectories > 1 (one trajectory always agrees with itself)")
     if multi:
-        halt = model.halt_threshold_for(num_trajectories)
+        settings = model.settings(num_trajectories, steer=steer, memory=memory)
         result = evaluate_multi(
             model.lm,
             model.navigator,
             examples,
             eval_cfg,
-            num_trajectories,
+            settings,
             fusion,
             abstain_below,
             seed=cfg.seed,
             show_progress=True,
-            steer=steer,
-            memory=memory,
-            halt_threshold=halt,
         )
-        how = navigator_settings(model, steer, memory, halt)
+        how = navigator_report(model, settings)
     elif plan.controller is not None:
-        halt = model.halt_threshold_for(1)
+        settings = model.settings(1, steer=steer, memory=memory)
         result = evaluate_navigator(
-            model.lm,
-            model.navigator,
-            examples,
-            eval_cfg,
-            steer=steer,
-            memory=memory,
-            seed=cfg.seed,
-            show_progress=True,
-            halt_threshold=halt,
+            model.lm, model.navigator, examples, eval_cfg, settings=settings, seed=cfg.seed, show_progress=True
         )
-        how = navigator_settings(model, steer, memory, halt)
+        how = navigator_report(model, settings)
     else:
         result = evaluate(model.lm, examples, plan.mode, plan.num_thoughts, eval_cfg, seed=cfg.seed, show_progress=True)
         how = {"mode": plan.mode, "navigator": False, "num_thoughts": plan.num_thoughts}
@@ -243,15 +233,15 @@ def run_sweep(
     }
 
 
-def navigator_settings(model: CoconavModel, steer: bool, memory: bool, halt: float | None) -> dict:
+def navigator_report(model: CoconavModel, settings: NavigatorSettings) -> dict:
     """How a navigator checkpoint was evaluated, for the report."""
     return {
         "mode": "coconut",
         "navigator": True,
         "max_thoughts": model.navigator.cfg.max_thoughts,
-        "steering": steer,
-        "memory": memory,
-        "halt_threshold": halt,
+        "steering": settings.steer,
+        "memory": settings.memory,
+        "halt_threshold": settings.halt_threshold,
     }
 
 

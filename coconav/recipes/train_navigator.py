@@ -48,6 +48,7 @@ from coconav.data.splits import load_splits
 from coconav.data.tasks import Splits
 from coconav.decode.generate import navigator_prompts
 from coconav.decode.groups import measure_thought_scale
+from coconav.decode.settings import resolve_settings
 from coconav.distributed import barrier, gather_global, is_writer, rank_and_world
 from coconav.errors import ConfigError
 from coconav.eval.evaluate import (
@@ -415,21 +416,22 @@ def final_evaluation(run: NavRun, curve: list[dict], budgets: dict[str, dict] | 
     results: dict = {"curve": curve, "base_thoughts": run.base_thoughts, **(budgets or {})}
     if not test:
         return results
-    halt = cfg.navigator.halt_threshold_at(1)  # the K = 1 rows' (chosen for navigator.pass_budget when it has one)
-    alone = partial(evaluate_navigator, run.lm, run.navigator, test, cfg.eval, seed=cfg.seed, halt_threshold=halt)
+    # the run's config, not the navigator's: its thresholds were chosen by fit_pass_budgets (pass_budget at K = 1,
+    # multi_pass_budget at K > 1)
+    settings = partial(resolve_settings, cfg.navigator)
+    alone = partial(evaluate_navigator, run.lm, run.navigator, test, cfg.eval, seed=cfg.seed)
     rows = {
-        "navigator": alone(),
-        "navigator_no_steering": alone(steer=False),
-        "navigator_no_memory": alone(memory=False),
+        "navigator": alone(settings()),
+        "navigator_no_steering": alone(settings(steer=False)),
+        "navigator_no_memory": alone(settings(memory=False)),
         "coconut_fixed": evaluate(run.lm, test, "coconut", run.base_thoughts, cfg.eval, seed=cfg.seed),
     }
     k = cfg.ppo.answer_trajectories
     if k > 1:  # K trajectories (those it was trained with, or ppo.eval_trajectories), fused, beside K = 1 above
-        halt_k = cfg.navigator.halt_threshold_at(k)  # chosen for navigator.multi_pass_budget when set
-        fused = partial(evaluate_multi, run.lm, run.navigator, test, cfg.eval, k, cfg.ppo.fusion, seed=cfg.seed)
-        rows["navigator_multi"] = fused(steer=True, halt_threshold=halt_k)
+        fused = partial(evaluate_multi, run.lm, run.navigator, test, cfg.eval, fusion=cfg.ppo.fusion, seed=cfg.seed)
+        rows["navigator_multi"] = fused(settings(k))
         if cfg.navigator.steering:  # the same K trajectories with plain thoughts: what steering does as a sampler
-            rows["navigator_multi_no_steering"] = fused(steer=False, halt_threshold=halt_k)
+            rows["navigator_multi_no_steering"] = fused(settings(k, steer=False))
     for name, res in rows.items():
         results[name] = res.summary()
     nav = rows["navigator"]

@@ -84,8 +84,9 @@ def test_halt_threshold_for_a_budget_is_the_most_accurate_that_fits(monkeypatch,
 
     def fake(kind):
         def run(lm, navigator, examples, cfg, *args, **kwargs):
-            calls.append((kind, kwargs["halt_threshold"], args))
-            acc, passes = table[kwargs["halt_threshold"]]
+            settings = kwargs.get("settings") or args[0]
+            calls.append((kind, settings.halt_threshold, settings.num_trajectories, args[1:]))
+            acc, passes = table[settings.halt_threshold]
             return SimpleNamespace(
                 accuracy=acc, mean_forward_passes=passes, mean_thoughts=1.0, compute_per_question=passes
             )
@@ -101,7 +102,7 @@ def test_halt_threshold_for_a_budget_is_the_most_accurate_that_fits(monkeypatch,
     assert nav.cfg.halt_threshold == 0.4 and {c[0] for c in calls} == {"k1"}
     calls.clear()
     ev.choose_halt_threshold(None, nav, [], EvalConfig(), budget, [0.3], num_trajectories=5, fusion="value")
-    assert calls == [("multi", 0.3, (5, "value"))]
+    assert calls == [("multi", 0.3, 5, ("value",))]
 
 
 def stepped_navigator(monkeypatch) -> list[float]:
@@ -115,7 +116,7 @@ def stepped_navigator(monkeypatch) -> list[float]:
     seen = []
 
     def run(lm, navigator, examples, cfg, **kwargs):
-        t = kwargs["halt_threshold"]
+        t = kwargs["settings"].halt_threshold
         seen.append(t)
         acc, passes = (0.987, 17.4) if t <= 0.86 else (0.95, 16.0) if t <= 0.88 else (0.727, 8.0)
         return SimpleNamespace(accuracy=acc, mean_forward_passes=passes, mean_thoughts=1.0, compute_per_question=passes)
@@ -181,7 +182,7 @@ def test_halt_threshold_refinement_brackets_the_crossing_when_noise_makes_a_far_
     seen = []
 
     def run(lm, navigator, examples, cfg, **kwargs):
-        t = kwargs["halt_threshold"]
+        t = kwargs["settings"].halt_threshold
         seen.append(t)
         acc, passes = NOISY_GRID.get(t, (0.96, 16.2) if 0.8 < t < 0.85 else (0.5, 1.0))
         return SimpleNamespace(accuracy=acc, mean_forward_passes=passes, mean_thoughts=1.0, compute_per_question=passes)

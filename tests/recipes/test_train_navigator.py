@@ -794,7 +794,8 @@ def test_k1_rows_and_the_multi_row_get_thresholds_chosen_at_their_own_k(cli, tin
         real = getattr(train_navigator, name)
 
         def spy(*args, _real=real, _name=name, **kwargs):
-            used.setdefault(_name, []).append(kwargs.get("halt_threshold"))
+            settings = args[4] if len(args) > 4 else kwargs.get("settings")
+            used.setdefault(_name, []).append(settings and settings.halt_threshold)
             return _real(*args, **kwargs)
 
         monkeypatch.setattr(train_navigator, name, spy)
@@ -842,8 +843,9 @@ def test_k1_rows_and_the_multi_row_get_thresholds_chosen_at_their_own_k(cli, tin
 
 
 def test_no_memory_switches_every_memory_off_the_group_read_included(nav_run, monkeypatch):
-    """evaluate_navigator(memory=False), the navigator_no_memory row: episodic, persistent and group read all off
+    """evaluate_navigator with settings.memory=False, the navigator_no_memory row: episodic, persistent and group read all off
     while it runs, and back on afterwards."""
+    from coconav.decode.settings import resolve_settings
     from coconav.eval.evaluate import evaluate_navigator
     from coconav.model.navigator import Navigator
 
@@ -856,7 +858,8 @@ def test_no_memory_switches_every_memory_off_the_group_read_included(nav_run, mo
 
     monkeypatch.setattr(Navigator, "features", spy)
     assert nav_run.navigator.group is not None  # the group read exists (navigator.group_memory defaults to on)
-    evaluate_navigator(nav_run.lm, nav_run.navigator, nav_run.splits.test, nav_run.cfg.eval, memory=False)
+    off = resolve_settings(nav_run.navigator.cfg, memory=False)
+    evaluate_navigator(nav_run.lm, nav_run.navigator, nav_run.splits.test, nav_run.cfg.eval, settings=off)
     assert seen == {(False, False, False)}
     assert (nav_run.navigator.use_episodic, nav_run.navigator.use_persistent, nav_run.navigator.use_group) == (
         True,
@@ -867,7 +870,7 @@ def test_no_memory_switches_every_memory_off_the_group_read_included(nav_run, mo
     real_eval = train_navigator.evaluate_navigator
 
     def row_spy(*args, **kwargs):
-        calls.append(kwargs.get("memory", True))
+        calls.append(args[4].memory)
         return real_eval(*args, **kwargs)
 
     monkeypatch.setattr(train_navigator, "evaluate_navigator", row_spy)
