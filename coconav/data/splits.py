@@ -41,10 +41,7 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
     test = load_examples(cfg.test, steps=cfg.gsm8k_steps, limit=limit(cfg.test_size)) if cfg.test else []
     train = drop_shared(train, test, f"training file {cfg.train}", f"test file {cfg.test}")
     if cfg.validation:
-        validation = load_examples(cfg.validation, steps=cfg.gsm8k_steps, limit=limit(cfg.validation_size))
-        validation = drop_shared(validation, test, f"validation file {cfg.validation}", f"test file {cfg.test}")
-        if not validation:
-            raise DataError(f"validation file {cfg.validation}: every question is also in the test file {cfg.test}")
+        validation = validation_file(cfg, test)
         train = drop_shared(train, validation, f"training file {cfg.train}", f"validation file {cfg.validation}")
     else:  # hold out a seeded sample of the training rows
         rng = random.Random(f"{seed}-validation")
@@ -64,14 +61,21 @@ def _with_files(splits: Splits, cfg: DataConfig) -> Splits:
     """A generated training split scored on files: data.validation and/or data.test replace the generated ones
     (e.g. ProsQA's real valid.json and test.json), and generated training questions equal to one of theirs are
     dropped (reported on one line)."""
-    limit = lambda n: n or None  # noqa: E731 - 0 means all rows
-    test = load_examples(cfg.test, limit=limit(cfg.test_size)) if cfg.test else splits.test
-    validation = (
-        load_examples(cfg.validation, limit=limit(cfg.validation_size)) if cfg.validation else splits.validation
-    )
+    test = load_examples(cfg.test, steps=cfg.gsm8k_steps, limit=cfg.test_size or None) if cfg.test else splits.test
+    validation = validation_file(cfg, test) if cfg.validation else splits.validation
     train = drop_shared(splits.train, test, f"generated {cfg.task} training questions", "the test split")
     train = drop_shared(train, validation, f"generated {cfg.task} training questions", "the validation split")
     return Splits(train=train, validation=validation, test=test)
+
+
+def validation_file(cfg: DataConfig, test: list[Example]) -> list[Example]:
+    """The examples of the file data.validation (at most validation_size; 0 = all) without the test split's
+    questions; a file left empty by that is a DataError."""
+    validation = load_examples(cfg.validation, steps=cfg.gsm8k_steps, limit=cfg.validation_size or None)
+    validation = drop_shared(validation, test, f"validation file {cfg.validation}", f"test file {cfg.test}")
+    if not validation:
+        raise DataError(f"validation file {cfg.validation}: every question is also in the test file {cfg.test}")
+    return validation
 
 
 def normalize_question(text: str) -> str:

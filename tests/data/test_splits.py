@@ -115,3 +115,17 @@ def test_a_disjoint_validation_file_is_read_as_is(tmp_path):
         seed=0,
     )
     assert [e.question for e in splits.validation] == ["v1", "v2"] and len(splits.train) == 10
+
+
+def test_a_generated_task_scored_on_files_keeps_its_validation_file_apart_from_its_test_file(tmp_path):
+    # task='prosqa' trains on generated questions and reads validation and test from files: as with task='files',
+    # the validation file loses the test file's questions (here "t2"), and one that holds only those is refused.
+    test = write_coconut(tmp_path / "test.json", ["t1", "t2"])
+    validation = write_coconut(tmp_path / "validation.json", ["v1", "T2"])
+    cfg = DataConfig(task="prosqa", train_size=4, validation=str(validation), test=str(test), validation_size=0,
+                     test_size=0, min_difficulty=3, max_difficulty=6)  # fmt: skip
+    splits = load_splits(cfg, seed=0)
+    assert [e.question for e in splits.validation] == ["v1"] and len(splits.test) == 2 and len(splits.train) == 4
+    only_test = write_coconut(tmp_path / "only_test.json", ["t1"])
+    with pytest.raises(DataError, match="every question is also in the test file"):
+        load_splits(DataConfig(**{**cfg.__dict__, "validation": str(only_test)}), seed=0)
